@@ -1,0 +1,6 @@
+// Placeholder until the `erl data` command lands; replaced by its implementation.
+import { UserError } from "../util/errors.ts";
+
+export async function run(_args: string[]): Promise<number> {
+  throw new UserError("`erl data` is not available in this build yet");
+}

@@ -1,0 +1,149 @@
+/**
+ * The engine API as the TypeScript side sees it. `src/engine/client.ts` implements it over the
+ * versioned wire protocol (`src/engine/protocol.ts` ⇄ `engine/erl_engine/protocol.py`), for a local
+ * child process (stdio) or a remote server (HTTP). Everything above this file — agent loop,
+ * algorithms, evaluation, pretraining — talks only to `Engine`.
+ *
+ * Conventions: token ids are integers; log-probs are natural-log floats; arrays of per-token values
+ * are aligned with `targetIds` (position t holds the value for predicting targetIds[t] from
+ * inputIds[0..t]).
+ */
+
+export type DType = "float32" | "bfloat16";
+export type Device = "cpu" | "cuda" | "auto";
+
+export interface LoraConfig {
+  rank: number;
+  alpha: number;
+  dropout?: number;
+  /** Module names to adapt, e.g. ["q_proj","v_proj"]; "all-linear" for every linear layer. */
+  targetModules: string[] | "all-linear";
+}
+
+export interface LoadModelRequest {
+  /** A local HF model directory (config + safetensors + tokenizer), or omitted when `randomInit` is given. */
+  path?: string;
+  /** Create a randomly initialised model of this HF config (a plain object) with this tokenizer directory. */
+  randomInit?: { config: Record<string, unknown>; tokenizerPath: string; seed: number };
+  dtype: DType;
+  device: Device;
+  /** Full fine-tuning when absent. */
+  lora?: LoraConfig;
+  /** Keep a frozen reference for KL: "copy" (full FT) or "base" (LoRA: adapters disabled). Omit for none. */
+  reference?: "copy" | "base";
+  /** Gradient checkpointing for long sequences. */
+  gradientCheckpointing?: boolean;
+  seed: number;
+}
+
+export type Role = "system" | "user" | "assistant" | "tool";
+export interface ChatMessage {
+  role: Role;
+  content: string;
+}
+
+export interface SampleRequest {
+  /** One entry per prompt. */
+  prompts: number[][];
+  /** Samples per prompt. */
+  n: number;
+  maxTokens: number;
+  temperature: number;
+  topP?: number;
+  topK?: number;
+  stopStrings?: string[];
+  stopTokenIds?: number[];
+  seed: number;
+}
+export type SampleStopReason = "stop" | "length";
+export interface SampledSequence {
+  /** Index of the prompt this sequence continues. */
+  promptIndex: number;
+  tokens: number[];
+  /**
+   * Log-prob of each sampled token under the model's own distribution (logits at temperature 1, no
+   * top-k/top-p truncation), whatever the sampling settings — so it equals `forward`'s log-prob of
+   * the same token, and a PPO ratio starts at 1.
+   */
+  logprobs: number[];
+  stopReason: SampleStopReason;
+}
+
+/** One training/scoring example. */
+export interface Datum {
+  inputIds: number[];
+  targetIds: number[];
+  /** Cross-entropy weight per target (0 = masked). Also the loss mask for the RL losses. */
+  weights: number[];
+  /** Per-target advantage (RL losses). */
+  advantages?: number[];
+  /** Per-target log-prob under the sampling policy (RL losses). */
+  oldLogprobs?: number[];
+}
+
+export type LossName = "cross_entropy" | "importance_sampling" | "ppo";
+export type Aggregation = "seq-mean-token-sum" | "token-mean";
+export interface LossConfig {
+  name: LossName;
+  aggregation?: Aggregation;
+  /** PPO clip range: ratio clipped to [1 - clipLow, 1 + clipHigh]. */
+  clipLow?: number;
+  clipHigh?: number;
+  /** Dual-clip constant c (> 1) for negative advantages; omit to disable. */
+  dualClip?: number;
+  /** Coefficient of the k3 KL estimator to the frozen reference; 0/omitted disables. */
+  klCoef?: number;
+}
+
+export interface ForwardBackwardResult {
+  loss: number;
+  metrics: Record<string, number>;
+}
+
+export interface AdamWConfig {
+  lr: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+  /** Clip the global grad norm to this value; omit for no clipping. */
+  gradClip?: number;
+}
+
+export interface EngineInfo {
+  protocolVersion: number;
+  engineVersion: string;
+  torch: string;
+  transformers: string;
+  peft?: string;
+  device: string;
+  dtype: DType;
+  parameters: { total: number; trainable: number };
+  memory: { rssBytes: number; deviceBytes?: number };
+  model?: { path?: string; vocabSize: number; maxPositions?: number; eosTokenIds: number[] };
+}
+
+export interface Engine {
+  info(): Promise<EngineInfo>;
+  loadModel(req: LoadModelRequest): Promise<EngineInfo>;
+
+  /** Renders a chat with the model's chat template to token ids. */
+  renderChat(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): Promise<number[]>;
+  encode(text: string, opts?: { addSpecialTokens?: boolean }): Promise<number[]>;
+  decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string>;
+
+  sample(req: SampleRequest): Promise<SampledSequence[]>;
+  /** Per-target log-probs for each datum. */
+  forward(datums: Datum[]): Promise<number[][]>;
+  /** Computes the loss and accumulates gradients. */
+  forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult>;
+  /** Applies accumulated gradients and zeroes them. */
+  optimStep(cfg: AdamWConfig): Promise<{ gradNorm: number; metrics: Record<string, number> }>;
+
+  /** Weights + optimizer + RNG, written atomically with a checksum. */
+  saveState(dir: string): Promise<void>;
+  loadState(dir: string): Promise<void>;
+  /** A plain HF directory (merged weights) or, with LoRA, an adapter directory loadable by peft. */
+  export(dir: string, opts?: { mergeLora?: boolean }): Promise<void>;
+
+  close(): Promise<void>;
+}
