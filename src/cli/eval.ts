@@ -1,6 +1,117 @@
-// Placeholder until the `erl eval` command lands; replaced by its implementation.
+/**
+ * `erl eval`: first-attempt evaluation (initial prompt, no memory) of a model directory or of a
+ * trained run's newest checkpoint on a split, with the spec's sampling settings.
+ *
+ *   erl eval --model models/erl-tiny --env frozenlake --split test --n 4
+ *   erl eval --model runs/my-run --split test
+ */
+import { parseArgs } from "node:util";
+import { existsSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
+import { appendJsonl } from "../util/jsonl.ts";
+import { Rng } from "../util/rng.ts";
+import { ENVS, buildConfig, checkModelPath, applyOverrides, type RunConfig } from "../train/config.ts";
+import { defaultDeps, loadRunForInference } from "../train/deps.ts";
+import { evalOptionsFrom } from "../train/runner.ts";
+import { Progress } from "../train/progress.ts";
 
-export async function run(_args: string[]): Promise<number> {
-  throw new UserError("`erl eval` is not available in this build yet");
+const HELP = `usage: erl eval --model <model-dir|run-dir> [--env <env>] [--split test|train] [--n N] [--tasks N]
+                [--config <file|preset>] [--set key=value ...] [--seed S] [--out rollouts.jsonl]
+
+First-attempt evaluation: initial prompt, no memory, no reflection; n samples per task at the
+evaluation sampling settings (T 0.7, top-p 0.8, top-k 20 unless the config says otherwise).
+With a run directory, its newest checkpoint and its config are used (--env defaults to the run's).
+
+options:
+  --model DIR     an HF model directory, or a run directory
+  --env ENV       ${ENVS.join(", ")}
+  --split S       test (default) or train
+  --n N           samples per task (default 4; HotpotQA 1)
+  --tasks N       only the first N tasks of the split (default: all)
+  --config C      config file or preset for the other settings (default <env>-tiny)
+  --out FILE      also write every episode to FILE (JSONL, the rollouts.jsonl record format)`;
+
+export async function run(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: "string" },
+      env: { type: "string" },
+      split: { type: "string" },
+      n: { type: "string" },
+      tasks: { type: "string" },
+      config: { type: "string" },
+      set: { type: "string", multiple: true },
+      seed: { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (!values.model) throw new UserError(`--model is required\n\n${HELP}`);
+  const split = values.split ?? "test";
+  if (split !== "test" && split !== "train")
+    throw new UserError(`--split must be test or train, got ${split}`);
+  const sets: string[] = [`data.evalSplit=${split}`, `data.evalTasks=${values.tasks ?? "null"}`];
+  if (values.n) sets.push(`eval.n=${values.n}`);
+  if (values.seed) sets.push(`seed=${values.seed}`);
+  sets.push(...(values.set ?? []));
+
+  const modelArg = resolve(values.model);
+  const isRun = existsSync(join(modelArg, "checkpoints")) && existsSync(join(modelArg, "config.json"));
+  let config: RunConfig;
+  let state: string | null = null;
+  if (isRun) {
+    const r = await loadRunForInference(modelArg);
+    if (values.env && values.env !== r.config.env) sets.push(`env=${values.env}`);
+    config = applyOverrides(r.config, sets);
+    state = r.checkpoint;
+    console.log(`evaluating ${modelArg} at step ${r.step}`);
+  } else {
+    if (!values.env)
+      throw new UserError(`--env is required with a model directory (one of ${ENVS.join(", ")})`);
+    config = buildConfig(values.config ?? `${values.env}-tiny`, [
+      `env=${values.env}`,
+      `model.path=${values.model}`,
+      ...sets,
+    ]).config;
+  }
+  checkModelPath(config);
+
+  const deps = defaultDeps();
+  const progress = new Progress();
+  const env = await deps.getEnv(config.env);
+  const tasks = env.loadSplit(config.data.evalSplit).slice(0, config.data.evalTasks ?? undefined);
+  progress.line(`starting the engine and loading ${config.model.path}`);
+  const engine = await deps.startEngine(config, resolve(config.model.path));
+  try {
+    if (state) await engine.loadState(state);
+    const model = await deps.makeBackend(engine);
+    const { evaluate } = await deps.algorithms();
+    const opts = evalOptionsFrom(config);
+    const t0 = performance.now();
+    const res = await evaluate(
+      {
+        env,
+        model,
+        rng: new Rng(`${config.seed}/eval/cli`),
+        step: 0,
+        onProgress: (e) => progress.update(e.phase, e.done, e.total),
+      },
+      tasks,
+      opts,
+    );
+    progress.clear();
+    if (values.out) appendJsonl(values.out, res.rollouts);
+    console.log(
+      `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${res.reward.toFixed(3)}  pass@1 ${res.passAt1.toFixed(3)}  (${((performance.now() - t0) / 1000).toFixed(1)}s)`,
+    );
+  } finally {
+    await engine.close().catch(() => undefined);
+  }
+  return 0;
 }

@@ -1,6 +1,110 @@
-// Placeholder until the `erl pretrain` command lands; replaced by its implementation.
+/**
+ * `erl pretrain --recipe tiny`: the erl-tiny recipe end to end — write the synthetic corpus shards
+ * (TypeScript generator), fit the tokenizer, train in the engine package's Python loop (bf16 on CPU),
+ * export the HF directory. Every stage skips work already done in the work directory, so a stopped
+ * run continues with `--resume`. `--ci` is the same recipe at toy size (seconds).
+ */
+import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
 import { UserError } from "../util/errors.ts";
+import { shardPath, writeShard } from "../pretrain/generate.ts";
 
-export async function run(_args: string[]): Promise<number> {
-  throw new UserError("`erl pretrain` is not available in this build yet");
+const HELP = `erl pretrain --recipe tiny [options]
+
+Builds erl-tiny: synthetic corpus → tokenizer → bf16 training → HF export.
+
+Options:
+  --recipe NAME         tiny (the only recipe)
+  --out DIR             exported model directory (default models/erl-tiny)
+  --work DIR            corpus, tokenizer, checkpoints and logs (default runs/pretrain-tiny)
+  --seed N              corpus and initialisation seed (default 1)
+  --resume              continue from the work directory's checkpoint
+  --ci                  toy size: a few shards, a 2-layer model, a few steps (seconds)
+  --stage NAME          corpus | tokenizer | train | export | all (default all)
+  --shards N            corpus shards (default 240; --ci 2)
+  --docs-per-shard N    documents per shard (default 400; --ci 40)
+  --minutes M           stop training after M minutes (a checkpoint is written; resume later)
+  --steps N             total optimizer steps planned (sets the LR schedule; default 2500; --ci 3)
+  --python PATH         Python with torch + transformers (default .venv/bin/python)
+`;
+
+function int(name: string, v: string | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new UserError(`--${name}: expected a non-negative integer, got "${v}"`);
+  return n;
+}
+
+export async function run(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      recipe: { type: "string" },
+      out: { type: "string" },
+      work: { type: "string" },
+      seed: { type: "string" },
+      resume: { type: "boolean", default: false },
+      ci: { type: "boolean", default: false },
+      stage: { type: "string", default: "all" },
+      shards: { type: "string" },
+      "docs-per-shard": { type: "string" },
+      minutes: { type: "string" },
+      steps: { type: "string" },
+      python: { type: "string" },
+      help: { type: "boolean", default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (values.recipe !== "tiny") throw new UserError(`--recipe: expected "tiny", got ${JSON.stringify(values.recipe)}`);
+  const stages = ["corpus", "tokenizer", "train", "export", "all"];
+  if (!stages.includes(values.stage)) throw new UserError(`--stage: expected one of ${stages.join(", ")}`);
+  const ci = values.ci;
+  const seed = int("seed", values.seed, 1);
+  const work = resolve(values.work ?? (ci ? "runs/pretrain-tiny-ci" : "runs/pretrain-tiny"));
+  const out = resolve(values.out ?? (ci ? join(work, "model") : "models/erl-tiny"));
+  const shards = int("shards", values.shards, ci ? 2 : 240);
+  const docs = int("docs-per-shard", values["docs-per-shard"], ci ? 40 : 400);
+  const steps = int("steps", values.steps, ci ? 3 : 2500);
+  const python = values.python ?? ".venv/bin/python";
+  if (!existsSync(python)) throw new UserError(`--python: ${python} not found (run scripts/setup.sh first)`);
+  const corpus = join(work, "corpus");
+  const tokDir = join(work, "tokenizer");
+  const want = (s: string) => values.stage === "all" || values.stage === s;
+
+  if (want("corpus")) {
+    let made = 0;
+    for (let i = 0; i < shards; i++) {
+      if (existsSync(shardPath(corpus, i))) continue;
+      writeShard(corpus, { seed, index: i, total: shards, docs });
+      made++;
+    }
+    console.log(`corpus: ${shards} shards in ${corpus} (${made} written now)`);
+  }
+  const py = (argv: string[]) => {
+    const r = spawnSync(python, ["-m", "erl_engine.pretrain", ...argv], {
+      stdio: "inherit",
+      env: { ...process.env, PYTHONPATH: resolve("engine") },
+    });
+    if (r.status !== 0) throw new UserError(`pretraining step failed: erl_engine.pretrain ${argv[0]} (exit ${r.status})`);
+  };
+  if (want("tokenizer") && !existsSync(join(tokDir, "tokenizer.json"))) {
+    if (!existsSync(corpus) || readdirSync(corpus).length === 0) throw new UserError(`${corpus}: no corpus yet (run --stage corpus)`);
+    py(["tokenizer", "--corpus", corpus, "--out", tokDir, "--vocab", ci ? "600" : "2048", "--shards", ci ? "2" : "4"]);
+  }
+  if (want("train")) {
+    const argv = ["train", "--corpus", corpus, "--work", work, "--tokenizer", tokDir, "--seed", String(seed)];
+    argv.push("--preset", ci ? "ci" : "tiny", "--total-steps", String(steps));
+    if (ci) argv.push("--max-steps", String(steps), "--warmup", "1", "--batch-tokens", "4096", "--log-every", "1");
+    if (values.resume) argv.push("--resume");
+    if (values.minutes) argv.push("--minutes", values.minutes);
+    py(argv);
+  }
+  if (want("export")) py(["export", "--work", work, "--tokenizer", tokDir, "--out", out]);
+  return 0;
 }

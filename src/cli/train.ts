@@ -1,6 +1,83 @@
-// Placeholder until the `erl train` command lands; replaced by its implementation.
+/**
+ * `erl train`: one training run from a config file or preset, or the continuation of a stopped one.
+ *
+ *   erl train --config frozenlake-tiny [--set algo.name=rlvr --set steps=10] [--runs-dir runs] [--name my-run]
+ *   erl train --resume runs/my-run
+ */
+import { parseArgs } from "node:util";
+import { resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
+import { buildConfig, checkModelPath, listPresets, validateConfig, type RunConfig } from "../train/config.ts";
+import { runDirFor, runTraining } from "../train/runner.ts";
+import { defaultDeps } from "../train/deps.ts";
+import { RunFiles } from "../train/runfiles.ts";
 
-export async function run(_args: string[]): Promise<number> {
-  throw new UserError("`erl train` is not available in this build yet");
+const HELP = `usage: erl train --config <file|preset> [--set key.path=value ...] [--runs-dir DIR] [--name NAME]
+       erl train --resume <run-dir>
+
+Trains with ERL, RLVR or an ablation and writes a run directory (docs/run-format.md).
+
+options:
+  --config <file|preset>  a JSON config file, or a preset name from configs/
+  --set key.path=value    override one config key (repeatable), e.g. --set algo.name=rlvr
+  --runs-dir DIR          parent folder of run directories (default: the config's runsDir, "runs")
+  --name NAME             run name (default: <env>-<algo>-seed<seed>-<time>)
+  --resume <run-dir>      continue a stopped or crashed run from its newest checkpoint
+  --print-config          print the resolved config as JSON and exit
+
+presets: ${listPresets().join(", ") || "(none)"}
+See docs/training.md for every config key.`;
+
+export async function run(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: "string" },
+      set: { type: "string", multiple: true },
+      "runs-dir": { type: "string" },
+      name: { type: "string" },
+      resume: { type: "string" },
+      "print-config": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+    allowPositionals: false,
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const sets = [...(values.set ?? [])];
+  let config: RunConfig;
+  let runDir: string;
+  if (values.resume) {
+    if (values.config || sets.length || values.name || values["runs-dir"])
+      throw new UserError(
+        "--resume continues a run with its own config; drop --config, --set, --name and --runs-dir",
+      );
+    const files = new RunFiles(resolve(values.resume));
+    if (!files.exists())
+      throw new UserError(`--resume ${values.resume}: not a run directory (no config.json)`);
+    config = validateConfig(files.readConfig(), { file: files.configFile });
+    runDir = files.dir;
+  } else {
+    if (!values.config)
+      throw new UserError(`--config is required (a file or one of: ${listPresets().join(", ")})\n\n${HELP}`);
+    if (values["runs-dir"]) sets.push(`runsDir=${values["runs-dir"]}`);
+    if (values.name) sets.push(`name=${values.name}`);
+    config = buildConfig(values.config, sets).config;
+    runDir = runDirFor(config);
+  }
+  if (values["print-config"]) {
+    console.log(JSON.stringify(config, null, 2));
+    return 0;
+  }
+  checkModelPath(config);
+  const summary = await runTraining({ config, runDir, resume: Boolean(values.resume), deps: defaultDeps() });
+  const ev = summary.finalEval;
+  console.log(
+    `${summary.alreadyFinished ? "already finished" : "finished"}: ${summary.runDir}` +
+      (ev ? `  final eval reward ${ev.reward.toFixed(3)} (pass@1 ${ev.passAt1.toFixed(3)}, n ${ev.n})` : ""),
+  );
+  console.log(`dashboard: npx erl dashboard ${resolve(config.runsDir)}`);
+  return 0;
 }

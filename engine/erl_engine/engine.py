@@ -1,0 +1,427 @@
+"""The engine's state and its protocol methods: one `Engine` holds the model, the optimizer and the
+step counter, and `Engine.call(method, params)` runs a validated request (see protocol.py).
+
+Tensor conventions: a datum's arrays are aligned with its target ids; position t holds the value for
+predicting targetIds[t] from inputIds[0..t]. Datums are right-padded into micro-batches (sorted by
+length, bounded by a token budget) so that no attention mask is needed: with causal attention the
+real tokens never see the padding after them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import ENGINE_VERSION, PROTOCOL_VERSION
+from . import checkpoint, sampler
+from .losses import LossSpec, compute_loss
+from .model import LoadedModel, load, precheck
+from .protocol import ProtocolError, bad, pack_f32
+
+# Padded tokens per micro-batch (rows x longest row). Bounds activation memory for long batches;
+# ERL_ENGINE_MICROBATCH_TOKENS overrides it (e.g. larger on a big GPU).
+DEFAULT_MICROBATCH_TOKENS = 16384
+
+
+def token_logprobs(
+    model: torch.nn.Module, inp: torch.Tensor, tgt: torch.Tensor, autocast: Any, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) at every position [B, T] (fp32), and optionally the entropy of each distribution."""
+    with autocast:
+        out = model(input_ids=inp, use_cache=False)
+    logits = out.logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, tgt[..., None])[..., 0] - lse
+    ent = None
+    if with_entropy:
+        with torch.no_grad():
+            probs = torch.softmax(logits, dim=-1)
+            ent = lse - (probs * logits).sum(-1)
+    return logp, ent
+
+
+class Batch:
+    """A padded micro-batch of datums: tensors [b, T] plus each row's datum index and length."""
+
+    def __init__(self, datums: list[dict[str, Any]], indices: list[int], device: torch.device, need_rl: bool):
+        rows = [datums[i] for i in indices]
+        t = max(len(d["inputIds"]) for d in rows)
+        b = len(rows)
+        self.indices = indices
+        self.lengths = [len(d["inputIds"]) for d in rows]
+        inp = np.zeros((b, t), dtype=np.int64)
+        tgt = np.zeros((b, t), dtype=np.int64)
+        w = np.zeros((b, t), dtype=np.float32)
+        adv = np.zeros((b, t), dtype=np.float32)
+        old = np.zeros((b, t), dtype=np.float32)
+        for r, d in enumerate(rows):
+            n = len(d["inputIds"])
+            inp[r, :n] = d["inputIds"]
+            tgt[r, :n] = d["targetIds"]
+            w[r, :n] = d["weights"]
+            if need_rl:
+                adv[r, :n] = d["advantages"]
+                old[r, :n] = d["oldLogprobs"]
+        self.inp = torch.from_numpy(inp).to(device)
+        self.tgt = torch.from_numpy(tgt).to(device)
+        self.w = torch.from_numpy(w).to(device)
+        self.adv = torch.from_numpy(adv).to(device) if need_rl else None
+        self.old = torch.from_numpy(old).to(device) if need_rl else None
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.lm: LoadedModel | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.step = 0
+        self.microbatch_tokens = int(os.environ.get("ERL_ENGINE_MICROBATCH_TOKENS", DEFAULT_MICROBATCH_TOKENS))
+        self.methods: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "hello": self.hello,
+            "info": lambda _p: self.info(),
+            "loadModel": self.load_model,
+            "renderChat": self.render_chat,
+            "encode": self.encode,
+            "decode": self.decode,
+            "sample": self.sample,
+            "forward": self.forward,
+            "forwardBackward": self.forward_backward,
+            "optimStep": self.optim_step,
+            "saveState": self.save_state,
+            "loadState": self.load_state,
+            "export": self.export,
+        }
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        return self.methods[method](params)
+
+    # ---- model and info ---------------------------------------------------------------------------
+
+    def need_model(self) -> LoadedModel:
+        if self.lm is None:
+            raise ProtocolError("no_model", "no model is loaded: call loadModel first")
+        return self.lm
+
+    def hello(self, p: dict[str, Any]) -> dict[str, Any]:
+        if p["protocolVersion"] != PROTOCOL_VERSION:
+            raise ProtocolError(
+                "protocol_version",
+                f"the client speaks protocol version {p['protocolVersion']} but this engine speaks version "
+                f"{PROTOCOL_VERSION}",
+            )
+        return {"protocolVersion": PROTOCOL_VERSION, "engineVersion": ENGINE_VERSION}
+
+    def info(self) -> dict[str, Any]:
+        import transformers
+
+        try:
+            import peft
+
+            peft_version: str | None = peft.__version__
+        except ImportError:  # peft is only needed for LoRA
+            peft_version = None
+        lm = self.lm
+        total = trainable = 0
+        if lm is not None:
+            for prm in lm.model.parameters():
+                total += prm.numel()
+                if prm.requires_grad:
+                    trainable += prm.numel()
+        memory: dict[str, Any] = {"rssBytes": _rss_bytes()}
+        if lm is not None and lm.device.type == "cuda":
+            memory["deviceBytes"] = int(torch.cuda.memory_allocated(lm.device))
+        out: dict[str, Any] = {
+            "protocolVersion": PROTOCOL_VERSION,
+            "engineVersion": ENGINE_VERSION,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "device": str(lm.device) if lm else ("cuda" if torch.cuda.is_available() else "cpu"),
+            "dtype": lm.dtype if lm else "float32",
+            "parameters": {"total": total, "trainable": trainable},
+            "memory": memory,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "step": self.step,
+        }
+        if peft_version:
+            out["peft"] = peft_version
+        if lm is not None:
+            model_info: dict[str, Any] = {"vocabSize": lm.vocab_size, "eosTokenIds": lm.eos_ids}
+            if lm.path:
+                model_info["path"] = lm.path
+            if lm.max_positions is not None:
+                model_info["maxPositions"] = lm.max_positions
+            out["model"] = model_info
+        return out
+
+    def load_model(self, p: dict[str, Any]) -> dict[str, Any]:
+        precheck(p)
+        # Free the old model first: two large models may not fit side by side.
+        self.lm = None
+        self.optimizer = None
+        self.step = 0
+        self.lm = load(p)
+        return self.info()
+
+    # ---- tokenizer --------------------------------------------------------------------------------
+
+    def render_chat(self, p: dict[str, Any]) -> dict[str, Any]:
+        lm = self.need_model()
+        tok = lm.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ProtocolError("bad_request", "this model's tokenizer has no chat template (tokenizer_config.json)")
+        try:
+            text = tok.apply_chat_template(
+                p["messages"], tokenize=False, add_generation_prompt=p.get("addGenerationPrompt", False)
+            )
+        except Exception as e:  # jinja errors from the model's own template
+            raise ProtocolError("bad_request", f"params.messages: the chat template failed: {e}") from None
+        return {"ids": list(tok.encode(text, add_special_tokens=False))}
+
+    def encode(self, p: dict[str, Any]) -> dict[str, Any]:
+        lm = self.need_model()
+        return {"ids": list(lm.tokenizer.encode(p["text"], add_special_tokens=p.get("addSpecialTokens", False)))}
+
+    def decode(self, p: dict[str, Any]) -> dict[str, Any]:
+        lm = self.need_model()
+        ids = p["ids"]
+        self._check_ids(ids, "params.ids")
+        return {"text": lm.tokenizer.decode(ids.tolist(), skip_special_tokens=p.get("skipSpecialTokens", False))}
+
+    def _check_ids(self, ids: np.ndarray, path: str) -> None:
+        lm = self.need_model()
+        if ids.size and (ids.min() < 0 or ids.max() >= lm.vocab_size):
+            i = int(np.flatnonzero((ids < 0) | (ids >= lm.vocab_size))[0])
+            raise bad(f"{path}[{i}]", f"token id {int(ids[i])} is outside the vocabulary [0, {lm.vocab_size})")
+
+    # ---- sampling and scoring ---------------------------------------------------------------------
+
+    def sample(self, p: dict[str, Any]) -> dict[str, Any]:
+        seqs = sampler.sample(self.need_model(), p)
+        for s in seqs:
+            s["logprobs"] = pack_f32(np.asarray(s["logprobs"], dtype=np.float32))
+        return {"sequences": seqs}
+
+    def _check_datums(self, datums: list[dict[str, Any]], need_rl: bool) -> None:
+        lm = self.need_model()
+        for i, d in enumerate(datums):
+            n = len(d["inputIds"])
+            for key in ("targetIds", "weights", "advantages", "oldLogprobs"):
+                if key in d and len(d[key]) != n:
+                    raise bad(f"params.datums[{i}].{key}", f"has {len(d[key])} values but inputIds has {n}")
+            if need_rl:
+                for key in ("advantages", "oldLogprobs"):
+                    if key not in d:
+                        raise bad(f"params.datums[{i}].{key}", "required by this loss")
+            self._check_ids(d["inputIds"], f"params.datums[{i}].inputIds")
+            self._check_ids(d["targetIds"], f"params.datums[{i}].targetIds")
+            if lm.max_positions is not None and n > lm.max_positions:
+                raise bad(f"params.datums[{i}].inputIds", f"{n} tokens exceed the model's {lm.max_positions} positions")
+
+    def _micro_batches(self, datums: list[dict[str, Any]]) -> list[list[int]]:
+        order = sorted(range(len(datums)), key=lambda i: -len(datums[i]["inputIds"]))
+        groups: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            longest = len(datums[cur[0]]["inputIds"]) if cur else len(datums[i]["inputIds"])
+            if cur and longest * (len(cur) + 1) > self.microbatch_tokens:
+                groups.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            groups.append(cur)
+        return groups
+
+    @torch.no_grad()
+    def forward(self, p: dict[str, Any]) -> dict[str, Any]:
+        lm = self.need_model()
+        datums = p["datums"]
+        self._check_datums(datums, False)
+        result: list[Any] = [None] * len(datums)
+        was_training = lm.model.training
+        lm.model.eval()
+        try:
+            for idx in self._micro_batches(datums):
+                b = Batch(datums, idx, lm.device, False)
+                logp, _ = token_logprobs(lm.model, b.inp, b.tgt, lm.autocast())
+                logp_np = logp.cpu().numpy()
+                for r, di in enumerate(idx):
+                    result[di] = pack_f32(logp_np[r, : b.lengths[r]])
+        finally:
+            lm.model.train(was_training)
+        return {"logprobs": result}
+
+    def forward_backward(self, p: dict[str, Any]) -> dict[str, Any]:
+        lm = self.need_model()
+        datums = p["datums"]
+        lc = p["loss"]
+        spec = LossSpec(
+            name=lc["name"],
+            aggregation=lc.get("aggregation", "seq-mean-token-sum"),
+            clip_low=lc.get("clipLow", 0.2),
+            clip_high=lc.get("clipHigh", 0.2),
+            dual_clip=lc.get("dualClip"),
+            kl_coef=lc.get("klCoef", 0.0),
+        )
+        need_rl = spec.name != "cross_entropy"
+        self._check_datums(datums, need_rl)
+        if spec.kl_coef and lm.reference_kind is None:
+            raise bad("params.loss.klCoef", "a KL term needs a frozen reference: load the model with `reference`")
+        # One divisor for the whole call (or the caller's, for a batch split over several calls), so
+        # micro-batching does not change the gradient.
+        if "normalizer" in lc:
+            norm = lc["normalizer"]
+        elif spec.aggregation == "seq-mean-token-sum":
+            norm = float(len(datums))
+        else:
+            norm = float(sum(int((d["weights"] != 0).sum()) for d in datums))
+        spec.normalizer = norm
+
+        acc = _MetricAcc()
+        total_loss = 0.0
+        lm.model.train()
+        try:
+            for idx in self._micro_batches(datums):
+                b = Batch(datums, idx, lm.device, need_rl)
+                logp, ent = token_logprobs(lm.model, b.inp, b.tgt, lm.autocast(), with_entropy=True)
+                ref_logp = None
+                if spec.kl_coef:
+                    with torch.no_grad(), lm.reference_model() as ref:
+                        ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast())
+                loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp)
+                loss.backward()
+                total_loss += float(loss.detach())
+                acc.add(b.w != 0, logp.detach(), ent, diag, b.w, norm)
+        finally:
+            lm.model.eval()
+        metrics = acc.result()
+        metrics["loss"] = total_loss
+        metrics["sequences"] = float(len(datums))
+        metrics["normalizer"] = norm
+        metrics["grad_norm"] = self._grad_norm()
+        return {"loss": total_loss, "metrics": metrics}
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.need_model().model.parameters() if p.requires_grad]
+
+    def _grad_norm(self) -> float:
+        grads = [p.grad for p in self._trainable() if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+    # ---- optimizer --------------------------------------------------------------------------------
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(self._trainable(), lr=0.0)
+        return self.optimizer
+
+    def optim_step(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.need_model()
+        opt = self.make_optimizer()
+        betas = p.get("betas", [0.9, 0.999])
+        for g in opt.param_groups:
+            g["lr"] = p["lr"]
+            g["betas"] = (betas[0], betas[1])
+            g["eps"] = p.get("eps", 1e-8)
+            g["weight_decay"] = p.get("weightDecay", 0.01)
+        params = self._trainable()
+        clip = p.get("gradClip", math.inf)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm=clip)) if params else 0.0
+        metrics: dict[str, float] = {"lr": p["lr"], "grad_norm": grad_norm}
+        if not math.isfinite(grad_norm):
+            # A non-finite gradient would poison the weights and the Adam moments: skip the update.
+            opt.zero_grad(set_to_none=True)
+            metrics["skipped"] = 1.0
+            return {"gradNorm": grad_norm if math.isfinite(grad_norm) else -1.0, "metrics": metrics}
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.step += 1
+        metrics["step"] = float(self.step)
+        metrics["clipped"] = 1.0 if grad_norm > clip else 0.0
+        return {"gradNorm": grad_norm, "metrics": metrics}
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def save_state(self, p: dict[str, Any]) -> dict[str, Any]:
+        checkpoint.save_state(self, p["dir"])
+        return {}
+
+    def load_state(self, p: dict[str, Any]) -> dict[str, Any]:
+        checkpoint.load_state(self, p["dir"])
+        return {"step": self.step}
+
+    def export(self, p: dict[str, Any]) -> dict[str, Any]:
+        checkpoint.export(self.need_model(), p["dir"], merge_lora=p.get("mergeLora", False))
+        return {}
+
+
+class _MetricAcc:
+    """Sums per-token diagnostics over unmasked tokens across micro-batches."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: dict[str, float] = {}
+        self.rmin = math.inf
+        self.rmax = -math.inf
+
+    def _add(self, key: str, v: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + v
+
+    def add(
+        self,
+        mask: torch.Tensor,
+        logp: torch.Tensor,
+        ent: torch.Tensor | None,
+        diag: dict[str, torch.Tensor],
+        w: torch.Tensor,
+        norm: float,
+    ) -> None:
+        m = mask.float()
+        self.count += int(m.sum())
+        self._add("logprob", float((logp * m).sum()))
+        if ent is not None:
+            self._add("entropy", float((ent * m).sum()))
+        if "ratio" in diag:
+            r = diag["ratio"]
+            self._add("ratio", float((r * m).sum()))
+            if mask.any():
+                self.rmin = min(self.rmin, float(r[mask].min()))
+                self.rmax = max(self.rmax, float(r[mask].max()))
+        for key in ("clip_low", "clip_high", "dual_clip", "kl"):
+            if key in diag:
+                self._add(key, float((diag[key].float() * m).sum()))
+        if norm > 0:
+            self._add("pg_loss", float((diag["pg"] * w).sum()) / norm)
+
+    def result(self) -> dict[str, float]:
+        c = max(self.count, 1)
+        out: dict[str, float] = {"tokens": float(self.count), "logprob_mean": self.sums.get("logprob", 0.0) / c}
+        if "entropy" in self.sums:
+            out["entropy"] = self.sums["entropy"] / c
+        if "ratio" in self.sums:
+            out["ratio_mean"] = self.sums["ratio"] / c
+            out["ratio_min"] = self.rmin if self.count else 1.0
+            out["ratio_max"] = self.rmax if self.count else 1.0
+        names = {"clip_low": "clip_frac_low", "clip_high": "clip_frac_high", "dual_clip": "dual_clip_frac", "kl": "kl"}
+        for key, name in names.items():
+            if key in self.sums:
+                out[name] = self.sums[key] / c
+        out["pg_loss"] = self.sums.get("pg_loss", 0.0)
+        return out
+
+
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

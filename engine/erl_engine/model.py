@@ -1,0 +1,199 @@
+"""Loading a causal LM for the engine: from an HF directory or a random init, LoRA or full fine-tuning,
+dtype and device, and the frozen reference used for KL.
+
+dtype semantics: "float32" computes in fp32. "bfloat16" keeps trainable weights in fp32 (so AdamW
+updates are not lost to bf16 rounding) and runs the model under bf16 autocast, on CPU and CUDA alike.
+With LoRA the frozen base weights are stored in bf16 too (they are never updated), which halves
+their memory; the adapters stay fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from .protocol import ProtocolError  # noqa: E402
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    device: torch.device
+    dtype: str  # "float32" | "bfloat16"
+    path: str | None
+    lora: dict[str, Any] | None
+    reference_kind: str | None
+    reference: torch.nn.Module | None = None
+    eos_ids: list[int] = field(default_factory=list)
+    vocab_size: int = 0
+    max_positions: int | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == "bfloat16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module]:
+        """The frozen reference: a separate copy, or this model with its LoRA adapters disabled."""
+        if self.reference_kind == "copy":
+            assert self.reference is not None
+            yield self.reference
+        elif self.reference_kind == "base":
+            with self.model.disable_adapter():  # type: ignore[operator]
+                yield self.model
+        else:
+            raise ProtocolError("bad_request", "klCoef > 0 needs a frozen reference: load the model with `reference`")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ProtocolError("bad_request", "params.device: 'cuda' was asked for but this torch build sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _check_dir(path: str, what: str, key: str) -> str:
+    if not os.path.isdir(path):
+        raise ProtocolError("not_found", f"params.{key}: {what} directory not found: {path}")
+    return os.path.abspath(path)
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not getattr(tok, "chat_template", None):
+        # Allowed (encode/decode still work); renderChat reports the missing template when called.
+        pass
+    return tok
+
+
+def eos_ids_of(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    """All end-of-sequence ids the model's configs and tokenizer declare (deduplicated, sorted)."""
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        e = getattr(src, "eos_token_id", None) if src is not None else None
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(int(x) for x in e)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def precheck(params: dict[str, Any]) -> None:
+    """The cheap checks of a loadModel request, done before the current model is released."""
+    if ("path" in params) == ("randomInit" in params):
+        raise ProtocolError("bad_request", "params: give exactly one of `path` or `randomInit`")
+    if params.get("reference") == "base" and not params.get("lora"):
+        raise ProtocolError("bad_request", "params.reference: 'base' needs LoRA (adapters disabled); use 'copy'")
+    if "path" in params:
+        path = _check_dir(params["path"], "model", "path")
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise ProtocolError("not_found", f"params.path: no config.json in {path}")
+    else:
+        _check_dir(params["randomInit"]["tokenizerPath"], "tokenizer", "randomInit.tokenizerPath")
+    resolve_device(params["device"])
+
+
+def load(params: dict[str, Any]) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    device = resolve_device(params["device"])
+    dtype = params["dtype"]
+    lora = params.get("lora")
+    reference_kind = params.get("reference")
+    if reference_kind == "base" and not lora:
+        raise ProtocolError("bad_request", "params.reference: 'base' needs LoRA (adapters disabled); use 'copy'")
+    if ("path" in params) == ("randomInit" in params):
+        raise ProtocolError("bad_request", "params: give exactly one of `path` or `randomInit`")
+    # The frozen base of a LoRA model can live in bf16; trainable weights stay fp32 (see header).
+    weight_dtype = torch.bfloat16 if (dtype == "bfloat16" and lora) else torch.float32
+
+    if "path" in params:
+        path = _check_dir(params["path"], "model", "path")
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise ProtocolError("not_found", f"params.path: no config.json in {path}")
+        tokenizer = load_tokenizer(path)
+        torch.manual_seed(params["seed"])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=weight_dtype, local_files_only=True)
+    else:
+        ri = params["randomInit"]
+        path = None
+        tokenizer = load_tokenizer(_check_dir(ri["tokenizerPath"], "tokenizer", "randomInit.tokenizerPath"))
+        cfg_dict = dict(ri["config"])
+        model_type = cfg_dict.pop("model_type", None)
+        if not isinstance(model_type, str):
+            raise ProtocolError("bad_request", "params.randomInit.config.model_type: required (e.g. 'llama')")
+        try:
+            config = AutoConfig.for_model(model_type, **cfg_dict)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ProtocolError("bad_request", f"params.randomInit.config: {e}") from None
+        torch.manual_seed(ri["seed"])
+        model = AutoModelForCausalLM.from_config(config, dtype=weight_dtype)
+    torch.manual_seed(params["seed"])
+    model.to(device)
+    model.eval()
+
+    reference = None
+    if reference_kind == "copy":
+        reference = copy.deepcopy(model)
+        reference.requires_grad_(False)
+        reference.eval()
+
+    if params.get("gradientCheckpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        if params.get("gradientCheckpointing"):
+            model.enable_input_require_grads()
+        lcfg = LoraConfig(
+            r=lora["rank"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora.get("dropout", 0.0),
+            target_modules=lora["targetModules"],
+            task_type="CAUSAL_LM",
+        )
+        try:
+            model = get_peft_model(model, lcfg)
+        except ValueError as e:
+            raise ProtocolError("bad_request", f"params.lora.targetModules: {e}") from None
+        # Adapters train in fp32 even over a bf16 base.
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        model.eval()
+
+    vocab_size = int(model.get_input_embeddings().weight.shape[0])
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        path=path,
+        lora=lora,
+        reference_kind=reference_kind,
+        reference=reference,
+        eos_ids=eos_ids_of(model, tokenizer),
+        vocab_size=vocab_size,
+        max_positions=int(max_pos) if isinstance(max_pos, int) else None,
+    )

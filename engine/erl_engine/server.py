@@ -1,0 +1,192 @@
+"""The engine process: serves the protocol over stdio (default) or HTTP.
+
+stdio: one JSON request per line on stdin, one JSON answer per line on stdout, in order. Nothing else
+is ever written to stdout (the real stdout is kept private and fd 1 is pointed at stderr, so stray
+prints from libraries cannot corrupt the stream). EOF on stdin or a `shutdown` request ends the process.
+
+HTTP: `POST /v1/call` with a request envelope as the body, `GET /v1/health`; every request must carry
+`Authorization: Bearer <token>`. It binds to loopback unless --allow-remote is given. Calls run one at
+a time, as over stdio (a lock serialises them).
+
+Usage:
+  python -m erl_engine.server                       # stdio
+  python -m erl_engine.server --http --port 8765    # token from ERL_ENGINE_TOKEN or --token
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import os
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from typing import Any, BinaryIO
+
+from .protocol import ProtocolError, fail, ok, parse_request
+
+MAX_HTTP_BODY = 1 << 30
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        # Deferred: importing torch takes a second, and --help should not pay for it.
+        from .engine import Engine
+
+        self.engine = Engine()
+        self.lock = threading.Lock()
+
+    def handle_line(self, raw: bytes | str) -> tuple[dict[str, Any], bool]:
+        """Answers one raw request; returns (answer, shutdown_requested)."""
+        try:
+            msg = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return fail(None, ProtocolError("bad_request", f"the request is not valid JSON: {e}")), False
+        rid = msg.get("id") if isinstance(msg, dict) and isinstance(msg.get("id"), int) else None
+        try:
+            rid, method, params = parse_request(msg)
+            if method == "shutdown":
+                return ok(rid, {}), True
+            with self.lock:
+                return ok(rid, self.engine.call(method, params)), False
+        except ProtocolError as e:
+            return fail(rid, e), False
+        except Exception as e:  # a bug or a torch error: report it, keep serving
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            msg_text = f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
+            return fail(rid, ProtocolError("internal", f"engine error ({msg_text}); see the engine's stderr")), False
+
+
+def serve_stdio() -> int:
+    out: BinaryIO = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    dispatcher = Dispatcher()
+    _announce("stdio")
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        answer, stop = dispatcher.handle_line(line)
+        out.write(json.dumps(answer, separators=(",", ":")).encode() + b"\n")
+        if stop:
+            break
+    out.close()
+    return 0
+
+
+def _announce(transport: str) -> None:
+    import torch
+
+    from . import ENGINE_VERSION, PROTOCOL_VERSION
+
+    print(
+        f"erl-engine {ENGINE_VERSION} ready ({transport}, protocol v{PROTOCOL_VERSION}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_http_server(host: str, port: int, token: str) -> HTTPServer:
+    dispatcher = Dispatcher()
+    expected = f"Bearer {token}".encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorised(self) -> bool:
+            got = self.headers.get("Authorization", "").encode()
+            if hmac.compare_digest(got, expected):
+                return True
+            self._send(401, fail(None, ProtocolError("unauthorized", "missing or wrong bearer token")))
+            return False
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path != "/v1/health":
+                self._send(404, fail(None, ProtocolError("bad_request", f"no such endpoint: GET {self.path}")))
+                return
+            if self._authorised():
+                self._send(200, {"ok": True})
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if 0 < length <= MAX_HTTP_BODY else b""
+            if self.path != "/v1/call":
+                self._send(404, fail(None, ProtocolError("bad_request", f"no such endpoint: POST {self.path}")))
+                return
+            if not self._authorised():
+                return
+            answer, stop = dispatcher.handle_line(body)
+            if stop:
+                # Remote clients may not stop a shared server; the operator does (Ctrl-C / SIGTERM).
+                answer = fail(answer.get("id"), ProtocolError("bad_request", "shutdown is not available over HTTP"))
+            self._send(200, answer)
+
+    # Threads only so that idle keep-alive connections do not block other clients; calls still run one
+    # at a time under the dispatcher lock.
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m erl_engine.server", description="The ERL compute engine.")
+    ap.add_argument("--http", action="store_true", help="serve HTTP instead of stdio")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--token", default=None, help="bearer token (default: $ERL_ENGINE_TOKEN)")
+    ap.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    args = ap.parse_args(argv)
+    if not args.http:
+        return serve_stdio()
+    token = args.token or os.environ.get("ERL_ENGINE_TOKEN")
+    if not token:
+        print("erl engine: a bearer token is required (--token or ERL_ENGINE_TOKEN)", file=sys.stderr)
+        return 2
+    if not _is_loopback(args.host) and not args.allow_remote:
+        print(
+            f"erl engine: refusing to listen on non-loopback address {args.host} without --allow-remote "
+            "(prefer an SSH tunnel to 127.0.0.1)",
+            file=sys.stderr,
+        )
+        return 2
+    server = make_http_server(args.host, args.port, token)
+    _announce("http")
+    host, port = server.server_address[:2]
+    # The one line a parent process waits for: the actual port (useful with --port 0).
+    print(f"erl-engine listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The engine's model calls on the tiny fixture: forward vs plain transformers, forward_backward vs a
+loss recomputed from forward, micro-batching, LoRA and references, checkpoints, export, bad input."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURE, call, datum, load_params, unpack
+
+from erl_engine.engine import Engine
+from erl_engine.protocol import ProtocolError
+
+
+def rl_datums() -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for n, adv in ((9, 1.0), (5, -0.7), (13, 0.0), (7, 2.0)):
+        ids = rng.integers(7, 100, size=n + 1).tolist()
+        w = [0.0] * 2 + [1.0] * (n - 2)
+        out.append(datum(ids[:-1], ids[1:], w, advantages=[adv] * n, oldLogprobs=[0.0] * n))
+    return out
+
+
+def forward(engine: Engine, datums: list[dict[str, Any]]) -> list[list[float]]:
+    return [unpack(x) for x in call(engine, "forward", {"datums": datums})["logprobs"]]
+
+
+def with_old_logprobs(engine: Engine, datums: list[dict[str, Any]], shift: float = 0.0) -> list[dict[str, Any]]:
+    lps = forward(engine, datums)
+    return [{**d, "oldLogprobs": [x + shift for x in lp]} for d, lp in zip(datums, lps)]
+
+
+def grads(engine: Engine) -> dict[str, torch.Tensor]:
+    assert engine.lm is not None
+    return {n: p.grad.clone() for n, p in engine.lm.model.named_parameters() if p.grad is not None}
+
+
+def params_of(engine: Engine) -> dict[str, torch.Tensor]:
+    assert engine.lm is not None
+    return {n: p.detach().clone() for n, p in engine.lm.model.named_parameters()}
+
+
+def test_forward_equals_plain_transformers(engine: Engine) -> None:
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(FIXTURE).eval()
+    datums = rl_datums()
+    got = forward(engine, datums)
+    for d, lp in zip(datums, got):
+        with torch.no_grad():
+            logits = ref(torch.tensor([d["inputIds"]])).logits[0].double()
+        want = torch.log_softmax(logits, -1)[torch.arange(len(d["targetIds"])), torch.tensor(d["targetIds"])]
+        assert np.allclose(lp, want.numpy(), atol=1e-5)
+
+
+def test_forward_backward_matches_loss_from_forward(engine: Engine) -> None:
+    """The reported loss equals the PPO formula applied to forward's log-probs (old = forward - 0.1)."""
+    datums = with_old_logprobs(engine, rl_datums(), shift=-0.1)
+    lps = forward(engine, datums)
+    res = call(engine, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "clipLow": 0.2, "clipHigh": 0.05}})
+    total = 0.0
+    for d, lp in zip(datums, lps):
+        for t, w in enumerate(d["weights"]):
+            r = np.exp(lp[t] - d["oldLogprobs"][t])
+            a = d["advantages"][t]
+            total += w * max(-a * r, -a * min(max(r, 0.8), 1.05))
+    assert res["loss"] == pytest.approx(total / len(datums), rel=1e-4)
+    m = res["metrics"]
+    assert m["ratio_mean"] == pytest.approx(np.exp(0.1), rel=1e-4)
+    # Positive-advantage tokens have r = 1.105 > 1.05: clipped high; negative ones are not clipped.
+    n_tokens = sum(sum(1 for w in d["weights"] if w) for d in datums)
+    n_pos = sum(sum(1 for w, a in zip(d["weights"], d["advantages"]) if w and a > 0) for d in datums)
+    assert m["clip_frac_high"] == pytest.approx(n_pos / n_tokens)
+    assert m["clip_frac_low"] == 0 and m["grad_norm"] > 0 and m["tokens"] == n_tokens
+
+
+def test_micro_batching_and_split_calls_give_the_same_gradient(engine: Engine) -> None:
+    datums = with_old_logprobs(engine, rl_datums())
+    loss = {"name": "importance_sampling", "aggregation": "token-mean"}
+    call(engine, "forwardBackward", {"datums": datums, "loss": loss})
+    whole = grads(engine)
+    engine.need_model().model.zero_grad(set_to_none=True)
+    engine.microbatch_tokens = 10  # one datum per micro-batch
+    n_tok = sum(sum(1 for w in d["weights"] if w) for d in datums)
+    for part in (datums[:1], datums[1:]):
+        call(engine, "forwardBackward", {"datums": part, "loss": {**loss, "normalizer": n_tok}})
+    split = grads(engine)
+    for k in whole:
+        assert torch.allclose(whole[k], split[k], atol=1e-6), k
+
+
+def test_zero_advantages_give_zero_gradient(engine: Engine) -> None:
+    datums = [{**d, "advantages": [0.0] * len(d["targetIds"])} for d in with_old_logprobs(engine, rl_datums())]
+    res = call(engine, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "dualClip": 3}})
+    assert res["loss"] == 0 and res["metrics"]["grad_norm"] == 0
+
+
+def test_lora_with_base_reference_and_kl() -> None:
+    e = Engine()
+    info = call(e, "loadModel", load_params(lora={"rank": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}, reference="base"))
+    assert 0 < info["parameters"]["trainable"] < info["parameters"]["total"] / 4
+    datums = with_old_logprobs(e, rl_datums())
+    loss = {"name": "ppo", "klCoef": 0.5}
+    res = call(e, "forwardBackward", {"datums": datums, "loss": loss})
+    assert res["metrics"]["kl"] == pytest.approx(0.0, abs=1e-6)  # adapters start as the identity
+    assert res["metrics"]["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    call(e, "optimStep", {"lr": 5e-2})
+    res = call(e, "forwardBackward", {"datums": datums, "loss": loss})
+    assert res["metrics"]["kl"] > 1e-6
+    base_names = [n for n, p in e.need_model().model.named_parameters() if not p.requires_grad]
+    assert base_names and all("lora_" not in n for n in base_names)
+
+
+def test_full_finetune_copy_reference_bf16() -> None:
+    e = Engine()
+    call(e, "loadModel", load_params(reference="copy", dtype="bfloat16"))
+    datums = rl_datums()
+    lp32 = forward(Engine_fp32(), datums)
+    lp16 = forward(e, datums)
+    for a, b in zip(lp32, lp16):
+        assert np.allclose(a, b, atol=0.1)  # bf16 autocast: close, not equal
+    call(e, "forwardBackward", {"datums": datums, "loss": {"name": "cross_entropy", "klCoef": 1.0}})
+    call(e, "optimStep", {"lr": 1e-2})
+    res = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "cross_entropy", "klCoef": 1.0}})
+    assert res["metrics"]["kl"] > 0
+    assert e.need_model().reference is not None
+    assert all(not p.requires_grad for p in e.need_model().reference.parameters())
+
+
+def Engine_fp32() -> Engine:  # noqa: N802 - reads as a constructor
+    e = Engine()
+    call(e, "loadModel", load_params())
+    return e
+
+
+def test_random_init_from_config() -> None:
+    e = Engine()
+    cfg = {"model_type": "llama", "vocab_size": 105, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128, "eos_token_id": 2}
+    a = call(e, "loadModel", {"randomInit": {"config": cfg, "tokenizerPath": FIXTURE, "seed": 5}, "dtype": "float32", "device": "cpu", "seed": 0})
+    assert a["model"]["vocabSize"] == 105 and a["model"]["maxPositions"] == 128
+    lp_a = forward(e, rl_datums()[:1])
+    call(e, "loadModel", {"randomInit": {"config": cfg, "tokenizerPath": FIXTURE, "seed": 5}, "dtype": "float32", "device": "cpu", "seed": 0})
+    assert forward(e, rl_datums()[:1]) == lp_a  # same seed, same weights
+    with pytest.raises(ProtocolError, match="model_type"):
+        call(e, "loadModel", {"randomInit": {"config": {}, "tokenizerPath": FIXTURE, "seed": 5}, "dtype": "float32", "device": "cpu", "seed": 0})
+
+
+def train_step(e: Engine, datums: list[dict[str, Any]]) -> None:
+    call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "dualClip": 3.0}})
+    call(e, "optimStep", {"lr": 1e-2, "gradClip": 1.0, "weightDecay": 0.1})
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 2, "alpha": 4, "targetModules": "all-linear", "dropout": 0.1}])
+def test_save_load_continue_equals_not_stopping(tmp_path: Any, lora: Any) -> None:
+    over = {"lora": lora} if lora else {}
+    a = Engine()
+    call(a, "loadModel", load_params(**over))
+    datums = with_old_logprobs(a, rl_datums(), shift=0.05)
+    train_step(a, datums)
+    call(a, "saveState", {"dir": str(tmp_path / "state")})
+    train_step(a, datums)
+    b = Engine()
+    call(b, "loadModel", load_params(**over))
+    assert call(b, "loadState", {"dir": str(tmp_path / "state")}) == {"step": 1}
+    train_step(b, datums)
+    pa, pb = params_of(a), params_of(b)
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    # Saving again over the same directory replaces it atomically.
+    call(b, "saveState", {"dir": str(tmp_path / "state")})
+    assert sorted(os.listdir(tmp_path)) == ["state"]
+
+
+def test_corrupted_or_mismatched_checkpoint_is_a_clear_error(tmp_path: Any, engine: Engine) -> None:
+    d = tmp_path / "s"
+    call(engine, "saveState", {"dir": str(d)})
+    raw = bytearray((d / "trainable.safetensors").read_bytes())
+    raw[-5] ^= 0xFF
+    (d / "trainable.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ProtocolError, match="checksum mismatch; the checkpoint is corrupted") as ei:
+        call(engine, "loadState", {"dir": str(d)})
+    assert ei.value.code == "checkpoint"
+    with pytest.raises(ProtocolError, match="not found"):
+        call(engine, "loadState", {"dir": str(tmp_path / "none")})
+    lora = Engine()
+    call(lora, "loadModel", load_params(lora={"rank": 2, "alpha": 4, "targetModules": ["q_proj"]}))
+    call(lora, "saveState", {"dir": str(tmp_path / "l")})
+    with pytest.raises(ProtocolError, match="do not match the loaded model"):
+        call(engine, "loadState", {"dir": str(tmp_path / "l")})
+
+
+def test_export_full_and_lora_load_in_transformers_and_peft(tmp_path: Any) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    datums = rl_datums()
+
+    def hf_logprobs(model: Any) -> list[np.ndarray]:
+        out = []
+        for d in datums:
+            with torch.no_grad():
+                logits = model(torch.tensor([d["inputIds"]])).logits[0].double()
+            out.append(torch.log_softmax(logits, -1)[torch.arange(len(d["targetIds"])), torch.tensor(d["targetIds"])].numpy())
+        return out
+
+    full = Engine()
+    call(full, "loadModel", load_params())
+    train_step(full, with_old_logprobs(full, datums))
+    call(full, "export", {"dir": str(tmp_path / "full")})
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "full").eval()
+    for a, b in zip(forward(full, datums), hf_logprobs(loaded)):
+        assert np.allclose(a, b, atol=1e-5)
+
+    lora = Engine()
+    call(lora, "loadModel", load_params(lora={"rank": 4, "alpha": 8, "targetModules": "all-linear"}))
+    for _ in range(2):
+        train_step(lora, with_old_logprobs(lora, datums, shift=0.1))
+    want = forward(lora, datums)
+    call(lora, "export", {"dir": str(tmp_path / "adapter")})
+    assert os.path.exists(tmp_path / "adapter" / "adapter_config.json")
+    base = AutoModelForCausalLM.from_pretrained(FIXTURE)
+    peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    for a, b in zip(want, hf_logprobs(peft_model)):
+        assert np.allclose(a, b, atol=1e-5)
+    call(lora, "export", {"dir": str(tmp_path / "merged"), "mergeLora": True})
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    for a, b in zip(want, hf_logprobs(merged)):
+        assert np.allclose(a, b, atol=1e-5)
+    # The live model still has its adapters after a merged export.
+    assert forward(lora, datums) == want
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "pattern"),
+    [
+        ("forward", {"datums": [datum([1, 2], [2])]}, r"datums\[0\]\.targetIds: has 1 values but inputIds has 2"),
+        ("forward", {"datums": [datum([1, -3], [2, 3])]}, r"inputIds\[1\]: token id -3 is outside"),
+        ("forward", {"datums": [datum([1, 2], [2, 3], [1.0, None])]}, r"weights\[1\]: NaN is not allowed"),
+        ("forwardBackward", {"datums": [datum([1], [2])], "loss": {"name": "ppo"}}, r"datums\[0\]\.advantages: required by this loss"),
+        ("forwardBackward", {"datums": [datum([1], [2])], "loss": {"name": "grpo"}}, r"params\.loss\.name: expected one of"),
+        ("forwardBackward", {"datums": [datum([1], [2])], "loss": {"name": "cross_entropy", "klCoef": 0.1}}, r"needs a frozen reference"),
+        ("loadModel", load_params(path="/no/such/dir"), r"model directory not found: /no/such/dir"),
+        ("renderChat", {"messages": [{"role": "robot", "content": "x"}]}, r"messages\[0\]\.role: expected one of"),
+        ("optimStep", {"lr": -1}, r"params\.lr: must be >= 0"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_the_model_stays(engine: Engine, method: str, params: Any, pattern: str) -> None:
+    with pytest.raises(ProtocolError, match=pattern):
+        call(engine, method, params)
+    assert engine.lm is not None and len(forward(engine, [datum([4, 5], [5, 6])])[0]) == 2
+
+
+def test_calls_before_load_model_say_so() -> None:
+    with pytest.raises(ProtocolError, match="no model is loaded"):
+        call(Engine(), "encode", {"text": "x"})

@@ -1,0 +1,145 @@
+"""Sampling: statistical tests of temperature/top-k/top-p with fixed seeds on known logits, then
+the batched sampler on the tiny model: seeds, stops, mixed prompt lengths, log-probs vs forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import call, datum, unpack
+
+from erl_engine.sampler import choose_tokens
+
+LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0])
+DRAWS = 20000
+
+
+def frequencies(temperature: float, top_k: int | None, top_p: float | None, seed: int = 0) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    logits = LOGITS.expand(DRAWS, -1)
+    toks = choose_tokens(logits, temperature, top_k, top_p, gen)
+    return np.bincount(toks.numpy(), minlength=len(LOGITS)) / DRAWS
+
+
+def expected(temperature: float, keep: list[int]) -> np.ndarray:
+    p = np.exp(LOGITS.numpy() / temperature)
+    mask = np.zeros_like(p)
+    mask[keep] = 1
+    p = p * mask
+    return p / p.sum()
+
+
+def close_to(freq: np.ndarray, want: np.ndarray) -> None:
+    # 5 standard errors of a binomial proportion, per token.
+    se = np.sqrt(np.maximum(want * (1 - want), 1e-12) / DRAWS)
+    assert np.all(np.abs(freq - want) <= 5 * se + 1e-9), (freq, want)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_scales_the_distribution(temperature: float) -> None:
+    close_to(frequencies(temperature, None, None), expected(temperature, list(range(8))))
+
+
+def test_top_k_keeps_the_k_most_likely() -> None:
+    f = frequencies(1.0, 3, None)
+    assert f[3:].sum() == 0
+    close_to(f, expected(1.0, [0, 1, 2]))
+
+
+def test_top_p_keeps_the_nucleus() -> None:
+    p = expected(1.0, list(range(8)))  # 0.39, 0.24, 0.14, ...: the first three cover 0.77
+    assert p[:2].sum() < 0.7 < p[:3].sum()
+    f = frequencies(1.0, None, 0.7)
+    assert f[3:].sum() == 0
+    close_to(f, expected(1.0, [0, 1, 2]))
+
+
+def test_top_k_and_top_p_and_temperature_compose() -> None:
+    f = frequencies(0.5, 4, 0.9)
+    q = expected(0.5, [0, 1, 2, 3])
+    keep = [i for i in range(4) if q[:i].sum() < 0.9]
+    close_to(f, expected(0.5, keep))
+
+
+def test_temperature_zero_is_greedy_and_seeds_repeat() -> None:
+    gen = torch.Generator().manual_seed(0)
+    assert torch.all(choose_tokens(LOGITS.expand(10, -1), 0.0, None, None, gen) == 0)
+    a = frequencies(1.0, None, None, seed=3)
+    b = frequencies(1.0, None, None, seed=3)
+    c = frequencies(1.0, None, None, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ---- the sampler on the tiny model --------------------------------------------------------------
+
+
+def sample(engine: Any, **kw: Any) -> list[dict[str, Any]]:
+    req = {"n": 1, "maxTokens": 8, "temperature": 1.0, "seed": 0, **kw}
+    out = call(engine, "sample", req)["sequences"]
+    for s in out:
+        s["logprobs"] = unpack(s["logprobs"])
+    return out
+
+
+def test_same_seed_same_tokens_and_logprobs_match_forward(engine: Any) -> None:
+    prompts = [[4, 60, 61, 62, 63, 64, 65, 2, 5], [5], [3, 40, 2, 4, 41, 42, 2, 5]]
+    a = sample(engine, prompts=prompts, n=3, maxTokens=20, seed=11)
+    b = sample(engine, prompts=prompts, n=3, maxTokens=20, seed=11)
+    c = sample(engine, prompts=prompts, n=3, maxTokens=20, seed=12)
+    assert [s["tokens"] for s in a] == [s["tokens"] for s in b]
+    assert [s["tokens"] for s in a] != [s["tokens"] for s in c]
+    assert [s["promptIndex"] for s in a] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    datums = []
+    for s in a:
+        full = prompts[s["promptIndex"]] + s["tokens"]
+        datums.append(datum(full[:-1], full[1:]))
+    fwd = [unpack(x) for x in call(engine, "forward", {"datums": datums})["logprobs"]]
+    for s, lp in zip(a, fwd):
+        tail = lp[len(prompts[s["promptIndex"]]) - 1 :]
+        assert np.allclose(s["logprobs"], tail, atol=1e-4)
+        if s["stopReason"] == "stop":
+            assert s["tokens"][-1] == 2
+        else:
+            assert len(s["tokens"]) == 20
+
+
+def test_left_padding_does_not_change_results(engine: Any) -> None:
+    short = [5, 60]
+    long = [3] + list(range(40, 70)) + [2, 5]
+    alone = sample(engine, prompts=[short], temperature=0.0, maxTokens=12)
+    mixed = sample(engine, prompts=[long, short], temperature=0.0, maxTokens=12)
+    assert alone[0]["tokens"] == mixed[1]["tokens"]
+    assert np.allclose(alone[0]["logprobs"], mixed[1]["logprobs"], atol=1e-4)
+
+
+def test_stop_ids_stop_strings_and_max_tokens(engine: Any) -> None:
+    free = sample(engine, prompts=[[5]], n=8, maxTokens=30, seed=1)
+    # Stop on a token id that the free run produced: every sequence stops at its first occurrence.
+    stop_tok = free[0]["tokens"][3]
+    stopped = sample(engine, prompts=[[5]], n=8, maxTokens=30, seed=1, stopTokenIds=[stop_tok])
+    for f, s in zip(free, stopped):
+        if stop_tok in f["tokens"]:
+            k = f["tokens"].index(stop_tok)
+            assert s["tokens"] == f["tokens"][: k + 1] and s["stopReason"] == "stop"
+    # A two-character stop string taken from the free run's text.
+    text = call(engine, "decode", {"ids": free[1]["tokens"][5:7]})["text"]
+    by_text = sample(engine, prompts=[[5]], n=8, maxTokens=30, seed=1, stopStrings=[text])
+    s1 = by_text[1]
+    assert s1["stopReason"] == "stop"
+    decoded = call(engine, "decode", {"ids": s1["tokens"]})["text"]
+    assert decoded.endswith(text) and decoded.count(text) == 1
+    short = sample(engine, prompts=[[5]], maxTokens=3, stopTokenIds=[])
+    assert len(short[0]["tokens"]) <= 3
+
+
+def test_sampler_rejects_bad_requests(engine: Any) -> None:
+    from erl_engine.protocol import ProtocolError
+
+    with pytest.raises(ProtocolError, match=r"prompts\[1\]: token id 500 is outside"):
+        sample(engine, prompts=[[5], [500]])
+    with pytest.raises(ProtocolError, match="exceeds the model's 1024 positions"):
+        sample(engine, prompts=[[5]], maxTokens=2000)
+    with pytest.raises(ProtocolError, match=r"params.topP: must be > 0"):
+        sample(engine, prompts=[[5]], topP=0)

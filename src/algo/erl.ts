@@ -1,0 +1,337 @@
+/**
+ * The ERL training step (Experiential Reinforcement Learning, arXiv 2602.13949), top to bottom:
+ * it runs the rollouts of one batch and returns the training samples, rollout records, memory
+ * writes and metrics. The optimiser step is `trainOnSamples` (learner.ts).
+ *
+ * Choices (reference = the paper's public code; see docs/algorithms.md):
+ * 1. First attempts: n per task (default 4) under the initial system prompt (task description +
+ *    action format, no symbol meanings), sampled at temperature 0.7.
+ * 2. Gate: an attempt is retried only if it failed (`success` false; for the games r1 < 1, for
+ *    HotpotQA not an exact match). Successes stay on-policy: no reflection, no second attempt.
+ * 3. Reflection: the same model, temperature 0.5, top-p 0.9, shown the memory rulebook of the
+ *    attempt's slot (or the initial prompt when that slot is empty), the attempt's trace, reward and
+ *    feedback. Δ is the last non-empty <prompt>…</prompt>; without one, the shown prompt is kept.
+ *    The action-format reminder is appended to Δ unless Δ already ends with it.
+ * 4. Second attempt: the same task from the same start, Δ replacing the system prompt. It does not
+ *    see the first attempt.
+ * 5. Memory: slot ← Δ when the second attempt succeeds (the code's `r2 ≥ 1`; the paper's `r2 > 1`
+ *    can never hold for 0/1 rewards). The batch reads a snapshot taken at its start and its writes
+ *    are applied at its end, in batch order (in global mode the last success of the batch wins).
+ *    Memory is read only here, by reflections.
+ * 6. Samples: every first attempt (r1); for each retried attempt a reflection sample (Δ's raw
+ *    sampled tokens, scored by r2), a second-attempt sample (r2) and a distill sample: the second
+ *    attempt's sampled tokens re-rendered under the initial prompt, weight max(r2, 0), old log-probs
+ *    recomputed in that context (ratio starts at 1).
+ * 7. Advantages: GRPO within (task, stage) groups; singleton groups A = r by default (the
+ *    reference's mean 0 / std 1), all-equal groups A = 0 and kept; both are named options.
+ * Ablations (options): noMemory (reflection always shown the initial prompt, memory never
+ * written), noReflection (no Δ; the second attempt's system prompt is the initial prompt + the past
+ * attempt + the format reminder; memory never written; distill kept), noDistill.
+ * Deviations: perWorker memory slots are assigned by batch position (position mod k) rather than by
+ * rollout worker; a reflection whose prompt does not fit the context gets an empty reply (Δ = the
+ * shown prompt) and trains nothing; a distill replay longer than the context window is dropped.
+ */
+import {
+  replayWithSystem,
+  runEpisodes,
+  sampleReplies,
+  emptyTiming,
+  type EpisodeOutcome,
+} from "../agent/loop.ts";
+import {
+  getPromptProfile,
+  rulebookFromReflection,
+  findRulebook,
+  type AttemptState,
+} from "../agent/prompts.ts";
+import type { Task } from "../envs/types.ts";
+import { UserError } from "../util/errors.ts";
+import { scoringDatum } from "./learner.ts";
+import { describeMemoryMode, sameMemoryMode, validateMemoryMode } from "./memory.ts";
+import {
+  checkLoopOptions,
+  checkPositiveInt,
+  checkProfile,
+  checkRules,
+  checkSampling,
+  envStopStrings,
+  episodeId,
+  groupKey,
+  makeDistillSample,
+  makeSample,
+  mean,
+  rolloutRecord,
+  withAdvantages,
+  withRecomputedLogprobs,
+} from "./samples.ts";
+import type {
+  AlgoContext,
+  ErlOptions,
+  MemoryWrite,
+  RolloutRecord,
+  StepResult,
+  TrainSample,
+} from "./types.ts";
+
+export function validateErlOptions(o: ErlOptions): void {
+  checkPositiveInt("n", o.n);
+  validateMemoryMode(o.memory);
+  for (const key of ["noMemory", "noReflection", "noDistill"] as const)
+    if (typeof o[key] !== "boolean") throw new UserError(`option "${key}": expected true or false`);
+  checkRules(o);
+  checkSampling("attemptSampling", o.attemptSampling);
+  checkSampling("reflectionSampling", o.reflectionSampling);
+  checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
+  checkLoopOptions(o);
+  checkProfile(o.profile);
+}
+
+/** One attempt slot of the batch: task × attempt index. */
+interface Attempt {
+  task: Task;
+  taskIndex: number;
+  attempt: number;
+  /** Position in the batch, which picks the perWorker memory slot. */
+  position: number;
+}
+
+/** What a retried attempt carries from reflection to the second attempt. */
+interface Retry {
+  attempt: Attempt;
+  first: EpisodeOutcome;
+  slot: number;
+  memoryBefore: string | null;
+  system: string;
+  reflection?: { prompt: string; text: string; rulebook: string; sample: TrainSample; tagFound: boolean };
+}
+
+export async function erlStep(
+  ctx: AlgoContext,
+  tasks: readonly Task[],
+  options: ErlOptions,
+): Promise<StepResult> {
+  validateErlOptions(options);
+  if (!sameMemoryMode(ctx.memory.mode, options.memory))
+    throw new UserError(
+      `memory: the store is ${describeMemoryMode(ctx.memory.mode)} but the options ask for ${describeMemoryMode(options.memory)}`,
+    );
+  const started = performance.now();
+  const timing = emptyTiming();
+  const { env, model, step } = ctx;
+  const profile = getPromptProfile(options.profile);
+  const parts = env.prompt();
+  const initialPrompt = profile.initialSystemPrompt(parts);
+  const memory = ctx.memory.snapshot(); // read at batch start
+  const loopDeps = { env, model, rng: ctx.rng, settings: options, stopStrings: envStopStrings(env), timing };
+  const perWorker = options.memory.kind === "perWorker";
+
+  // 1. First attempts.
+  const attempts: Attempt[] = tasks.flatMap((task, taskIndex) =>
+    Array.from({ length: options.n }, (_, attempt) => ({
+      task,
+      taskIndex,
+      attempt,
+      position: taskIndex * options.n + attempt,
+    })),
+  );
+  const firsts = await runEpisodes(
+    attempts.map((a) => ({
+      id: episodeId(step, a.taskIndex, a.attempt, "first"),
+      task: a.task,
+      system: initialPrompt,
+      sampling: options.attemptSampling,
+    })),
+    { ...loopDeps, onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: "first", done, total }) },
+  );
+
+  // 2. Gate: only failures go on.
+  const retries: Retry[] = [];
+  attempts.forEach((attempt, i) => {
+    const first = firsts[i]!;
+    if (first.success) return;
+    const slot = memory.slotFor(attempt.position);
+    const memoryBefore = options.noMemory ? null : memory.read(slot);
+    retries.push({ attempt, first, slot, memoryBefore, system: initialPrompt });
+  });
+  const stateOf = (o: EpisodeOutcome): AttemptState => ({
+    trace: o.trace,
+    reward: o.reward,
+    feedback: o.feedback,
+  });
+
+  // 3. Reflection: Δ becomes the second attempt's system prompt.
+  if (options.noReflection) {
+    for (const r of retries) r.system = profile.noReflectionSystemPrompt(parts, stateOf(r.first));
+  } else if (retries.length > 0) {
+    const shown = retries.map((r) => r.memoryBefore ?? initialPrompt);
+    const chats = retries.map((r, i) => profile.reflectionMessages(parts, shown[i]!, stateOf(r.first)));
+    ctx.onProgress?.({ phase: "reflection", done: 0, total: retries.length });
+    const replies = await sampleReplies(
+      chats.map((messages) => ({
+        messages,
+        sampling: options.reflectionSampling,
+        maxTokens: options.maxReflectionTokens,
+      })),
+      { model, rng: ctx.rng, timing, maxContextTokens: options.maxContextTokens },
+    );
+    ctx.onProgress?.({ phase: "reflection", done: retries.length, total: retries.length });
+    retries.forEach((r, i) => {
+      const reply = replies[i]!;
+      const rulebook = rulebookFromReflection(reply.text, shown[i]!, parts);
+      r.system = rulebook;
+      r.reflection = {
+        prompt: chats[i]!.map((m) => `[${m.role}]\n${m.content}`).join("\n\n"),
+        text: reply.text,
+        rulebook,
+        tagFound: findRulebook(reply.text) !== null,
+        // Scored by r2 once the second attempt is done.
+        sample: makeSample("reflection", r.attempt.task.id, r.first.request.id, reply.trajectory, 0),
+      };
+    });
+  }
+
+  // 4. Second attempts under Δ.
+  const seconds = await runEpisodes(
+    retries.map((r) => ({
+      id: episodeId(step, r.attempt.taskIndex, r.attempt.attempt, "second"),
+      task: r.attempt.task,
+      system: r.system,
+      sampling: options.attemptSampling,
+    })),
+    { ...loopDeps, onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: "second", done, total }) },
+  );
+
+  // 5. Memory writes for successful second attempts (applied to the store at the end of the batch).
+  const memoryWrites: MemoryWrite[] = [];
+  if (!options.noMemory && !options.noReflection) {
+    const scratch = memory.snapshot();
+    retries.forEach((r, i) => {
+      const second = seconds[i]!;
+      if (!second.success || !r.reflection) return;
+      const w: MemoryWrite = {
+        step,
+        episode: second.request.id,
+        task: r.attempt.task.id,
+        rulebook: r.reflection.rulebook,
+        previous: scratch.read(r.slot),
+      };
+      if (perWorker) w.worker = r.slot;
+      scratch.apply([w]);
+      memoryWrites.push(w);
+    });
+  }
+
+  // 6. Samples: first attempts for all; reflection, second and distill for retried ones.
+  const samples: TrainSample[] = firsts.map((o, i) =>
+    makeSample("first", attempts[i]!.task.id, o.request.id, o.trajectory, o.reward),
+  );
+  const distillPending: TrainSample[] = [];
+  const contextLimit = Math.min(options.maxContextTokens, model.maxPositions ?? Number.POSITIVE_INFINITY);
+  let distillTooLong = 0;
+  for (let i = 0; i < retries.length; i++) {
+    const r = retries[i]!;
+    const second = seconds[i]!;
+    const taskId = r.attempt.task.id;
+    if (r.reflection) samples.push({ ...r.reflection.sample, reward: second.reward });
+    samples.push(makeSample("second", taskId, second.request.id, second.trajectory, second.reward));
+    if (!options.noDistill) {
+      const trajectory = await replayWithSystem(model, second, initialPrompt);
+      // The initial prompt can be longer than Δ: a replay that no longer fits the window is dropped.
+      if (trajectory.ids.length - 1 > contextLimit) distillTooLong += 1;
+      else distillPending.push(makeDistillSample(taskId, second.request.id, trajectory, second.reward));
+    }
+  }
+  // Distill old log-probs: the current policy's, in the distill context (one forward call).
+  if (distillPending.length > 0) {
+    ctx.onProgress?.({ phase: "distill", done: 0, total: distillPending.length });
+    const scored = await model.forward(distillPending.map(scoringDatum));
+    distillPending.forEach((s, i) => samples.push(withRecomputedLogprobs(s, scored[i]!)));
+    ctx.onProgress?.({ phase: "distill", done: distillPending.length, total: distillPending.length });
+  }
+
+  // 7. Advantages within (task, stage) groups.
+  const trainSamples = withAdvantages(samples, options);
+
+  // Rollout records and metrics.
+  const rollouts: RolloutRecord[] = firsts.map((o, i) => {
+    const a = attempts[i]!;
+    return rolloutRecord({
+      step,
+      env,
+      task: a.task,
+      outcome: o,
+      stage: "first",
+      attempt: a.attempt,
+      group: groupKey(a.task.id, "first"),
+      ...(perWorker ? { worker: memory.slotFor(a.position) } : {}),
+    });
+  });
+  retries.forEach((r, i) => {
+    const rec = rolloutRecord({
+      step,
+      env,
+      task: r.attempt.task,
+      outcome: seconds[i]!,
+      stage: "second",
+      attempt: r.attempt.attempt,
+      group: groupKey(r.attempt.task.id, "second"),
+      ...(perWorker ? { worker: r.slot } : {}),
+    });
+    if (r.reflection)
+      rec.reflection = {
+        prompt: r.reflection.prompt,
+        text: r.reflection.text,
+        rulebook: r.reflection.rulebook,
+        memoryBefore: r.memoryBefore,
+      };
+    rollouts.push(rec);
+  });
+
+  ctx.memory.apply(memoryWrites); // written at batch end
+
+  const r1 = firsts.map((o) => o.reward);
+  const r2 = seconds.map((o) => o.reward);
+  const post = firsts.map((o) => o.reward);
+  retries.forEach((r, i) => (post[attempts.indexOf(r.attempt)] = seconds[i]!.reward));
+  const count = (stage: string) => trainSamples.filter((s) => s.stage === stage).length;
+  const sampledTokens =
+    [...firsts, ...seconds].reduce((a, o) => a + o.sampledTokens, 0) +
+    retries.reduce(
+      (a, r) => a + (r.reflection ? r.reflection.sample.mask.reduce<number>((x, m) => x + m, 0) : 0),
+      0,
+    );
+  const metrics: Record<string, number> = {
+    "reward/first": mean(r1),
+    "reward/post_reflection": mean(post),
+    "success/first": mean(firsts.map((o) => (o.success ? 1 : 0))),
+    gate_rate: attempts.length === 0 ? 0 : retries.length / attempts.length,
+    "memory/updates": memoryWrites.length,
+    "samples/first": count("first"),
+    "samples/reflection": count("reflection"),
+    "samples/second": count("second"),
+    "samples/distill": count("distill"),
+    "distill/too_long": distillTooLong,
+    "episodes/first": firsts.length,
+    "episodes/second": seconds.length,
+    "tokens/sampled": sampledTokens,
+    "time/sample": timing.sample,
+    "time/env": timing.env,
+    "time/render": timing.render,
+    "sample/calls": timing.sampleCalls,
+  };
+  if (seconds.length > 0) {
+    metrics["reward/second"] = mean(r2);
+    metrics["success/second"] = mean(seconds.map((o) => (o.success ? 1 : 0)));
+  }
+  const reflections = retries.filter((r) => r.reflection);
+  if (reflections.length > 0) {
+    metrics["reward/reflection"] = mean(
+      retries.flatMap((r, i) => (r.reflection ? [seconds[i]!.reward] : [])),
+    );
+    metrics["reflection/tag_rate"] = mean(reflections.map((r) => (r.reflection!.tagFound ? 1 : 0)));
+  }
+  const elapsed = (performance.now() - started) / 1000;
+  metrics["time/rollout"] = elapsed;
+  metrics["time/other"] = Math.max(0, elapsed - timing.sample - timing.env);
+  return { samples: trainSamples, rollouts, memoryWrites, metrics };
+}

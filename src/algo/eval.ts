@@ -1,0 +1,77 @@
+/**
+ * Evaluation (spec §3): first attempts only, under the initial system prompt, with no memory and
+ * no reflection — the context type has no memory at all. n samples per task (default 4 at
+ * temperature 0.7, top-p 0.8, top-k 20; HotpotQA 1). Reports mean reward over all episodes and
+ * pass@1 (per task, the fraction of successful samples; averaged over tasks).
+ */
+import { runEpisodes } from "../agent/loop.ts";
+import { getPromptProfile } from "../agent/prompts.ts";
+import type { Task } from "../envs/types.ts";
+import {
+  checkLoopOptions,
+  checkPositiveInt,
+  checkProfile,
+  checkSampling,
+  envStopStrings,
+  episodeId,
+  mean,
+  rolloutRecord,
+} from "./samples.ts";
+import type { EvalContext, EvalOptions, EvalResult } from "./types.ts";
+
+export function validateEvalOptions(o: EvalOptions): void {
+  checkPositiveInt("n", o.n);
+  checkSampling("sampling", o.sampling);
+  checkLoopOptions(o);
+  checkProfile(o.profile);
+}
+
+export async function evaluate(
+  ctx: EvalContext,
+  tasks: readonly Task[],
+  options: EvalOptions,
+): Promise<EvalResult> {
+  validateEvalOptions(options);
+  const { env, model, step } = ctx;
+  const system = getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
+  const attempts = tasks.flatMap((task, taskIndex) =>
+    Array.from({ length: options.n }, (_, attempt) => ({ task, taskIndex, attempt })),
+  );
+  const outcomes = await runEpisodes(
+    attempts.map((a) => ({
+      id: `eval-${episodeId(step, a.taskIndex, a.attempt, "eval")}`,
+      task: a.task,
+      system,
+      sampling: options.sampling,
+    })),
+    {
+      env,
+      model,
+      rng: ctx.rng,
+      settings: options,
+      stopStrings: envStopStrings(env),
+      onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: "eval", done, total }),
+    },
+  );
+  const perTask = tasks.map((_, t) =>
+    mean(outcomes.filter((_, i) => attempts[i]!.taskIndex === t).map((o) => (o.success ? 1 : 0))),
+  );
+  const rollouts = outcomes.map((o, i) => {
+    const a = attempts[i]!;
+    return rolloutRecord({
+      step,
+      env,
+      task: a.task,
+      outcome: o,
+      stage: "eval",
+      attempt: a.attempt,
+      group: `${a.task.id}|eval`,
+    });
+  });
+  return {
+    reward: mean(outcomes.map((o) => o.reward)),
+    passAt1: mean(perTask),
+    n: outcomes.length,
+    rollouts,
+  };
+}

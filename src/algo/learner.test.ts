@@ -1,0 +1,124 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { AdamWConfig, Datum, ForwardBackwardResult, LossConfig } from "../engine/api.ts";
+import { batchNormalizer, lossConfigFor, sampleToDatum, trainOnSamples } from "./learner.ts";
+import { defaultLearnerConfig, defaultOptimConfig, type TrainSample } from "./types.ts";
+
+function sample(over: Partial<TrainSample> = {}): TrainSample {
+  return {
+    stage: "first",
+    taskId: "t",
+    episode: "e",
+    group: "t|first",
+    ids: [10, 11, 12, 13, 14, 15],
+    mask: [0, 0, 1, 1, 0, 1],
+    logprobs: [0, 0, -0.5, -0.25, 0, -2],
+    reward: 1,
+    advantage: 0.75,
+    ...over,
+  };
+}
+
+test("a sample becomes a shifted datum: the advantage lands on trained targets only", () => {
+  const d = sampleToDatum(sample());
+  assert.deepEqual(d.inputIds, [10, 11, 12, 13, 14]);
+  assert.deepEqual(d.targetIds, [11, 12, 13, 14, 15]);
+  assert.deepEqual(d.weights, [0, 1, 1, 0, 1]);
+  assert.deepEqual(d.advantages, [0, 0.75, 0.75, 0, 0.75]);
+  assert.deepEqual(d.oldLogprobs, [0, -0.5, -0.25, 0, -2]);
+  assert.throws(() => sampleToDatum(sample({ mask: [0, 1] })), /differ in length/);
+});
+
+test("the spec's loss settings reach the engine", () => {
+  const loss = lossConfigFor(defaultLearnerConfig());
+  assert.deepEqual(loss, {
+    name: "ppo",
+    aggregation: "seq-mean-token-sum",
+    clipLow: 0.2,
+    clipHigh: 0.28,
+    dualClip: 3,
+    klCoef: 0.001,
+  });
+  assert.equal(lossConfigFor({ ...defaultLearnerConfig(), dualClip: null }).dualClip, undefined);
+  assert.deepEqual(defaultOptimConfig(), { lr: 1e-6, weightDecay: 0.01, gradClip: 1 });
+});
+
+class FakeEngine {
+  calls: { datums: Datum[]; loss: LossConfig & { normalizer?: number } }[] = [];
+  optim: AdamWConfig[] = [];
+  async forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult> {
+    this.calls.push({ datums, loss });
+    const tokens = datums.reduce((a, d) => a + d.weights.filter((w) => w !== 0).length, 0);
+    // Loss of each call = its share of the batch: sequences / normalizer.
+    const norm = (loss as { normalizer?: number }).normalizer ?? datums.length;
+    return {
+      loss: datums.length / norm,
+      metrics: {
+        tokens,
+        kl: 0.01 * this.calls.length,
+        ratio_mean: 1,
+        ratio_min: 0.9,
+        ratio_max: 1.1,
+        clip_frac_low: 0,
+        clip_frac_high: 0.5,
+        entropy: 2,
+      },
+    };
+  }
+  async optimStep(cfg: AdamWConfig) {
+    this.optim.push(cfg);
+    return { gradNorm: 0.5, metrics: { lr: cfg.lr } };
+  }
+}
+
+test("trainOnSamples: micro-batched calls share one normaliser, then one optimiser step", async () => {
+  const engine = new FakeEngine();
+  const samples = [
+    sample(),
+    sample({ episode: "e2", advantage: -1 }),
+    sample({ episode: "e3", mask: [0, 0, 0, 0, 0, 0] }), // nothing to train: left out
+    sample({ stage: "distill", group: "", advantage: 1, distillWeight: 1, mask: [0, 1, 1, 1, 1, 1] }),
+  ];
+  const m = await trainOnSamples(
+    engine,
+    samples,
+    { ...defaultLearnerConfig(), microBatchSize: 2 },
+    defaultOptimConfig(),
+  );
+  assert.deepEqual(
+    engine.calls.map((c) => c.datums.length),
+    [2, 1],
+  );
+  for (const c of engine.calls) assert.equal(c.loss.normalizer, 3, "the whole batch's sequence count");
+  assert.equal(engine.optim.length, 1);
+  assert.equal(m["samples/trained"], 3);
+  assert.equal(m["tokens/trained"], 3 + 3 + 5);
+  assert.ok(Math.abs(m.loss! - 1) < 1e-12, "summed shares make the whole-batch loss");
+  // Token-weighted averages of per-call metrics: kl 0.01 on 6 tokens, 0.02 on 5.
+  assert.ok(Math.abs(m.kl! - (0.01 * 6 + 0.02 * 5) / 11) < 1e-12);
+  assert.equal(m.clip_frac, 0.5);
+  assert.equal(m.grad_norm, 0.5);
+  assert.deepEqual([m["ratio/min"], m["ratio/max"]], [0.9, 1.1]);
+  // The distill row is a PPO row whose advantage is its weight.
+  assert.deepEqual(engine.calls[1]!.datums[0]!.advantages, [1, 1, 1, 1, 1]);
+
+  const one = new FakeEngine();
+  await trainOnSamples(one, samples, defaultLearnerConfig(), defaultOptimConfig());
+  assert.equal(one.calls.length, 1);
+  assert.equal(one.calls[0]!.loss.normalizer, undefined, "one call: the engine's own divisor is the batch's");
+});
+
+test("token-mean normalises by trained tokens; an empty batch skips the optimiser", async () => {
+  const datums = [sampleToDatum(sample()), sampleToDatum(sample({ mask: [0, 1, 1, 1, 1, 1] }))];
+  assert.equal(batchNormalizer(datums, { ...defaultLearnerConfig(), aggregation: "token-mean" }), 3 + 5);
+  assert.equal(batchNormalizer(datums, defaultLearnerConfig()), 2);
+  const engine = new FakeEngine();
+  const m = await trainOnSamples(
+    engine,
+    [sample({ mask: [0, 0, 0, 0, 0, 0] })],
+    defaultLearnerConfig(),
+    defaultOptimConfig(),
+  );
+  assert.equal(engine.calls.length + engine.optim.length, 0);
+  assert.equal(m["samples/trained"], 0);
+});

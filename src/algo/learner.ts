@@ -1,0 +1,134 @@
+/**
+ * One optimisation step on a batch of training samples (spec §2): samples → engine datums →
+ * forwardBackward (PPO with asymmetric clip, dual clip, k3 KL, seq-mean-token-sum) → optimStep.
+ *
+ * - Each sample's scalar advantage is broadcast to its trained tokens; every other token has weight 0.
+ * - Distill rows go through the same PPO loss with advantage = distill weight. Their old log-probs
+ *   were recomputed under the distill context, so the ratio starts at exactly 1 and the first (and,
+ *   with one epoch per batch, only) gradient equals that of cross-entropy weighted by max(r2, 0);
+ *   unlike a separate cross-entropy pass, it shares the batch's normaliser and KL term.
+ * - Samples with no trained token are left out (they would only change the normaliser).
+ * - The batch may be split over several forwardBackward calls; every call carries the whole batch's
+ *   normaliser so the summed gradient equals the one-call gradient (the engine micro-batches inside
+ *   a call by itself).
+ */
+import type { AdamWConfig, Datum, Engine, LossConfig } from "../engine/api.ts";
+import type { LearnerConfig, TrainSample } from "./types.ts";
+
+/** The engine datum of a sample: position t predicts ids[t+1]; weights and advantages follow the mask. */
+export function sampleToDatum(sample: TrainSample): Datum {
+  const n = sample.ids.length;
+  if (sample.mask.length !== n || sample.logprobs.length !== n)
+    throw new Error(`sample ${sample.episode}/${sample.stage}: ids, mask and log-probs differ in length`);
+  if (n < 2) throw new Error(`sample ${sample.episode}/${sample.stage}: needs at least two tokens`);
+  const weights = sample.mask.slice(1).map((m) => (m === 1 ? 1 : 0));
+  return {
+    inputIds: sample.ids.slice(0, n - 1),
+    targetIds: sample.ids.slice(1),
+    weights,
+    advantages: weights.map((w) => (w === 1 ? sample.advantage : 0)),
+    oldLogprobs: sample.logprobs.slice(1),
+  };
+}
+
+/** The datum used to score a sample's tokens (no RL fields). */
+export function scoringDatum(sample: TrainSample): Datum {
+  const d = sampleToDatum(sample);
+  return { inputIds: d.inputIds, targetIds: d.targetIds, weights: d.weights };
+}
+
+export function trainedTokens(sample: TrainSample): number {
+  let k = 0;
+  for (let i = 1; i < sample.mask.length; i++) k += sample.mask[i]!;
+  return k;
+}
+
+export function lossConfigFor(cfg: LearnerConfig, normalizer?: number): LossConfig & { normalizer?: number } {
+  const loss: LossConfig & { normalizer?: number } = {
+    name: "ppo",
+    aggregation: cfg.aggregation,
+    clipLow: cfg.clipLow,
+    clipHigh: cfg.clipHigh,
+    klCoef: cfg.klCoef,
+  };
+  if (cfg.dualClip !== null) loss.dualClip = cfg.dualClip;
+  if (normalizer !== undefined) loss.normalizer = normalizer;
+  return loss;
+}
+
+/** The batch's divisor: sequences (seq-mean-token-sum) or trained tokens (token-mean). */
+export function batchNormalizer(datums: readonly Datum[], cfg: LearnerConfig): number {
+  if (cfg.aggregation === "seq-mean-token-sum") return datums.length;
+  return datums.reduce((a, d) => a + d.weights.filter((w) => w !== 0).length, 0);
+}
+
+export async function trainOnSamples(
+  engine: Pick<Engine, "forwardBackward" | "optimStep">,
+  samples: readonly TrainSample[],
+  lossConfig: LearnerConfig,
+  optimConfig: AdamWConfig,
+): Promise<Record<string, number>> {
+  const t0 = performance.now();
+  const trained = samples.filter((s) => trainedTokens(s) > 0);
+  const metrics: Record<string, number> = { "samples/trained": trained.length, "tokens/trained": 0 };
+  if (trained.length === 0) {
+    metrics["time/train"] = (performance.now() - t0) / 1000;
+    return metrics;
+  }
+  const datums = trained.map(sampleToDatum);
+  const normalizer = batchNormalizer(datums, lossConfig);
+  const per = Math.max(1, lossConfig.microBatchSize);
+  const calls = Math.ceil(datums.length / per);
+  // Token-weighted sums of the engine's per-token metrics across calls.
+  const sums: Record<string, number> = {};
+  let tokens = 0;
+  let loss = 0;
+  let ratioMin = Number.POSITIVE_INFINITY;
+  let ratioMax = Number.NEGATIVE_INFINITY;
+  for (let c = 0; c < calls; c++) {
+    const chunk = datums.slice(c * per, (c + 1) * per);
+    const res = await engine.forwardBackward(
+      chunk,
+      lossConfigFor(lossConfig, calls > 1 ? normalizer : undefined),
+    );
+    loss += res.loss;
+    const m = res.metrics;
+    const k = m.tokens ?? chunk.reduce((a, d) => a + d.weights.filter((w) => w !== 0).length, 0);
+    tokens += k;
+    for (const key of [
+      "kl",
+      "entropy",
+      "ratio_mean",
+      "clip_frac_low",
+      "clip_frac_high",
+      "dual_clip_frac",
+      "logprob_mean",
+    ])
+      if (m[key] !== undefined) sums[key] = (sums[key] ?? 0) + m[key] * k;
+    if (m.ratio_min !== undefined) ratioMin = Math.min(ratioMin, m.ratio_min);
+    if (m.ratio_max !== undefined) ratioMax = Math.max(ratioMax, m.ratio_max);
+  }
+  const opt = await engine.optimStep(optimConfig);
+
+  const avg = (key: string) => (sums[key] !== undefined && tokens > 0 ? sums[key] / tokens : undefined);
+  metrics.loss = loss;
+  metrics["tokens/trained"] = tokens;
+  metrics.grad_norm = opt.gradNorm;
+  metrics["forward_backward/calls"] = calls;
+  const kl = avg("kl");
+  if (kl !== undefined) metrics.kl = kl;
+  const ent = avg("entropy");
+  if (ent !== undefined) metrics.entropy = ent;
+  const ratio = avg("ratio_mean");
+  if (ratio !== undefined) metrics["ratio/mean"] = ratio;
+  if (Number.isFinite(ratioMin)) metrics["ratio/min"] = ratioMin;
+  if (Number.isFinite(ratioMax)) metrics["ratio/max"] = ratioMax;
+  const lo = avg("clip_frac_low");
+  const hi = avg("clip_frac_high");
+  if (lo !== undefined || hi !== undefined) metrics.clip_frac = (lo ?? 0) + (hi ?? 0);
+  const dual = avg("dual_clip_frac");
+  if (dual !== undefined) metrics.dual_clip_frac = dual;
+  if (opt.metrics.skipped) metrics["optim/skipped"] = opt.metrics.skipped;
+  metrics["time/train"] = (performance.now() - t0) / 1000;
+  return metrics;
+}

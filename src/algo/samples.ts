@@ -1,0 +1,189 @@
+/**
+ * Sample and record construction shared by the ERL and RLVR steps and evaluation: training samples
+ * from trajectories, GRPO advantages over (task, stage) groups, rollout records for the run files,
+ * option validation and small metric helpers. Pure functions (no model calls).
+ */
+import type { EpisodeOutcome } from "../agent/loop.ts";
+import type { Trajectory } from "../agent/trajectory.ts";
+import type { EnvFamily, Task } from "../envs/types.ts";
+import { TOOL_CALL_OPEN, TOOL_CALL_STOP } from "../envs/tool_protocol.ts";
+import { UserError } from "../util/errors.ts";
+import { grpoAdvantages, type AdvantageRules } from "./advantages.ts";
+import type { LoopOptions, RolloutRecord, SamplingOptions, Stage, TrainSample } from "./types.ts";
+
+export function groupKey(taskId: string, stage: Stage): string {
+  return `${taskId}|${stage}`;
+}
+
+/** Episode ids are unique within a run: step, task position, attempt index, stage. */
+export function episodeId(
+  step: number,
+  taskIndex: number,
+  attempt: number,
+  stage: "first" | "second" | "eval",
+): string {
+  return `s${step}-t${taskIndex}-a${attempt}-${stage}`;
+}
+
+/** A training sample from a trajectory; its advantage is filled in by `withAdvantages`. */
+export function makeSample(
+  stage: Stage,
+  taskId: string,
+  episode: string,
+  trajectory: Trajectory,
+  reward: number,
+): TrainSample {
+  return {
+    stage,
+    taskId,
+    episode,
+    group: stage === "distill" ? "" : groupKey(taskId, stage),
+    ids: trajectory.ids.slice(),
+    mask: trajectory.mask.slice(),
+    logprobs: trajectory.logprobs.slice(),
+    reward,
+    advantage: 0,
+  };
+}
+
+/** A distill sample: the second attempt's replies in the initial-prompt context, weight max(r2, 0). */
+export function makeDistillSample(
+  taskId: string,
+  episode: string,
+  trajectory: Trajectory,
+  r2: number,
+): TrainSample {
+  const weight = Math.max(r2, 0);
+  return {
+    ...makeSample("distill", taskId, episode, trajectory, r2),
+    advantage: weight,
+    distillWeight: weight,
+  };
+}
+
+/**
+ * GRPO advantages within each (task, stage) group for every non-distill sample; distill samples keep
+ * their weight. Samples whose group is dropped by the all-equal rule are removed.
+ */
+export function withAdvantages(samples: readonly TrainSample[], rules: AdvantageRules): TrainSample[] {
+  const rl = samples.filter((s) => s.stage !== "distill");
+  const adv = grpoAdvantages(rl, rules);
+  const byIndex = new Map<TrainSample, number | null>();
+  rl.forEach((s, i) => byIndex.set(s, adv[i]!));
+  const out: TrainSample[] = [];
+  for (const s of samples) {
+    if (s.stage === "distill") {
+      out.push(s);
+      continue;
+    }
+    const a = byIndex.get(s);
+    if (a === null || a === undefined) continue;
+    out.push({ ...s, advantage: a });
+  }
+  return out;
+}
+
+/** Log-probs of `ids` given by a forward pass, placed on the trained positions of a sample. */
+export function withRecomputedLogprobs(sample: TrainSample, targetLogprobs: readonly number[]): TrainSample {
+  if (targetLogprobs.length !== sample.ids.length - 1)
+    throw new Error(`recomputed log-probs: expected ${sample.ids.length - 1}, got ${targetLogprobs.length}`);
+  const logprobs = sample.ids.map((_, i) => (i > 0 && sample.mask[i] === 1 ? targetLogprobs[i - 1]! : 0));
+  return { ...sample, logprobs };
+}
+
+export function rolloutRecord(args: {
+  step: number;
+  env: EnvFamily;
+  task: Task;
+  outcome: EpisodeOutcome;
+  stage: RolloutRecord["stage"];
+  attempt: number;
+  group: string;
+  worker?: number;
+  reflection?: RolloutRecord["reflection"];
+}): RolloutRecord {
+  const { outcome } = args;
+  const [system, ...messages] = outcome.messages;
+  const rec: RolloutRecord = {
+    step: args.step,
+    task: args.task.id,
+    episode: outcome.request.id,
+    group: args.group,
+    stage: args.stage,
+    attempt: args.attempt,
+    reward: outcome.reward,
+    success: outcome.success,
+    stopReason: outcome.stopReason,
+    system: system?.content ?? "",
+    messages,
+    trace: outcome.trace.map((t) => ({
+      observation: t.observation,
+      action: t.action,
+      effective: t.result.effective,
+      valid: t.result.valid,
+      comment: t.result.comment,
+      reward: t.result.reward,
+    })),
+    feedback: outcome.feedback,
+    env: args.env.name,
+    taskData: { ...args.task } as Record<string, unknown>,
+    sampledTokens: outcome.sampledTokens,
+  };
+  if (args.reflection) rec.reflection = args.reflection;
+  if (args.worker !== undefined) rec.worker = args.worker;
+  return rec;
+}
+
+export function mean(xs: readonly number[]): number {
+  return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+/** Stop strings an environment asks for (e.g. the end of a tool call), when it declares any. */
+export function envStopStrings(env: EnvFamily): string[] | undefined {
+  const declared = (env as EnvFamily & { stopStrings?: readonly string[] }).stopStrings;
+  if (declared) return declared.length > 0 ? [...declared] : undefined;
+  // Environments that speak the shared tool-call protocol stop each turn at the end of a call.
+  return env.prompt().formatReminder.includes(TOOL_CALL_OPEN) ? [TOOL_CALL_STOP] : undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Option checks: the step functions reject nonsense before spending any model time.
+
+function fail(key: string, problem: string): never {
+  throw new UserError(`option "${key}": ${problem}`);
+}
+
+export function checkPositiveInt(key: string, v: unknown): void {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1)
+    fail(key, `expected an integer ≥ 1, got ${JSON.stringify(v)}`);
+}
+
+export function checkSampling(key: string, s: SamplingOptions): void {
+  if (typeof s !== "object" || s === null) fail(key, "expected {temperature, topP?, topK?}");
+  if (typeof s.temperature !== "number" || !(s.temperature >= 0))
+    fail(`${key}.temperature`, `expected a number ≥ 0, got ${JSON.stringify(s.temperature)}`);
+  if (s.topP !== undefined && (typeof s.topP !== "number" || !(s.topP > 0 && s.topP <= 1)))
+    fail(`${key}.topP`, `expected a number in (0, 1], got ${JSON.stringify(s.topP)}`);
+  if (s.topK !== undefined) checkPositiveInt(`${key}.topK`, s.topK);
+}
+
+export function checkLoopOptions(o: LoopOptions): void {
+  checkPositiveInt("maxTokensPerTurn", o.maxTokensPerTurn);
+  checkPositiveInt("maxContextTokens", o.maxContextTokens);
+  if (o.contextOverflow !== "stop" && o.contextOverflow !== "shrink")
+    fail("contextOverflow", `expected "stop" or "shrink", got ${JSON.stringify(o.contextOverflow)}`);
+  if (o.turnTokenLimit !== "step" && o.turnTokenLimit !== "stop")
+    fail("turnTokenLimit", `expected "step" or "stop", got ${JSON.stringify(o.turnTokenLimit)}`);
+}
+
+export function checkRules(o: AdvantageRules): void {
+  if (o.singleton !== "reward-as-advantage" && o.singleton !== "zero")
+    fail("singleton", `expected "reward-as-advantage" or "zero", got ${JSON.stringify(o.singleton)}`);
+  if (o.allEqual !== "zero" && o.allEqual !== "drop")
+    fail("allEqual", `expected "zero" or "drop", got ${JSON.stringify(o.allEqual)}`);
+}
+
+export function checkProfile(p: unknown): void {
+  if (p !== "paper" && p !== "compact")
+    fail("profile", `expected "paper" or "compact", got ${JSON.stringify(p)}`);
+}

@@ -1,0 +1,326 @@
+/**
+ * The contract between the algorithms (`src/algo/`) and whoever runs them (`src/train/`, the CLI):
+ * options with their defaults, the training sample, the run-file records, the step result and the
+ * signatures of the step functions. Implementations: `erl.ts` (erlStep), `rlvr.ts` (rlvrStep),
+ * `learner.ts` (trainOnSamples), `eval.ts` (evaluate), `memory.ts` (MemoryStore).
+ * docs/algorithms.md describes every option in prose.
+ */
+import type { AdamWConfig, Aggregation, ChatMessage, Engine } from "../engine/api.ts";
+import type { EnvFamily, StopReason, Task } from "../envs/types.ts";
+import type { Rng } from "../util/rng.ts";
+import type { ModelBackend } from "../agent/backend.ts";
+
+export type { ModelBackend } from "../agent/backend.ts";
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+export type { PromptProfileName } from "../agent/prompts.ts";
+import type { PromptProfileName } from "../agent/prompts.ts";
+
+/** Sampling settings of one kind of model call. */
+export interface SamplingOptions {
+  temperature: number;
+  topP?: number;
+  topK?: number;
+}
+
+/** How the multi-turn loop treats long conversations and long replies. */
+export interface LoopOptions {
+  /** Token limit of one assistant turn (the engine's `maxTokens`). */
+  maxTokensPerTurn: number;
+  /** Context window used for rollouts (prompt + all turns). Clamped to the model's own window. */
+  maxContextTokens: number;
+  /**
+   * Before a turn, if the conversation plus `maxTokensPerTurn` would not fit:
+   * "stop" ends the episode (stop reason "context", reward so far);
+   * "shrink" lowers this turn's token limit to what fits, stopping only when fewer than 8 tokens fit.
+   */
+  contextOverflow: "stop" | "shrink";
+  /**
+   * When a reply hits `maxTokensPerTurn` without ending: "step" passes the cut text to the
+   * environment as the action (usually invalid, costing a step); "stop" ends the episode with stop
+   * reason "context".
+   */
+  turnTokenLimit: "step" | "stop";
+}
+
+/** Memory scope (spec §1.5): one rulebook for the run, or one slot per worker position. */
+export type MemoryMode = { kind: "global" } | { kind: "perWorker"; k: number };
+
+/** GRPO rule for a group with a single member (common for reflections and second attempts). */
+export type SingletonRule = "reward-as-advantage" | "zero";
+/** GRPO rule for a group whose rewards are all equal: keep with A = 0, or drop its samples. */
+export type AllEqualRule = "zero" | "drop";
+
+export interface ErlOptions extends LoopOptions {
+  /** Attempts per task (first attempts; each failure gets one reflection and one second attempt). */
+  n: number;
+  memory: MemoryMode;
+  /** Reflection always starts from the initial prompt; memory is never written. */
+  noMemory: boolean;
+  /** No Δ: the second attempt sees the initial prompt + its past attempt; memory is never written. */
+  noReflection: boolean;
+  /** Emit no distill samples. */
+  noDistill: boolean;
+  singleton: SingletonRule;
+  allEqual: AllEqualRule;
+  attemptSampling: SamplingOptions;
+  reflectionSampling: SamplingOptions;
+  /** Token limit of a reflection (Δ is a whole rulebook, longer than one action). */
+  maxReflectionTokens: number;
+  profile: PromptProfileName;
+}
+
+export interface RlvrOptions extends LoopOptions {
+  /** First attempts per task. */
+  n: number;
+  singleton: SingletonRule;
+  allEqual: AllEqualRule;
+  attemptSampling: SamplingOptions;
+  profile: PromptProfileName;
+}
+
+export interface EvalOptions extends LoopOptions {
+  /** Samples per task. */
+  n: number;
+  sampling: SamplingOptions;
+  profile: PromptProfileName;
+  /** Label for the rollout records (`eval/split`), e.g. "test". */
+  split: string;
+}
+
+const LOOP_DEFAULTS: LoopOptions = {
+  maxTokensPerTurn: 256,
+  maxContextTokens: 8192,
+  contextOverflow: "stop",
+  turnTokenLimit: "step",
+};
+
+/** The reference settings (spec §1–§2). */
+export function defaultErlOptions(): ErlOptions {
+  return {
+    ...LOOP_DEFAULTS,
+    n: 4,
+    memory: { kind: "global" },
+    noMemory: false,
+    noReflection: false,
+    noDistill: false,
+    singleton: "reward-as-advantage",
+    allEqual: "zero",
+    attemptSampling: { temperature: 0.7, topP: 1 },
+    reflectionSampling: { temperature: 0.5, topP: 0.9 },
+    maxReflectionTokens: 1024,
+    profile: "paper",
+  };
+}
+
+export function defaultRlvrOptions(): RlvrOptions {
+  return {
+    ...LOOP_DEFAULTS,
+    n: 10,
+    singleton: "reward-as-advantage",
+    allEqual: "zero",
+    attemptSampling: { temperature: 0.7, topP: 1 },
+    profile: "paper",
+  };
+}
+
+/** Spec §3: n = 4 at temperature 0.7, top-p 0.8, top-k 20; HotpotQA n = 1. */
+export function defaultEvalOptions(envName?: string): EvalOptions {
+  return {
+    ...LOOP_DEFAULTS,
+    n: envName === "hotpotqa" ? 1 : 4,
+    sampling: { temperature: 0.7, topP: 0.8, topK: 20 },
+    profile: "paper",
+    split: "test",
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Samples
+
+export type Stage = "first" | "reflection" | "second" | "distill";
+
+/**
+ * One training sequence. `ids`, `mask` and `logprobs` are aligned per token: `mask[i]` = 1 when
+ * ids[i] was sampled by the policy in this sequence's context and is trained, `logprobs[i]` is the
+ * log-prob of ids[i] given ids[0..i) at rollout time (0 where mask is 0). For distill samples the
+ * log-probs are recomputed under the distill context (the initial prompt), so the PPO ratio starts at 1.
+ */
+export interface TrainSample {
+  stage: Stage;
+  taskId: string;
+  /** The episode this sample comes from (for first/second/distill) or reflects on (reflection). */
+  episode: string;
+  /** GRPO group key `${taskId}|${stage}`; distill samples have no group and carry "". */
+  group: string;
+  ids: number[];
+  mask: (0 | 1)[];
+  logprobs: number[];
+  /** The episode reward that scores this sample (r1 for first; r2 for reflection, second, distill). */
+  reward: number;
+  /** Scalar advantage broadcast to every trained token. For distill: the distill weight. */
+  advantage: number;
+  /** Distill samples only: max(r2, 0). */
+  distillWeight?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run-file records (docs/run-format.md)
+
+export interface RolloutTraceStep {
+  observation: string;
+  action: string;
+  effective: boolean;
+  valid: boolean;
+  comment: string;
+  reward: number;
+}
+
+export interface RolloutRecord {
+  step: number;
+  task: string;
+  episode: string;
+  group: string;
+  stage: "first" | "second" | "eval";
+  attempt: number;
+  reward: number;
+  success: boolean;
+  stopReason: StopReason;
+  system: string;
+  messages: ChatMessage[];
+  trace: RolloutTraceStep[];
+  feedback: string;
+  reflection?: { prompt: string; text: string; rulebook: string; memoryBefore: string | null };
+  env: string;
+  taskData?: Record<string, unknown>;
+  /** Extension: the memory slot the attempt belongs to in perWorker mode. */
+  worker?: number;
+  /** Extension: tokens sampled in this episode (all turns). */
+  sampledTokens?: number;
+}
+
+export interface MemoryWrite {
+  step: number;
+  episode: string;
+  task: string;
+  worker?: number;
+  rulebook: string;
+  previous: string | null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/** JSON form of a memory store, for checkpoints. */
+export interface MemoryJSON {
+  mode: MemoryMode;
+  slots: (string | null)[];
+}
+
+/** Rulebook memory (implemented in memory.ts). Read only by reflection; never by attempts or eval. */
+export interface MemoryStore {
+  readonly mode: MemoryMode;
+  /** The memory slot of the attempt at this position in the batch (always 0 in global mode). */
+  slotFor(position: number): number;
+  read(slot: number): string | null;
+  /** Applies writes in order (later writes to the same slot win). */
+  apply(writes: readonly MemoryWrite[]): void;
+  /** A frozen copy, read by a batch that started now. */
+  snapshot(): MemoryStore;
+  toJSON(): MemoryJSON;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step functions
+
+/** Everything a step needs. The engine's sample calls get seeds drawn from `rng`. */
+export interface AlgoContext {
+  env: EnvFamily;
+  model: ModelBackend;
+  memory: MemoryStore;
+  rng: Rng;
+  /** The step number being run (1-based), written into records and episode ids. */
+  step: number;
+  /** Called with coarse progress events (e.g. for a progress bar). */
+  onProgress?: (event: ProgressEvent) => void;
+}
+
+/** Evaluation never sees memory: its context has none. */
+export type EvalContext = Omit<AlgoContext, "memory">;
+
+export interface ProgressEvent {
+  phase: "first" | "reflection" | "second" | "eval" | "distill";
+  /** Episodes finished in this phase so far, and the phase's total. */
+  done: number;
+  total: number;
+}
+
+export interface StepResult {
+  samples: TrainSample[];
+  rollouts: RolloutRecord[];
+  memoryWrites: MemoryWrite[];
+  /** Keys as in docs/run-format.md (reward/first, gate_rate, time/sample, ...). */
+  metrics: Record<string, number>;
+}
+
+export interface EvalResult {
+  /** Mean reward over all episodes. */
+  reward: number;
+  /** Mean over tasks of the fraction of successful samples. */
+  passAt1: number;
+  /** Episodes run. */
+  n: number;
+  rollouts: RolloutRecord[];
+}
+
+/** Loss settings of a training step (spec §2 defaults in `defaultLearnerConfig`). */
+export interface LearnerConfig {
+  clipLow: number;
+  clipHigh: number;
+  /** Dual-clip constant for negative advantages; null disables. */
+  dualClip: number | null;
+  klCoef: number;
+  aggregation: Aggregation;
+  /** Sequences per forwardBackward call. */
+  microBatchSize: number;
+}
+
+export function defaultLearnerConfig(): LearnerConfig {
+  return {
+    clipLow: 0.2,
+    clipHigh: 0.28,
+    dualClip: 3,
+    klCoef: 0.001,
+    aggregation: "seq-mean-token-sum",
+    microBatchSize: 8,
+  };
+}
+
+/** AdamW at the reference values (4B–7B models; small models need their own, see docs). */
+export function defaultOptimConfig(): AdamWConfig {
+  return { lr: 1e-6, weightDecay: 0.01, gradClip: 1.0 };
+}
+
+export type ErlStepFn = (
+  ctx: AlgoContext,
+  tasks: readonly Task[],
+  options: ErlOptions,
+) => Promise<StepResult>;
+export type RlvrStepFn = (
+  ctx: AlgoContext,
+  tasks: readonly Task[],
+  options: RlvrOptions,
+) => Promise<StepResult>;
+export type TrainOnSamplesFn = (
+  engine: Pick<Engine, "forwardBackward" | "optimStep">,
+  samples: readonly TrainSample[],
+  lossConfig: LearnerConfig,
+  optimConfig: AdamWConfig,
+) => Promise<Record<string, number>>;
+export type EvaluateFn = (
+  ctx: EvalContext,
+  tasks: readonly Task[],
+  options: EvalOptions,
+) => Promise<EvalResult>;

@@ -1,0 +1,522 @@
+/**
+ * FrozenLake (deterministic, not slippery), as in the ERL paper: reach the goal on an n×n board
+ * without stepping into a hole, within 8 actions. This file holds the task type, the loader for the
+ * reference maps, the pure dynamics, the renderer (symbol map as a parameter), the BFS solver, the
+ * generator with the reference acceptance rule, and the `EnvFamily` that makes text episodes.
+ */
+import { join } from "node:path";
+import { readJsonl } from "../util/jsonl.ts";
+import { inputError, UserError } from "../util/errors.ts";
+import { Rng } from "../util/rng.ts";
+import type { EnvFamily, EnvPromptParts, Split, StepResult, Task } from "./types.ts";
+import {
+  asRecord,
+  DELTA,
+  DIRECTIONS,
+  defaultDataDir,
+  gameFeedback,
+  parseDirection,
+  renderGrid,
+  stepsLine,
+  TracedEpisode,
+  validateSymbols,
+  type Direction,
+} from "./common.ts";
+
+/** Board letters in the data files (never shown to the model): S start, F frozen, H hole, G goal. */
+export type FrozenLakeCell = "S" | "F" | "H" | "G";
+
+export interface FrozenLakeTask extends Task {
+  env: "frozenlake";
+  size: number;
+  /** `size` rows, top row first, over S/F/H/G. */
+  map: string[];
+  start: [number, number];
+  goal: [number, number];
+  /** Generation parameters, when known: the reference `uid` is "{seed}_{size}_{p}". */
+  uid?: string;
+  seed?: number;
+  p?: number;
+}
+
+/** What each role looks like on the board the model sees. */
+export interface FrozenLakeSymbols {
+  agent: string;
+  goal: string;
+  hole: string;
+  frozen: string;
+  agentInHole: string;
+  agentOnGoal: string;
+}
+
+/** The paper's letters. */
+export const FROZENLAKE_SYMBOLS: Readonly<FrozenLakeSymbols> = {
+  agent: "A",
+  goal: "B",
+  hole: "C",
+  frozen: "D",
+  agentInHole: "X",
+  agentOnGoal: "√",
+};
+
+export const FROZENLAKE_BUDGET = 8;
+/** Depth limit of the reference generator's acceptance search (paths of at most MAX_STEPS + 1 moves). */
+export const FROZENLAKE_MAX_STEPS = 5;
+
+// ---------------------------------------------------------------------------------------------
+// Dynamics
+
+export type FrozenLakeStatus = "playing" | "goal" | "hole";
+
+export interface FrozenLakeState {
+  row: number;
+  col: number;
+  status: FrozenLakeStatus;
+}
+
+export function frozenLakeCell(task: Pick<FrozenLakeTask, "map">, row: number, col: number): FrozenLakeCell {
+  return task.map[row]![col] as FrozenLakeCell;
+}
+
+export function frozenLakeInitialState(task: Pick<FrozenLakeTask, "start">): FrozenLakeState {
+  return { row: task.start[0], col: task.start[1], status: "playing" };
+}
+
+/**
+ * One move. Off the edge the agent stays put (no effect). Entering a hole or the goal ends the game.
+ * Pure: returns the next state and whether the move changed anything.
+ */
+export function frozenLakeMove(
+  task: Pick<FrozenLakeTask, "map" | "size">,
+  state: FrozenLakeState,
+  dir: Direction,
+): { state: FrozenLakeState; moved: boolean } {
+  if (state.status !== "playing") return { state, moved: false };
+  const [dr, dc] = DELTA[dir];
+  const row = state.row + dr;
+  const col = state.col + dc;
+  if (row < 0 || row >= task.size || col < 0 || col >= task.size) return { state, moved: false };
+  const cell = frozenLakeCell(task, row, col);
+  const status: FrozenLakeStatus = cell === "H" ? "hole" : cell === "G" ? "goal" : "playing";
+  return { state: { row, col, status }, moved: true };
+}
+
+/** The board as the model sees it. The start cell is drawn as frozen. */
+export function renderFrozenLake(
+  task: Pick<FrozenLakeTask, "map" | "size">,
+  state: FrozenLakeState,
+  symbols: FrozenLakeSymbols = FROZENLAKE_SYMBOLS,
+): string {
+  const cells: string[][] = [];
+  for (let r = 0; r < task.size; r++) {
+    const row: string[] = [];
+    for (let c = 0; c < task.size; c++) {
+      const cell = frozenLakeCell(task, r, c);
+      const here = r === state.row && c === state.col;
+      if (here)
+        row.push(cell === "H" ? symbols.agentInHole : cell === "G" ? symbols.agentOnGoal : symbols.agent);
+      else row.push(cell === "H" ? symbols.hole : cell === "G" ? symbols.goal : symbols.frozen);
+    }
+    cells.push(row);
+  }
+  return renderGrid(cells);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Solver
+
+/** Shortest move sequence from the start to the goal avoiding holes (BFS), or null if none. */
+export function solveFrozenLake(task: Pick<FrozenLakeTask, "map" | "size" | "start">): Direction[] | null {
+  const n = task.size;
+  const key = (r: number, c: number) => r * n + c;
+  const prev = new Map<number, { from: number; dir: Direction }>();
+  const startKey = key(task.start[0], task.start[1]);
+  const seen = new Set([startKey]);
+  const queue: [number, number][] = [[task.start[0], task.start[1]]];
+  for (let head = 0; head < queue.length; head++) {
+    const [r, c] = queue[head]!;
+    for (const dir of DIRECTIONS) {
+      const nr = r + DELTA[dir][0];
+      const nc = c + DELTA[dir][1];
+      if (nr < 0 || nr >= n || nc < 0 || nc >= n) continue;
+      const k = key(nr, nc);
+      if (seen.has(k)) continue;
+      const cell = frozenLakeCell(task, nr, nc);
+      if (cell === "H") continue;
+      seen.add(k);
+      prev.set(k, { from: key(r, c), dir });
+      if (cell === "G") {
+        const path: Direction[] = [];
+        for (let at = k; at !== startKey;) {
+          const p = prev.get(at)!;
+          path.push(p.dir);
+          at = p.from;
+        }
+        return path.reverse();
+      }
+      queue.push([nr, nc]);
+    }
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generator
+
+/**
+ * The reference generator's acceptance test, reproduced step for step: a depth-first search from
+ * the start that expands neighbours in the order down, right, up, left onto a stack, never enters a
+ * hole, keeps a discovered set, drops nodes deeper than `maxSteps`, and succeeds as soon as the goal
+ * is generated as a neighbour. Because of the discovered set it can reject boards that do have a
+ * short path; copying it keeps fresh training sets drawn from the same distribution as the
+ * reference ones.
+ */
+export function referenceAccepts(
+  map: readonly string[],
+  start: readonly [number, number],
+  maxSteps = FROZENLAKE_MAX_STEPS,
+): boolean {
+  const n = map.length;
+  const order: readonly [number, number][] = [
+    [1, 0],
+    [0, 1],
+    [-1, 0],
+    [0, -1],
+  ];
+  const stack: [number, number, number][] = [[start[0], start[1], 0]];
+  const discovered = new Set<number>();
+  while (stack.length > 0) {
+    const [r, c, depth] = stack.pop()!;
+    if (depth > maxSteps) continue;
+    const k = r * n + c;
+    if (discovered.has(k)) continue;
+    discovered.add(k);
+    for (const [dr, dc] of order) {
+      const nr = r + dr;
+      const nc = c + dc;
+      if (nr < 0 || nr >= n || nc < 0 || nc >= n) continue;
+      const cell = map[nr]![nc];
+      if (cell === "G") return true;
+      if (cell !== "H") stack.push([nr, nc, depth + 1]);
+    }
+  }
+  return false;
+}
+
+/**
+ * Draws one map the way the reference does (each tile frozen with probability p, start and goal
+ * redrawn until distinct and written over whatever tile was there, retry until `referenceAccepts`),
+ * but from our own seeded `Rng`, so the maps are not the reference rows for the same seed.
+ */
+export function generateFrozenLakeMap(
+  rng: Rng,
+  size: number,
+  p: number,
+): { map: string[]; start: [number, number]; goal: [number, number] } {
+  if (!Number.isInteger(size) || size < 2)
+    throw new RangeError(`FrozenLake size must be an integer ≥ 2, got ${size}`);
+  for (;;) {
+    const grid: string[][] = [];
+    for (let r = 0; r < size; r++) {
+      const row: string[] = [];
+      for (let c = 0; c < size; c++) row.push(rng.next() < p ? "F" : "H");
+      grid.push(row);
+    }
+    let start: [number, number];
+    let goal: [number, number];
+    do {
+      start = [rng.int(size), rng.int(size)];
+      goal = [rng.int(size), rng.int(size)];
+    } while (start[0] === goal[0] && start[1] === goal[1]);
+    grid[start[0]]![start[1]] = "S";
+    grid[goal[0]]![goal[1]] = "G";
+    const map = grid.map((row) => row.join(""));
+    if (referenceAccepts(map, start)) return { map, start, goal };
+  }
+}
+
+/**
+ * Fresh tasks with the reference distribution: size uniform in 2..9, p uniform in [0.6, 0.85), one
+ * map per (seed, size, p). Each task's map depends only on its own seed, size and p, so a task can be
+ * regenerated from its `uid`.
+ */
+export function generateFrozenLakeTasks(rng: Rng, count: number): FrozenLakeTask[] {
+  const tasks: FrozenLakeTask[] = [];
+  for (let i = 0; i < count; i++) {
+    const seed = rng.seed();
+    const size = rng.intBetween(2, 9);
+    const p = rng.uniform(0.6, 0.85);
+    tasks.push(frozenLakeTaskFromParams(seed, size, p));
+  }
+  return tasks;
+}
+
+/** The generated task for one (seed, size, p); its id is "gen-{seed}_{size}_{p}". */
+export function frozenLakeTaskFromParams(seed: number, size: number, p: number): FrozenLakeTask {
+  const { map, start, goal } = generateFrozenLakeMap(new Rng(seed), size, p);
+  const uid = `${seed}_${size}_${p}`;
+  return { id: `gen-${uid}`, env: "frozenlake", size, map, start, goal, uid, seed, p };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data
+
+const splitCache = new Map<string, FrozenLakeTask[]>();
+
+/** Parses and checks one map record (`{index, uid, size, map, start, goal}`) of a maps file. */
+export function parseFrozenLakeRecord(
+  value: unknown,
+  file: string,
+  line: number,
+  split: string,
+): FrozenLakeTask {
+  const rec = asRecord(value, file, line);
+  const bad = (key: string, problem: string) => inputError({ file, line, key }, problem);
+  const size = rec.size;
+  if (typeof size !== "number" || !Number.isInteger(size) || size < 2 || size > 64)
+    throw bad("size", `expected an integer board size ≥ 2, got ${JSON.stringify(size)}`);
+  const map = rec.map;
+  if (!Array.isArray(map) || map.length !== size)
+    throw bad("map", `expected ${size} rows of ${size} characters`);
+  for (const row of map)
+    if (typeof row !== "string" || row.length !== size || !/^[SFHG]+$/.test(row))
+      throw bad("map", `each row must be ${size} characters over S, F, H, G; got ${JSON.stringify(row)}`);
+  const pos = (key: "start" | "goal", letter: string): [number, number] => {
+    const v = rec[key];
+    if (!Array.isArray(v) || v.length !== 2 || !v.every((x) => Number.isInteger(x) && x >= 0 && x < size))
+      throw bad(key, `expected [row, col] inside the board, got ${JSON.stringify(v)}`);
+    const [r, c] = v as [number, number];
+    if ((map[r] as string)[c] !== letter) throw bad(key, `cell [${r}, ${c}] is not "${letter}"`);
+    return [r, c];
+  };
+  const start = pos("start", "S");
+  const goal = pos("goal", "G");
+  const counts = (map as string[]).join("");
+  if (counts.split("S").length !== 2 || counts.split("G").length !== 2)
+    throw bad("map", "expected exactly one S and one G");
+  const index = rec.index;
+  if (typeof index !== "number" || !Number.isInteger(index)) throw bad("index", "expected an integer");
+  const task: FrozenLakeTask = {
+    id: `${split}-${index}`,
+    env: "frozenlake",
+    size,
+    map: map as string[],
+    start,
+    goal,
+  };
+  if (typeof rec.uid === "string") {
+    task.uid = rec.uid;
+    const [seed, , p] = rec.uid.split("_");
+    if (
+      seed !== undefined &&
+      p !== undefined &&
+      Number.isFinite(Number(seed)) &&
+      Number.isFinite(Number(p))
+    ) {
+      task.seed = Number(seed);
+      task.p = Number(p);
+    }
+  }
+  return task;
+}
+
+/** Loads `{dir}/{split}_maps.jsonl`; cached per process. */
+export function loadFrozenLakeMaps(dir: string, split: Split): FrozenLakeTask[] {
+  const file = join(dir, `${split}_maps.jsonl`);
+  const cached = splitCache.get(file);
+  if (cached) return cached;
+  const tasks = readJsonl(file, (v, line) => parseFrozenLakeRecord(v, file, line, split));
+  if (tasks.length === 0) throw inputError({ file }, "no tasks in file");
+  const ids = new Set<string>();
+  for (const t of tasks) {
+    if (ids.has(t.id)) throw inputError({ file }, `duplicate index in task id "${t.id}"`);
+    ids.add(t.id);
+  }
+  splitCache.set(file, tasks);
+  return tasks;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text episodes
+
+export interface FrozenLakeOptions {
+  /** Replaces some or all of the paper's letters. */
+  symbols?: Partial<FrozenLakeSymbols>;
+  /** Action budget (default 8, the paper's). */
+  budget?: number;
+  /** Folder holding `{train,test}_maps.jsonl` (default: data/frozenlake). */
+  dataDir?: string;
+}
+
+const ACTION_HELP = "up, down, left or right (or 1 = left, 2 = down, 3 = right, 4 = up)";
+
+export class FrozenLakeEpisode extends TracedEpisode {
+  readonly initialObservation: string;
+  private state: FrozenLakeState;
+  private used = 0;
+  private noEffect = 0;
+  private invalid = 0;
+  private lastAction: string | null = null;
+
+  constructor(
+    readonly task: FrozenLakeTask,
+    private readonly symbols: FrozenLakeSymbols = FROZENLAKE_SYMBOLS,
+    readonly budget = FROZENLAKE_BUDGET,
+  ) {
+    super();
+    this.state = frozenLakeInitialState(task);
+    this.initialObservation = `${stepsLine(0, budget)}\n${this.board()}`;
+  }
+
+  get success(): boolean {
+    return this.state.status === "goal";
+  }
+
+  board(): string {
+    return renderFrozenLake(this.task, this.state, this.symbols);
+  }
+
+  protected advance(actionText: string): StepResult {
+    const dir = parseDirection(actionText);
+    this.used += 1;
+    let moved = false;
+    if (dir === null) {
+      this.invalid += 1;
+      this.lastAction = "invalid";
+    } else {
+      const next = frozenLakeMove(this.task, this.state, dir);
+      moved = next.moved;
+      this.state = next.state;
+      this.lastAction = dir;
+    }
+    if (!moved) this.noEffect += 1;
+    const status = this.state.status;
+    const outOfSteps = status === "playing" && this.used >= this.budget;
+    const done = status !== "playing" || outOfSteps;
+    const reward = status === "goal" ? 1 : 0;
+    const what =
+      dir === null
+        ? `No valid action found (expected ${ACTION_HELP} in a fenced block); nothing changed.`
+        : moved
+          ? `You moved ${dir}.`
+          : `You tried ${dir}; nothing changed.`;
+    const end =
+      status === "goal"
+        ? " The episode is over: you won."
+        : status === "hole"
+          ? " The episode is over: you lost."
+          : outOfSteps
+            ? " The episode is over: no steps left."
+            : "";
+    const comment =
+      (dir === null ? "invalid action" : moved ? `moved ${dir}` : `${dir}: no effect`) +
+      (status === "goal"
+        ? "; reached the goal"
+        : status === "hole"
+          ? "; fell into a hole"
+          : outOfSteps
+            ? "; out of steps"
+            : "");
+    return {
+      observation: `${what}${end} ${stepsLine(this.used, this.budget)}\n${this.board()}`,
+      observationRole: "user",
+      reward,
+      done,
+      stopReason: status === "goal" ? "goal" : status === "hole" ? "failure" : outOfSteps ? "budget" : null,
+      effective: moved,
+      valid: dir !== null,
+      comment,
+      info: {
+        action: dir,
+        agent: [this.state.row, this.state.col],
+        cell: frozenLakeCell(this.task, this.state.row, this.state.col),
+        status,
+        stepsUsed: this.used,
+        stepsLeft: this.budget - this.used,
+      },
+    };
+  }
+
+  feedback(): string {
+    const s = this.state.status;
+    return gameFeedback({
+      outcome:
+        s === "goal"
+          ? "reached the goal"
+          : s === "hole"
+            ? "fell into a hole"
+            : this.done
+              ? "ran out of steps"
+              : "not finished",
+      reward: this.totalReward,
+      stepsUsed: this.used,
+      budget: this.budget,
+      noEffect: this.noEffect,
+      invalid: this.invalid,
+      lastAction: this.lastAction,
+    });
+  }
+}
+
+export function frozenLakePrompt(
+  symbols: FrozenLakeSymbols = FROZENLAKE_SYMBOLS,
+  budget = FROZENLAKE_BUDGET,
+): EnvPromptParts {
+  const s = symbols;
+  return {
+    taskDescription:
+      "You are playing FrozenLake on a square grid of letters. You control an agent that must reach " +
+      "the goal cell without falling into a hole. The board does not say which letter is which: " +
+      "work it out from how the board changes after your moves. " +
+      `Each turn you make one move: up, down, left or right. You have ${budget} moves; every reply uses one, ` +
+      "even if it has no valid move.",
+    formatReminder:
+      "End every reply with exactly one move in a fenced code block, for example:\n```\nup\n```\n" +
+      `Allowed moves: ${ACTION_HELP}.`,
+    referenceRulebook: [
+      "FrozenLake rules:",
+      `- ${s.agent} is you (the agent); ${s.goal} is the goal; ${s.hole} is a hole; ${s.frozen} is safe frozen ice.`,
+      `- ${s.agentOnGoal} means you are on the goal (you won); ${s.agentInHole} means you fell into a hole (you lost).`,
+      "- up/down/left/right move one cell; a move off the edge of the board does nothing.",
+      `- Reaching the goal gives reward 1 and ends the game; a hole ends it with reward 0; after ${budget} moves the game ends with reward 0.`,
+      "- Invalid replies do nothing but still use a move.",
+      `- Strategy: find ${s.agent} and ${s.goal}, plan the shortest path that avoids every ${s.hole}, then follow it.`,
+    ].join("\n"),
+  };
+}
+
+export class FrozenLakeFamily implements EnvFamily<FrozenLakeTask> {
+  readonly name = "frozenlake";
+  readonly symbols: FrozenLakeSymbols;
+  readonly budget: number;
+  readonly dataDir: string;
+
+  constructor(opts: FrozenLakeOptions = {}) {
+    this.symbols = { ...FROZENLAKE_SYMBOLS, ...opts.symbols };
+    validateSymbols(this.symbols, "frozenlake");
+    this.budget = opts.budget ?? FROZENLAKE_BUDGET;
+    if (!Number.isInteger(this.budget) || this.budget < 1)
+      throw new UserError(`frozenlake: budget must be a positive integer, got ${opts.budget}`);
+    this.dataDir = opts.dataDir ?? join(defaultDataDir(), "frozenlake");
+  }
+
+  get maxTurns(): number {
+    return this.budget;
+  }
+
+  loadSplit(split: Split): FrozenLakeTask[] {
+    return loadFrozenLakeMaps(this.dataDir, split);
+  }
+
+  generate(rng: Rng, count: number): FrozenLakeTask[] {
+    return generateFrozenLakeTasks(rng, count);
+  }
+
+  makeEpisode(task: FrozenLakeTask): FrozenLakeEpisode {
+    return new FrozenLakeEpisode(task, this.symbols, this.budget);
+  }
+
+  prompt(): EnvPromptParts {
+    return frozenLakePrompt(this.symbols, this.budget);
+  }
+}

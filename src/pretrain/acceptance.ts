@@ -1,0 +1,172 @@
+/**
+ * erl-tiny's acceptance figures on the FrozenLake reference test split, through the real engine and
+ * the agent loop, in the `compact` prompt profile:
+ * - S0: first attempt under the rule-free initial prompt;
+ * - S_rule: the same tasks with the environment's reference rulebook as the system prompt;
+ * - S_refl: each failed S0 attempt → the model's own reflection (shown the initial prompt, the
+ *   trace, reward, feedback) → a second attempt under the extracted rulebook; success on those
+ *   retries, and how often the reflection's role claims are correct.
+ * Each figure is measured greedily and sampled (attempts at temperature 0.7, top-p 0.8, top-k 20;
+ * reflections at 0.5, top-p 0.9, as in the spec).
+ */
+import { EngineBackend, type ModelBackend } from "../agent/backend.ts";
+import { runEpisodes, sampleReplies, type LoopSettings, type SamplingSettings } from "../agent/loop.ts";
+import { compactProfile, findRulebook, rulebookFromReflection } from "../agent/prompts.ts";
+import { startEngine } from "../engine/client.ts";
+import { FROZENLAKE_SYMBOLS, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
+import { Rng } from "../util/rng.ts";
+import { rulebookSystemPrompt } from "./frozenlake-corpus.ts";
+
+export interface ClaimCheck {
+  /** Role claims found in the rulebook ("X is you", "X is the goal", "X is a hole", "X is safe frozen ice"). */
+  claims: number;
+  correct: number;
+  /** All four roles claimed, all correct. */
+  complete: boolean;
+}
+
+const CLAIM_PATTERNS: readonly [RegExp, keyof typeof FROZENLAKE_SYMBOLS][] = [
+  [/(\S+) is you\b/g, "agent"],
+  [/(\S+) is the goal\b/g, "goal"],
+  [/(\S+) is a hole\b/g, "hole"],
+  [/(\S+) is safe frozen ice\b/g, "frozen"],
+];
+
+/** Checks the role claims of a rulebook against the reference letters. */
+export function checkClaims(rulebook: string, symbols = FROZENLAKE_SYMBOLS): ClaimCheck {
+  let claims = 0;
+  let correct = 0;
+  const right = new Set<string>();
+  for (const [re, role] of CLAIM_PATTERNS)
+    for (const m of rulebook.matchAll(re)) {
+      const letter = (m[1] ?? "").replace(/^[-;(]+/, "");
+      claims++;
+      if (letter === symbols[role]) {
+        correct++;
+        right.add(role);
+      }
+    }
+  return { claims, correct, complete: right.size === 4 && claims === 4 };
+}
+
+export interface ModeFigures {
+  mode: "greedy" | "sampled";
+  tasks: number;
+  s0: number;
+  sRule: number;
+  /** Retries after a failed S0 attempt. */
+  retries: number;
+  sRefl: number;
+  /** Reflections whose text had a <prompt>…</prompt>. */
+  rulebookFound: number;
+  claims: number;
+  claimsCorrect: number;
+  rulebooksComplete: number;
+}
+
+export interface AcceptanceReport {
+  model: string;
+  split: "test";
+  profile: "compact";
+  seed: number;
+  seconds: number;
+  modes: ModeFigures[];
+}
+
+const LOOP: LoopSettings = {
+  maxTokensPerTurn: 64,
+  maxContextTokens: 2048,
+  contextOverflow: "stop",
+  turnTokenLimit: "step",
+};
+
+const rate = (xs: readonly boolean[]): number => (xs.length === 0 ? 0 : xs.filter(Boolean).length / xs.length);
+
+async function measureMode(
+  mode: "greedy" | "sampled",
+  model: ModelBackend,
+  env: FrozenLakeFamily,
+  tasks: readonly FrozenLakeTask[],
+  rng: Rng,
+): Promise<ModeFigures> {
+  const parts = env.prompt();
+  const initial = compactProfile.initialSystemPrompt(parts);
+  const ruled = rulebookSystemPrompt(parts.referenceRulebook ?? "", parts);
+  const attempt: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.7, topP: 0.8, topK: 20 };
+  const reflect: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.5, topP: 0.9 };
+  const deps = { env, model, rng, settings: LOOP };
+  const first = await runEpisodes(
+    tasks.map((task, i) => ({ id: `s0-${i}`, task, system: initial, sampling: attempt })),
+    deps,
+  );
+  const withRules = await runEpisodes(
+    tasks.map((task, i) => ({ id: `rule-${i}`, task, system: ruled, sampling: attempt })),
+    deps,
+  );
+  const failed = first.filter((o) => !o.success);
+  const replies = await sampleReplies(
+    failed.map((o) => ({
+      messages: compactProfile.reflectionMessages(parts, initial, {
+        trace: o.trace,
+        reward: o.reward,
+        feedback: o.feedback,
+      }),
+      sampling: reflect,
+      maxTokens: 400,
+    })),
+    { model, rng, maxContextTokens: LOOP.maxContextTokens },
+  );
+  const deltas = replies.map((r) => rulebookFromReflection(r.text, initial, parts));
+  const second = await runEpisodes(
+    failed.map((o, i) => ({ id: `refl-${i}`, task: o.request.task, system: deltas[i]!, sampling: attempt })),
+    deps,
+  );
+  const checks = replies.map((r) => checkClaims(findRulebook(r.text) ?? ""));
+  return {
+    mode,
+    tasks: tasks.length,
+    s0: rate(first.map((o) => o.success)),
+    sRule: rate(withRules.map((o) => o.success)),
+    retries: failed.length,
+    sRefl: rate(second.map((o) => o.success)),
+    rulebookFound: replies.filter((r) => findRulebook(r.text) !== null).length,
+    claims: checks.reduce((s, c) => s + c.claims, 0),
+    claimsCorrect: checks.reduce((s, c) => s + c.correct, 0),
+    rulebooksComplete: checks.filter((c) => c.complete).length,
+  };
+}
+
+export async function measureAcceptance(opts: {
+  modelDir: string;
+  limit?: number;
+  seed?: number;
+  modes?: readonly ("greedy" | "sampled")[];
+  log?: (line: string) => void;
+}): Promise<AcceptanceReport> {
+  const t0 = Date.now();
+  const seed = opts.seed ?? 0;
+  const engine = await startEngine();
+  try {
+    await engine.loadModel({ path: opts.modelDir, dtype: "bfloat16", device: "cpu", seed });
+    const model = await EngineBackend.create(engine);
+    const env = new FrozenLakeFamily();
+    const all = env.loadSplit("test");
+    const tasks = all.slice(0, opts.limit ?? all.length);
+    const modes: ModeFigures[] = [];
+    for (const mode of opts.modes ?? ["greedy", "sampled"]) {
+      const figures = await measureMode(mode, model, env, tasks, new Rng(`acceptance/${seed}/${mode}`));
+      opts.log?.(JSON.stringify(figures));
+      modes.push(figures);
+    }
+    return {
+      model: opts.modelDir,
+      split: "test",
+      profile: "compact",
+      seed,
+      seconds: Math.round((Date.now() - t0) / 1000),
+      modes,
+    };
+  } finally {
+    await engine.close();
+  }
+}

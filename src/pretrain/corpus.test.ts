@@ -1,0 +1,153 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Rng } from "../util/rng.ts";
+import { frozenLakePrompt, FROZENLAKE_SYMBOLS, type FrozenLakeTask } from "../envs/frozenlake.ts";
+import { compactProfile } from "../agent/prompts.ts";
+import { parseDirection } from "../envs/common.ts";
+import { drawFlSymbols, FL_ROLES, SYMBOL_POOL } from "./symbols.ts";
+import {
+  drawTask,
+  freePlayDoc,
+  goalDistances,
+  reflectionDoc,
+  ruleThink,
+  rulePlayDoc,
+  rulebookText,
+  secondPlayDoc,
+  teacherMove,
+  type Curriculum,
+} from "./frozenlake-corpus.ts";
+import { checkClaims } from "./acceptance.ts";
+import { curriculumAt, docLine, shardDocs } from "./generate.ts";
+
+const FULL: Curriculum = { pool: SYMBOL_POOL, maxSize: 9 };
+
+test("roles are re-drawn per episode: every letter takes every role about equally often", () => {
+  const rng = new Rng(7);
+  const N = 53 * 400;
+  const counts = new Map<string, number>();
+  for (let i = 0; i < N; i++) {
+    const s = drawFlSymbols(rng);
+    assert.equal(new Set(Object.values(s)).size, FL_ROLES.length, "letters are distinct");
+    for (const role of FL_ROLES) counts.set(`${role}:${s[role]}`, (counts.get(`${role}:${s[role]}`) ?? 0) + 1);
+  }
+  // Expected 400 per (role, letter); a binomial sd is ~20, so ±120 is a 6-sigma band.
+  for (const role of FL_ROLES)
+    for (const letter of SYMBOL_POOL) {
+      const n = counts.get(`${role}:${letter}`) ?? 0;
+      assert.ok(Math.abs(n - 400) < 120, `${role}:${letter} drawn ${n} times (expected ~400)`);
+    }
+  // The reference letters in particular keep no role beyond chance.
+  for (const role of FL_ROLES) {
+    const n = counts.get(`${role}:${FROZENLAKE_SYMBOLS[role]}`) ?? 0;
+    assert.ok(n / N < 2 / 53, `${FROZENLAKE_SYMBOLS[role]} is ${role} in ${n}/${N} episodes`);
+  }
+});
+
+test("the warm-up curriculum still spreads roles over the whole alphabet across documents", () => {
+  const rng = new Rng(3);
+  const seen = new Set<string>();
+  for (let i = 0; i < 2000; i++) {
+    const cur = curriculumAt(rng, 0.01);
+    assert.equal(cur.maxSize, 4);
+    assert.equal(cur.pool.length, 8);
+    seen.add(drawFlSymbols(rng, cur.pool).agent);
+  }
+  assert.equal(seen.size, SYMBOL_POOL.length);
+});
+
+test("rule-play rulebooks are correct and complete for their episode's letters", () => {
+  const rng = new Rng(11);
+  for (let i = 0; i < 200; i++) {
+    const doc = i % 2 ? rulePlayDoc(rng, FULL) : secondPlayDoc(rng, FULL);
+    const system = doc.messages[0]!;
+    assert.equal(system.role, "system");
+    const check = checkClaims(system.content, doc.meta.symbols);
+    assert.equal(check.correct, check.claims, `wrong claim in:\n${system.content}`);
+    assert.ok(check.claims >= 3);
+    assert.ok(system.content.endsWith(frozenLakePrompt(doc.meta.symbols).formatReminder));
+  }
+});
+
+test("teacher moves follow a shortest safe path to the goal, and every reply parses as that move", () => {
+  const rng = new Rng(5);
+  for (let i = 0; i < 100; i++) {
+    const doc = rulePlayDoc(rng, FULL);
+    const task = doc.meta.task!;
+    const replies = doc.messages.filter((m) => m.role === "assistant");
+    const dist = goalDistances(task);
+    assert.equal(replies.length, dist[task.start[0]]![task.start[1]], "optimal number of moves");
+    for (const r of replies) assert.notEqual(parseDirection(r.content), null);
+  }
+});
+
+test("free play never depends on the roles: same task, different letters → same move distribution inputs", () => {
+  const rng = new Rng(9);
+  for (let i = 0; i < 50; i++) {
+    const doc = freePlayDoc(rng, FULL);
+    assert.equal(doc.messages[0]!.content, compactProfile.initialSystemPrompt(frozenLakePrompt(doc.meta.symbols)));
+    for (const m of doc.messages.filter((x) => x.role === "assistant")) {
+      const letters = Object.values(doc.meta.symbols);
+      // The reply mentions no board letter as a cell and states nothing about roles.
+      assert.ok(!letters.some((l) => m.content.includes(` ${l} \t`)), m.content);
+    }
+  }
+});
+
+test("the think names the agent, each neighbour's letter and role, and the goal's direction", () => {
+  const task: FrozenLakeTask = {
+    id: "t",
+    env: "frozenlake",
+    size: 3,
+    map: ["SFH", "FHF", "FFG"],
+    start: [0, 0],
+    goal: [2, 2],
+  };
+  const sym = FROZENLAKE_SYMBOLS;
+  const roles = { agent: "A", goal: "B", hole: "C", frozen: "D" };
+  assert.equal(
+    ruleThink(task, [0, 1], sym, roles),
+    "you A \tup edge, down C \thole, left D \tice, right C \thole; goal B \tdown right",
+  );
+  assert.equal(teacherMove(task, [0, 0], goalDistances(task)), "down");
+});
+
+test("reflections claim only what their trace supports, and every claim is true", () => {
+  const rng = new Rng(13);
+  let elimination = 0;
+  for (let i = 0; i < 300; i++) {
+    const doc = reflectionDoc(rng, FULL);
+    const sym = doc.meta.symbols;
+    const claims = doc.meta.claims!;
+    const user = doc.messages[1]!.content;
+    const shownRules = !user.startsWith(`Prompt:\n${compactProfile.initialSystemPrompt(frozenLakePrompt(sym))}`);
+    for (const c of claims) {
+      assert.equal(c.letter, sym[c.role], `claim ${c.role}=${c.letter} is false`);
+      if (c.basis === "moved" || c.basis === "left-behind") assert.match(user, /= changed the state: moved/);
+      if (c.basis === "fell") assert.match(user, /fell into a hole\nReward: 0/);
+      if (c.basis === "shown") assert.ok(shownRules, "a claim kept from a rulebook that was never shown");
+      if (c.basis === "elimination") elimination++;
+    }
+    const reply = doc.messages[2]!.content;
+    const check = checkClaims(reply, sym);
+    assert.equal(check.correct, check.claims, reply);
+    assert.equal(check.claims, claims.length);
+    assert.match(reply, /<prompt>\n[\s\S]+\n<\/prompt>$/);
+  }
+  assert.ok(elimination > 0);
+});
+
+test("the rulebook with every role and no notes is the environment's reference rulebook", () => {
+  const sym = drawFlSymbols(new Rng(1));
+  const roles = { ...sym };
+  assert.equal(rulebookText({ roles, notes: [] }), frozenLakePrompt(sym).referenceRulebook);
+});
+
+test("shards are a function of (seed, index): the same spec gives the same lines", () => {
+  const a = shardDocs({ seed: 2, index: 3, total: 10, docs: 20 }).map(docLine);
+  const b = shardDocs({ seed: 2, index: 3, total: 10, docs: 20 }).map(docLine);
+  const c = shardDocs({ seed: 2, index: 4, total: 10, docs: 20 }).map(docLine);
+  assert.deepEqual(a, b);
+  assert.notDeepEqual(a, c);
+  assert.ok(drawTask(new Rng(1), 9).size <= 9);
+});

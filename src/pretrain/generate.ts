@@ -1,0 +1,112 @@
+/**
+ * The corpus writer: shards of JSONL documents (one chat per line) drawn from the FrozenLake
+ * document makers with a curriculum — few letters and small boards first, then the whole alphabet
+ * and boards up to 9×9. Shard `i` depends only on (seed, i), so shards can be written ahead of a
+ * training run or on demand while it runs, and any shard can be regenerated identically.
+ */
+import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Rng } from "../util/rng.ts";
+import {
+  freePlayDoc,
+  lookupDoc,
+  reflectionDoc,
+  rulePlayDoc,
+  secondPlayDoc,
+  translateDoc,
+  type CorpusDoc,
+  type Curriculum,
+} from "./frozenlake-corpus.ts";
+import { drawPool, SYMBOL_POOL } from "./symbols.ts";
+
+type Maker = (rng: Rng, cur: Curriculum) => CorpusDoc;
+
+/** Document mix (relative weights by document count). */
+export interface Mix {
+  rulePlay: number;
+  secondPlay: number;
+  freePlay: number;
+  reflection: number;
+  lookup: number;
+  translate: number;
+}
+
+export const DEFAULT_MIX: Mix = {
+  rulePlay: 0.3,
+  secondPlay: 0.08,
+  freePlay: 0.1,
+  reflection: 0.2,
+  lookup: 0.14,
+  translate: 0.18,
+};
+
+const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
+  rulePlay: rulePlayDoc,
+  secondPlay: secondPlayDoc,
+  freePlay: freePlayDoc,
+  reflection: reflectionDoc,
+  lookup: lookupDoc,
+  translate: translateDoc,
+};
+
+/**
+ * The curriculum at `progress` ∈ [0, 1] of the planned corpus: an 8-letter pool and boards ≤ 4
+ * for the first 10%, 20 letters and boards ≤ 6 until 25%, then everything. Warm-up pools are drawn
+ * per document, so across documents every letter still takes every role equally often.
+ */
+export function curriculumAt(rng: Rng, progress: number): Curriculum {
+  if (progress < 0.1) return { pool: drawPool(rng, 8), maxSize: 4 };
+  if (progress < 0.25) return { pool: drawPool(rng, 20), maxSize: 6 };
+  return { pool: SYMBOL_POOL, maxSize: 9 };
+}
+
+function pickKind(rng: Rng, mix: Mix): keyof Mix {
+  const entries = Object.entries(mix) as [keyof Mix, number][];
+  const total = entries.reduce((s, [, w]) => s + w, 0);
+  let x = rng.next() * total;
+  for (const [k, w] of entries) {
+    x -= w;
+    if (x < 0) return k;
+  }
+  return entries[entries.length - 1]![0];
+}
+
+export interface ShardSpec {
+  seed: number;
+  index: number;
+  /** Shards planned in all (sets the curriculum position of this one). */
+  total: number;
+  docs: number;
+  mix?: Mix;
+}
+
+/** The documents of one shard. */
+export function shardDocs(spec: ShardSpec): CorpusDoc[] {
+  const rng = new Rng(`erl-tiny/${spec.seed}/shard/${spec.index}`);
+  const out: CorpusDoc[] = [];
+  for (let i = 0; i < spec.docs; i++) {
+    const progress = (spec.index + i / spec.docs) / Math.max(1, spec.total);
+    const cur = curriculumAt(rng, progress);
+    out.push(MAKERS[pickKind(rng, spec.mix ?? DEFAULT_MIX)](rng, cur));
+  }
+  return out;
+}
+
+/** The JSONL line the Python trainer reads: kind, messages, observation weight (meta stays here). */
+export function docLine(doc: CorpusDoc): string {
+  return JSON.stringify({ kind: doc.kind, messages: doc.messages, observationWeight: doc.observationWeight });
+}
+
+export function shardPath(dir: string, index: number): string {
+  return join(dir, `shard-${String(index).padStart(5, "0")}.jsonl`);
+}
+
+/** Writes one shard atomically (temp file + rename) so a reader never sees half a shard. */
+export function writeShard(dir: string, spec: ShardSpec): string {
+  mkdirSync(dir, { recursive: true });
+  const path = shardPath(dir, spec.index);
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, shardDocs(spec).map(docLine).join("\n") + "\n");
+  renameSync(tmp, path);
+  return path;
+}

@@ -1,0 +1,48 @@
+/**
+ * Symbol letters for the pretraining corpus. Every episode draws its own letters for every role, so
+ * no letter (in particular none of the reference letters A, B, C, D, X, √) carries a learned meaning:
+ * the model has to read the roles from a rulebook in its context, or infer them from what it sees.
+ */
+import type { Rng } from "../util/rng.ts";
+
+/** Everything a board may show: A–Z, a–z and √ (the reference "agent on goal" mark). */
+export const SYMBOL_POOL: readonly string[] = [
+  ..."ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+  ..."abcdefghijklmnopqrstuvwxyz",
+  "√",
+];
+
+/** FrozenLake roles in the order the reference rulebook lists them. */
+export const FL_ROLES = ["agent", "goal", "hole", "frozen", "agentInHole", "agentOnGoal"] as const;
+export type FlRole = (typeof FL_ROLES)[number];
+export type FlSymbols = Readonly<Record<FlRole, string>>;
+
+/** The reference FrozenLake letters (the evaluation environment's own symbol map). */
+export const REFERENCE_FL_SYMBOLS: FlSymbols = {
+  agent: "A",
+  goal: "B",
+  hole: "C",
+  frozen: "D",
+  agentInHole: "X",
+  agentOnGoal: "√",
+};
+
+/**
+ * Draws distinct letters for the FrozenLake roles from `pool` (the whole alphabet by default;
+ * a small pool is the early-curriculum warm-up). Uniform over ordered draws, so every letter is
+ * equally likely to get every role.
+ */
+export function drawFlSymbols(rng: Rng, pool: readonly string[] = SYMBOL_POOL): FlSymbols {
+  if (pool.length < FL_ROLES.length) throw new RangeError(`symbol pool too small: ${pool.length}`);
+  const letters = rng.shuffle(pool).slice(0, FL_ROLES.length);
+  const out = {} as Record<FlRole, string>;
+  FL_ROLES.forEach((role, i) => {
+    out[role] = letters[i] as string;
+  });
+  return out;
+}
+
+/** A random sub-pool of `size` letters (curriculum warm-up: fewer letters to tell apart). */
+export function drawPool(rng: Rng, size: number): string[] {
+  return rng.shuffle(SYMBOL_POOL).slice(0, Math.max(FL_ROLES.length, Math.min(size, SYMBOL_POOL.length)));
+}

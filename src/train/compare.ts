@@ -1,0 +1,166 @@
+/**
+ * A comparison: every algorithm × seed trained one after another (the machine has few cores) on
+ * the same tasks — the data order depends only on the seed — under one stated, equalised budget,
+ * then a report. Runs live in the comparison directory; running the same comparison again skips
+ * finished runs and resumes unfinished ones, so an interrupted comparison loses at most the steps
+ * since a run's last checkpoint.
+ */
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { cpus } from "node:os";
+import { UserError } from "../util/errors.ts";
+import { writeFileAtomic } from "../util/jsonl.ts";
+import { attemptsPerTask, checkModelPath, validateConfig, type AlgoName, type RunConfig } from "./config.ts";
+import { runTraining, type TrainDeps } from "./runner.ts";
+import { RunFiles } from "./runfiles.ts";
+import { Progress } from "./progress.ts";
+import { loadRunData, terminalTable, writeReport, type AlgoSummary, type RunData } from "./report.ts";
+
+export type Budget = { kind: "rollouts" } | { kind: "attempts" } | { kind: "time"; minutes: number };
+
+export function parseBudget(text: string): Budget {
+  if (text === "rollouts") return { kind: "rollouts" };
+  if (text === "attempts") return { kind: "attempts" };
+  const m = /^time:(\d+(?:\.\d+)?)$/.exec(text);
+  if (m && Number(m[1]) > 0) return { kind: "time", minutes: Number(m[1]) };
+  throw new UserError(`--budget ${text}: expected "rollouts" (the paper's), "attempts" or "time:<minutes>"`);
+}
+
+export function runName(algo: AlgoName, seed: number): string {
+  return `${algo}-seed${seed}`;
+}
+
+/** The config of one run of the comparison. */
+export function plannedConfig(
+  base: RunConfig,
+  algo: AlgoName,
+  seed: number,
+  budget: Budget,
+  dir: string,
+): RunConfig {
+  const n =
+    budget.kind === "attempts"
+      ? attemptsPerTask({ ...base, algo: { ...base.algo, name: "erl" } })
+      : algo === "rlvr"
+        ? 10
+        : 4;
+  const cfg: RunConfig = {
+    ...base,
+    name: runName(algo, seed),
+    runsDir: dir,
+    seed,
+    algo: { ...base.algo, name: algo, n },
+    timeBudget: budget.kind === "time" ? budget.minutes * 60 : null,
+  };
+  return validateConfig(cfg);
+}
+
+/** The sentence the report states as the budget. */
+export function budgetStatement(base: RunConfig, budget: Budget, algos: readonly AlgoName[]): string {
+  const same = `Every run uses the same tasks in the same order for a given seed (${base.batchSize} tasks per step)`;
+  const erl = algos.filter((a) => a !== "rlvr");
+  const perTask =
+    budget.kind === "attempts"
+      ? `every algorithm samples ${attemptsPerTask({ ...base, algo: { ...base.algo, name: "erl" } })} first attempts per task (ERL variants then add a reflection and a second attempt for each failed one)`
+      : `equal rollouts per task as in the paper: RLVR samples 10 first attempts per task${erl.length ? `; ${erl.join(", ")} sample 4 first attempts per task and, for each failed one, a reflection and a second attempt (at most 8 episodes and 4 reflections per task)` : ""}`;
+  const length =
+    budget.kind === "time"
+      ? `equal wall-clock time: each run trains for ${budget.minutes} minutes of run time (engine start-up and evaluations included) and stops after the step that crosses it, at most ${base.steps} steps`
+      : `equal steps: ${base.steps} training steps per run`;
+  return `${same}; ${perTask}; ${length}.`;
+}
+
+export interface CompareOptions {
+  env: RunConfig["env"];
+  algos: AlgoName[];
+  seeds: number[];
+  budget: Budget;
+  base: RunConfig;
+  dir: string;
+  command: string;
+  deps: TrainDeps;
+  progress?: Progress;
+}
+
+export interface CompareResult {
+  dir: string;
+  report: string;
+  summaries: AlgoSummary[];
+  table: string;
+  ran: string[];
+  skipped: string[];
+}
+
+export async function runComparison(o: CompareOptions): Promise<CompareResult> {
+  const progress = o.progress ?? new Progress();
+  const dir = resolve(o.dir);
+  const base = validateConfig({ ...o.base, env: o.env });
+  checkModelPath(base);
+  mkdirSync(dir, { recursive: true });
+  const plan = { env: o.env, algos: o.algos, seeds: o.seeds, budget: o.budget, base };
+  const planFile = join(dir, "compare.json");
+  if (existsSync(planFile)) {
+    const old = JSON.parse(readFileSync(planFile, "utf8")) as { algos?: string[] };
+    // Adding algorithms or seeds to a comparison is fine; its runs must match the stored configs below.
+    plan.algos = [...new Set([...(old.algos ?? []), ...o.algos])] as AlgoName[];
+  }
+  writeFileAtomic(planFile, JSON.stringify(plan, null, 2) + "\n");
+
+  const ran: string[] = [];
+  const skipped: string[] = [];
+  const total = o.algos.length * o.seeds.length;
+  let k = 0;
+  for (const seed of o.seeds)
+    for (const algo of o.algos) {
+      k++;
+      const cfg = plannedConfig(base, algo, seed, o.budget, dir);
+      const runDir = join(dir, runName(algo, seed));
+      const files = new RunFiles(runDir);
+      let resume = false;
+      if (files.exists()) {
+        const stored = validateConfig(files.readConfig(), { file: files.configFile });
+        if (JSON.stringify(stored) !== JSON.stringify(cfg))
+          throw new UserError(
+            `${runDir} was trained with a different config than this comparison asks for; use a new --out directory (or delete that run)`,
+          );
+        if (files.readStatus()?.state === "finished") {
+          progress.line(`[${k}/${total}] ${algo} seed ${seed}: finished before, skipped`);
+          skipped.push(runDir);
+          continue;
+        }
+        resume = true;
+      }
+      progress.line(`[${k}/${total}] ${algo} seed ${seed}${resume ? " (resuming)" : ""}`);
+      await runTraining({ config: cfg, runDir, resume, deps: o.deps, progress });
+      ran.push(runDir);
+    }
+
+  const runs: RunData[] = [];
+  const unfinished: string[] = [];
+  for (const seed of o.seeds)
+    for (const algo of o.algos) {
+      const runDir = join(dir, runName(algo, seed));
+      if (new RunFiles(runDir).readStatus()?.state !== "finished") unfinished.push(runDir);
+      else runs.push(loadRunData(algo, seed, runDir));
+    }
+  const c = cpus();
+  const meta = {
+    title: `${o.algos.join(" vs ")} on ${o.env}`,
+    command: o.command,
+    budget: budgetStatement(base, o.budget, o.algos),
+    settings: [
+      `model: \`${base.model.path}\` (${base.model.dtype}, ${base.model.device}${base.model.lora ? `, LoRA rank ${base.model.lora.rank}` : ", full fine-tuning"})`,
+      `steps ${base.steps}, ${base.batchSize} tasks per step, AdamW lr ${base.optim.lr}, weight decay ${base.optim.weightDecay}, grad clip ${base.optim.gradClip ?? "none"}`,
+      `loss: PPO clip ${base.loss.clipLow}/${base.loss.clipHigh}, dual clip ${base.loss.dualClip ?? "none"}, KL ${base.loss.klCoef}, ${base.loss.aggregation}`,
+      `sampling: attempts T=${base.algo.attemptSampling.temperature}, reflections T=${base.algo.reflectionSampling.temperature} top-p ${base.algo.reflectionSampling.topP}; prompt profile ${base.algo.profile}; memory ${base.algo.memory}`,
+      `evaluation: ${base.data.evalTasks ?? "all"} tasks of the ${base.data.evalSplit} split, n = ${base.eval.n ?? (o.env === "hotpotqa" ? 1 : 4)} per task, T=${base.eval.sampling.temperature} top-p ${base.eval.sampling.topP} top-k ${base.eval.sampling.topK ?? "none"}, every ${base.eval.every || "—"} steps and at the end`,
+      `machine: ${c[0]?.model ?? "unknown CPU"}, ${c.length} logical cores; runs one after another`,
+    ],
+    algos: o.algos,
+    seeds: o.seeds,
+    unfinished,
+  };
+  const summaries = writeReport(dir, meta, runs);
+  const table = terminalTable(summaries);
+  return { dir, report: join(dir, "report.md"), summaries, table, ran, skipped };
+}

@@ -1,0 +1,97 @@
+/**
+ * The real dependencies of a training run: the engine client (a local child process or a remote
+ * server, `src/engine/client.ts`), the model backend over it, the algorithms of `src/algo/` and the
+ * environment registry. Loaded lazily so `erl train --help` and config errors cost nothing.
+ */
+import { join } from "node:path";
+import type { Engine, LoadModelRequest } from "../engine/api.ts";
+import type { RunConfig } from "./config.ts";
+import type { TrainDeps } from "./runner.ts";
+
+/** The engine's model request for a run config. */
+export function loadModelRequest(cfg: RunConfig, modelPath: string): LoadModelRequest {
+  const m = cfg.model;
+  const reference = m.reference === "auto" ? (m.lora ? "base" : "copy") : m.reference;
+  return {
+    path: modelPath,
+    dtype: m.dtype,
+    device: m.device,
+    ...(m.lora
+      ? {
+          lora: {
+            rank: m.lora.rank,
+            alpha: m.lora.alpha,
+            dropout: m.lora.dropout,
+            targetModules:
+              m.lora.targetModules === "all-linear"
+                ? "all-linear"
+                : m.lora.targetModules.split(",").map((s) => s.trim()),
+          },
+        }
+      : {}),
+    // The KL term needs a reference only when its coefficient is non-zero.
+    ...(reference !== "none" && cfg.loss.klCoef > 0 ? { reference } : {}),
+    gradientCheckpointing: m.gradientCheckpointing,
+    seed: cfg.seed,
+  };
+}
+
+/** Starts (or connects to) an engine and loads the run's model; closes the engine if loading fails. */
+export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise<Engine> {
+  const { openEngine } = await import("../engine/client.ts");
+  const engine = await openEngine({
+    ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
+    ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
+  });
+  try {
+    await engine.loadModel(loadModelRequest(cfg, modelPath));
+  } catch (e) {
+    await engine.close().catch(() => undefined);
+    throw e;
+  }
+  return engine;
+}
+
+export function defaultDeps(): TrainDeps {
+  return {
+    startEngine: startEngineFor,
+    makeBackend: async (engine) => {
+      const { EngineBackend } = await import("../agent/backend.ts");
+      return EngineBackend.create(engine);
+    },
+    algorithms: async () => {
+      const [erl, rlvr, learner, evaluation] = await Promise.all([
+        import("../algo/erl.ts"),
+        import("../algo/rlvr.ts"),
+        import("../algo/learner.ts"),
+        import("../algo/eval.ts"),
+      ]);
+      return {
+        erlStep: erl.erlStep,
+        rlvrStep: rlvr.rlvrStep,
+        trainOnSamples: learner.trainOnSamples,
+        evaluate: evaluation.evaluate,
+      };
+    },
+    getEnv: async (name) => {
+      const { getEnv } = await import("../envs/registry.ts");
+      return getEnv(name);
+    },
+  };
+}
+
+/** A run directory's config and newest checkpoint, for `erl eval` and `erl export`. */
+export async function loadRunForInference(
+  runDir: string,
+): Promise<{ config: RunConfig; checkpoint: string; step: number }> {
+  const { RunFiles } = await import("./runfiles.ts");
+  const { readLatestCheckpoint } = await import("./checkpoint.ts");
+  const { validateConfig } = await import("./config.ts");
+  const { UserError } = await import("../util/errors.ts");
+  const files = new RunFiles(runDir);
+  if (!files.exists()) throw new UserError(`${runDir}: not a run directory (no config.json)`);
+  const config = validateConfig(files.readConfig(), { file: files.configFile });
+  const ckpt = readLatestCheckpoint(files.checkpointsDir);
+  if (!ckpt) throw new UserError(`${runDir}: has no checkpoint yet (nothing trained to use)`);
+  return { config, checkpoint: join(ckpt.dir, "engine"), step: ckpt.state.step };
+}

@@ -1,0 +1,138 @@
+/**
+ * The files of a run directory (docs/run-format.md) and the few operations training does on them:
+ * create, append whole records, write status.json atomically, measure and truncate the JSONL files
+ * to a checkpoint's byte offsets on resume.
+ */
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  statSync,
+  ftruncateSync,
+} from "node:fs";
+import { join } from "node:path";
+import { appendJsonl, writeFileAtomic } from "../util/jsonl.ts";
+import { UserError } from "../util/errors.ts";
+
+export const JSONL_FILES = ["metrics", "rollouts", "memory"] as const;
+export type JsonlName = (typeof JSONL_FILES)[number];
+export type Offsets = Record<JsonlName, number>;
+
+export type RunState = "running" | "finished" | "failed";
+
+export interface RunStatus {
+  state: RunState;
+  /** Steps completed. */
+  step: number;
+  totalSteps: number;
+  updatedAt: string;
+  error?: string;
+  pid?: number;
+}
+
+export class RunFiles {
+  constructor(readonly dir: string) {}
+
+  path(name: JsonlName): string {
+    return join(this.dir, `${name}.jsonl`);
+  }
+  get configFile(): string {
+    return join(this.dir, "config.json");
+  }
+  get statusFile(): string {
+    return join(this.dir, "status.json");
+  }
+  get checkpointsDir(): string {
+    return join(this.dir, "checkpoints");
+  }
+
+  /** Creates the directory and empty JSONL files (the run must not exist yet). */
+  create(config: unknown): void {
+    mkdirSync(this.checkpointsDir, { recursive: true });
+    for (const n of JSONL_FILES) writeFileAtomic(this.path(n), "");
+    writeFileAtomic(this.configFile, JSON.stringify(config, null, 2) + "\n");
+  }
+
+  exists(): boolean {
+    return existsSync(this.configFile);
+  }
+
+  readConfig(): unknown {
+    try {
+      return JSON.parse(readFileSync(this.configFile, "utf8"));
+    } catch (e) {
+      throw new UserError(`${this.configFile}: cannot read the run's config (${(e as Error).message})`);
+    }
+  }
+
+  readStatus(): RunStatus | null {
+    if (!existsSync(this.statusFile)) return null;
+    try {
+      return JSON.parse(readFileSync(this.statusFile, "utf8")) as RunStatus;
+    } catch {
+      return null; // status.json is only ever replaced atomically; unreadable means absent
+    }
+  }
+
+  writeStatus(status: Omit<RunStatus, "updatedAt">): void {
+    writeFileAtomic(
+      this.statusFile,
+      JSON.stringify({ ...status, updatedAt: new Date().toISOString() }) + "\n",
+    );
+  }
+
+  append(name: JsonlName, records: readonly unknown[]): void {
+    appendJsonl(this.path(name), records);
+  }
+
+  /** Current byte sizes of the JSONL files (missing files count as empty). */
+  offsets(): Offsets {
+    const size = (n: JsonlName): number => (existsSync(this.path(n)) ? statSync(this.path(n)).size : 0);
+    return { metrics: size("metrics"), rollouts: size("rollouts"), memory: size("memory") };
+  }
+
+  /**
+   * Cuts every JSONL file back to `offsets`, dropping whatever a crashed process appended after the
+   * checkpoint (whole records or a torn last line). A file shorter than its offset means the run
+   * directory was damaged from outside: that is an error, not something to paper over.
+   */
+  truncateTo(offsets: Offsets): void {
+    for (const n of JSONL_FILES) {
+      const file = this.path(n);
+      if (!existsSync(file)) {
+        if (offsets[n] === 0) {
+          writeFileAtomic(file, "");
+          continue;
+        }
+        throw new UserError(`${file}: missing, but the checkpoint expects ${offsets[n]} bytes`);
+      }
+      const size = statSync(file).size;
+      if (size < offsets[n])
+        throw new UserError(
+          `${file}: ${size} bytes, shorter than the checkpoint's ${offsets[n]}; the run directory is damaged`,
+        );
+      if (size === offsets[n]) continue;
+      const fd = openSync(file, "r+");
+      try {
+        ftruncateSync(fd, offsets[n]);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+    }
+  }
+}
+
+/** Whether a process with this id is alive (used to refuse resuming a run that is still running). */
+export function processAlive(pid: number): boolean {
+  if (pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}

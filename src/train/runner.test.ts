@@ -1,0 +1,335 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  writeFileSync,
+  appendFileSync,
+  rmSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { validateConfig, type RunConfig } from "./config.ts";
+import { runTraining } from "./runner.ts";
+import { counterDeps } from "./testkit.ts";
+import { Progress } from "./progress.ts";
+import { RunFiles } from "./runfiles.ts";
+import { readLatestCheckpoint } from "./checkpoint.ts";
+import { UserError } from "../util/errors.ts";
+import { Rng } from "../util/rng.ts";
+
+const quiet = (): Progress => new Progress({ write: () => undefined });
+
+function counterConfig(over: Record<string, unknown> = {}): RunConfig {
+  return validateConfig({
+    env: "frozenlake",
+    model: { path: "unused" },
+    steps: 6,
+    batchSize: 3,
+    seed: 5,
+    data: { evalTasks: 2 },
+    eval: { every: 2, final: true, initial: true, n: 1 },
+    checkpoint: { every: 2, keep: 2 },
+    ...over,
+  });
+}
+
+/** Run files with the wall-clock fields removed, for comparing two runs. */
+function normalised(dir: string): Record<string, unknown[]> {
+  const out: Record<string, unknown[]> = {};
+  for (const name of ["metrics", "rollouts", "memory"]) {
+    const text = readFileSync(join(dir, `${name}.jsonl`), "utf8");
+    assert.ok(text === "" || text.endsWith("\n"), `${name}.jsonl ends with a torn line`);
+    out[name] = text
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => {
+        const r = JSON.parse(l) as Record<string, unknown>;
+        for (const k of Object.keys(r))
+          if (k === "time" || k.startsWith("time/") || k === "tokens_per_s") delete r[k];
+        return r;
+      });
+  }
+  return out;
+}
+
+function tmp(): string {
+  return mkdtempSync(join(tmpdir(), "erl-runner-"));
+}
+
+test("a run writes every step once, evals, checkpoints and a finished status", async () => {
+  const dir = join(tmp(), "run");
+  const deps = counterDeps();
+  const summary = await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: false,
+    deps,
+    progress: quiet(),
+  });
+  assert.equal(summary.steps, 6);
+  const files = normalised(dir);
+  const train = files.metrics!.filter((r) => (r as { kind: string }).kind === "train");
+  const evals = files.metrics!.filter((r) => (r as { kind: string }).kind === "eval");
+  assert.deepEqual(
+    train.map((r) => (r as { step: number }).step),
+    [1, 2, 3, 4, 5, 6],
+  );
+  assert.deepEqual(
+    evals.map((r) => (r as { step: number }).step),
+    [0, 2, 4, 6],
+  );
+  assert.equal(files.rollouts!.filter((r) => (r as { stage: string }).stage !== "eval").length, 6 * 3 * 4);
+  assert.equal(files.memory!.length, 6);
+  const status = JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as {
+    state: string;
+    step: number;
+  };
+  assert.equal(status.state, "finished");
+  assert.equal(status.step, 6);
+  const ckpts = readdirSync(join(dir, "checkpoints")).sort();
+  assert.deepEqual(ckpts, ["latest", "step-000004", "step-000006"]);
+  assert.equal(readLatestCheckpoint(join(dir, "checkpoints"))!.state.step, 6);
+  assert.equal(deps.engines[0]!.updates, 6);
+  assert.ok(deps.engines[0]!.closed, "engine closed at the end");
+  // times are cumulative and increasing
+  const times = readFileSync(join(dir, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { time: number }).time);
+  assert.deepEqual(
+    [...times].sort((a, b) => a - b),
+    times,
+  );
+});
+
+test("same seed, same run: the records are reproducible", async () => {
+  const a = join(tmp(), "a");
+  const b = join(tmp(), "b");
+  await runTraining({
+    config: counterConfig(),
+    runDir: a,
+    resume: false,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+  await runTraining({
+    config: counterConfig(),
+    runDir: b,
+    resume: false,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+  assert.deepEqual(normalised(a), normalised(b));
+  const c = join(tmp(), "c");
+  await runTraining({
+    config: counterConfig({ seed: 6 }),
+    runDir: c,
+    resume: false,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+  assert.notDeepEqual(normalised(a).rollouts, normalised(c).rollouts);
+});
+
+test("an existing run directory is refused without --resume; a finished run resumes to nothing", async () => {
+  const dir = join(tmp(), "run");
+  await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: false,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+  await assert.rejects(
+    runTraining({
+      config: counterConfig(),
+      runDir: dir,
+      resume: false,
+      deps: counterDeps(),
+      progress: quiet(),
+    }),
+    (e: unknown) => e instanceof UserError && /already exists.*--resume/.test(e.message),
+  );
+  const deps = counterDeps();
+  const s = await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: true,
+    deps,
+    progress: quiet(),
+  });
+  assert.equal(s.alreadyFinished, true);
+  assert.equal(deps.engines.length, 0, "no engine started for a finished run");
+  await assert.rejects(
+    runTraining({
+      config: counterConfig(),
+      runDir: join(tmp(), "nope"),
+      resume: true,
+      deps,
+      progress: quiet(),
+    }),
+    /not a run directory/,
+  );
+});
+
+test("an engine that dies mid-run: clear error, status failed, and the run resumes to the same result", async () => {
+  const ref = join(tmp(), "ref");
+  await runTraining({
+    config: counterConfig(),
+    runDir: ref,
+    resume: false,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+
+  const dir = join(tmp(), "run");
+  const dying = counterDeps({ failAtUpdate: 4 });
+  await assert.rejects(
+    runTraining({ config: counterConfig(), runDir: dir, resume: false, deps: dying, progress: quiet() }),
+    (e: unknown) =>
+      e instanceof UserError && /step 4: engine process exited/.test(e.message) && /--resume/.test(e.message),
+  );
+  assert.ok(dying.engines[0]!.closed);
+  const status = JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as {
+    state: string;
+    step: number;
+    error: string;
+  };
+  assert.equal(status.state, "failed");
+  assert.equal(status.step, 3);
+  assert.match(status.error, /engine process exited/);
+
+  await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: true,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+  assert.deepEqual(normalised(dir), normalised(ref));
+});
+
+test("resume cuts torn and post-checkpoint records, then redoes those steps exactly once", async () => {
+  const ref = join(tmp(), "ref");
+  await runTraining({
+    config: counterConfig(),
+    runDir: ref,
+    resume: false,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+  const dir = join(tmp(), "run");
+  await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: false,
+    deps: counterDeps({ failAtUpdate: 6 }),
+    progress: quiet(),
+  }).catch(() => undefined);
+  // Records after the step-4 checkpoint exist (step 5) plus a torn line a crash could leave.
+  appendFileSync(join(dir, "metrics.jsonl"), '{"kind":"train","step":6,"lo');
+  appendFileSync(join(dir, "rollouts.jsonl"), '{"step":6');
+  await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: true,
+    deps: counterDeps(),
+    progress: quiet(),
+  });
+  assert.deepEqual(normalised(dir), normalised(ref));
+});
+
+test("a run directory shorter than its checkpoint says is reported as damaged", async () => {
+  const dir = join(tmp(), "run");
+  await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: false,
+    deps: counterDeps({ failAtUpdate: 5 }),
+    progress: quiet(),
+  }).catch(() => undefined);
+  writeFileSync(join(dir, "metrics.jsonl"), "");
+  await assert.rejects(
+    runTraining({
+      config: counterConfig(),
+      runDir: dir,
+      resume: true,
+      deps: counterDeps(),
+      progress: quiet(),
+    }),
+    /metrics\.jsonl: 0 bytes, shorter than the checkpoint/,
+  );
+});
+
+test(
+  "kill -9 at random moments: the resumed run equals an uninterrupted one",
+  { timeout: 120_000 },
+  async () => {
+    const seed = Date.now() % 100_000;
+    const rng = new Rng(seed);
+    const root = tmp();
+    const config = counterConfig({ steps: 8, batchSize: 2 });
+    const configFile = join(root, "config.json");
+    writeFileSync(configFile, JSON.stringify(config));
+    const ref = join(root, "ref");
+    // The reference uses the child's delays, so its duration tells how long a child run takes.
+    const t0 = performance.now();
+    await runTraining({
+      config,
+      runDir: ref,
+      resume: false,
+      deps: counterDeps({ delayMs: 10 }),
+      progress: quiet(),
+    });
+    const runMs = performance.now() - t0;
+
+    const dir = join(root, "run");
+    const child = fileURLToPath(new URL("./testkit-child.ts", import.meta.url));
+    const runChild = (
+      killAfterMs: number | null,
+    ): Promise<{ code: number | null; signal: string | null; out: string }> =>
+      new Promise((resolveRun, reject) => {
+        const args = ["--import", "tsx", child, configFile, dir];
+        if (existsSync(join(dir, "config.json"))) args.push("--resume");
+        const p = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+        let out = "";
+        p.stdout.on("data", (d: Buffer) => (out += d.toString()));
+        p.stderr.on("data", (d: Buffer) => (out += d.toString()));
+        let timer: NodeJS.Timeout | undefined;
+        // Start the clock when the run has begun (tsx start-up time varies a lot on a busy machine).
+        const arm = (): void => {
+          if (killAfterMs !== null && timer === undefined && out.includes("run "))
+            timer = setTimeout(() => p.kill("SIGKILL"), killAfterMs);
+        };
+        p.stdout.on("data", arm);
+        p.on("error", reject);
+        p.on("close", (code, signal) => {
+          clearTimeout(timer);
+          resolveRun({ code, signal, out });
+        });
+      });
+
+    let kills = 0;
+    for (let i = 0; i < 6; i++) {
+      const r = await runChild(rng.intBetween(0, Math.ceil(runMs)));
+      if (r.signal === "SIGKILL") kills++;
+      else {
+        assert.equal(r.code, 0, `seed ${seed}: child failed:\n${r.out}`);
+        break;
+      }
+    }
+    const final = await runChild(null);
+    assert.equal(final.code, 0, `seed ${seed}: final resume failed:\n${final.out}`);
+    assert.ok(kills >= 1, `seed ${seed}: the child was never killed`);
+    assert.deepEqual(normalised(dir), normalised(ref), `seed ${seed}: resumed run differs`);
+    const status = JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as { state: string };
+    assert.equal(status.state, "finished");
+    assert.ok(new RunFiles(dir).exists());
+    rmSync(root, { recursive: true, force: true });
+  },
+);

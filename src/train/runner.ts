@@ -1,0 +1,378 @@
+/**
+ * A training run from start (or resume) to finish: starts the engine and loads the model, then for
+ * each step takes the next tasks, runs the algorithm's step (rollouts, reflection, memory, samples),
+ * trains on the samples, evaluates when due, appends the run files and checkpoints when due.
+ *
+ * Crash safety: the JSONL files are only ever appended, and a checkpoint records their byte sizes.
+ * Resuming loads the newest complete checkpoint, cuts the files back to those sizes and redoes the
+ * steps after it with the restored RNG, data cursor, memory and engine state — so after a `kill -9`
+ * at any moment the finished run has every step exactly once. status.json is replaced atomically.
+ */
+import { resolve } from "node:path";
+import type { AdamWConfig, Engine } from "../engine/api.ts";
+import type { EnvFamily, Task } from "../envs/types.ts";
+import type {
+  AlgoContext,
+  ErlOptions,
+  ErlStepFn,
+  EvalOptions,
+  EvaluateFn,
+  LearnerConfig,
+  ModelBackend,
+  ProgressEvent,
+  RlvrOptions,
+  RlvrStepFn,
+  SamplingOptions,
+  StepResult,
+  TrainOnSamplesFn,
+} from "../algo/types.ts";
+import { createMemory, RulebookMemory } from "../algo/memory.ts";
+import { Rng } from "../util/rng.ts";
+import { UserError } from "../util/errors.ts";
+import { readJsonlTolerant } from "../util/jsonl.ts";
+import { attemptsPerTask, type RunConfig, type SamplingConfig } from "./config.ts";
+import {
+  readLatestCheckpoint,
+  writeCheckpoint,
+  type RunCheckpoint,
+  CHECKPOINT_VERSION,
+} from "./checkpoint.ts";
+import { TaskCursor } from "./data.ts";
+import { processAlive, RunFiles } from "./runfiles.ts";
+import { evalSummary, Progress, stepSummary } from "./progress.ts";
+
+export interface Algorithms {
+  erlStep: ErlStepFn;
+  rlvrStep: RlvrStepFn;
+  trainOnSamples: TrainOnSamplesFn;
+  evaluate: EvaluateFn;
+}
+
+/** What a run needs from the rest of the system; tests substitute their own. */
+export interface TrainDeps {
+  /** Starts an engine with the run's model loaded (the model path is already checked). */
+  startEngine(config: RunConfig, modelPath: string): Promise<Engine>;
+  makeBackend(engine: Engine): Promise<ModelBackend>;
+  algorithms(): Promise<Algorithms>;
+  getEnv(name: string): EnvFamily | Promise<EnvFamily>;
+}
+
+export interface RunOptions {
+  config: RunConfig;
+  runDir: string;
+  /** Continue the run in `runDir` from its newest checkpoint. */
+  resume: boolean;
+  deps: TrainDeps;
+  progress?: Progress;
+  /** Seconds clock (monotonic); injectable for tests. */
+  clock?: () => number;
+}
+
+export interface RunSummary {
+  runDir: string;
+  steps: number;
+  state: "finished";
+  elapsed: number;
+  finalEval: { reward: number; passAt1: number; n: number } | null;
+  resumedFrom: number | null;
+  alreadyFinished: boolean;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config → algorithm options
+
+function sampling(s: SamplingConfig): SamplingOptions {
+  return { temperature: s.temperature, topP: s.topP, ...(s.topK !== null ? { topK: s.topK } : {}) };
+}
+
+function loopOptions(cfg: RunConfig) {
+  return {
+    maxTokensPerTurn: cfg.algo.maxTokensPerTurn,
+    maxContextTokens: cfg.algo.maxContextTokens,
+    contextOverflow: cfg.algo.contextOverflow,
+    turnTokenLimit: cfg.algo.turnTokenLimit,
+  };
+}
+
+export function erlOptionsFrom(cfg: RunConfig): ErlOptions {
+  const a = cfg.algo;
+  return {
+    ...loopOptions(cfg),
+    n: attemptsPerTask(cfg),
+    memory: a.memory === "global" ? { kind: "global" } : { kind: "perWorker", k: a.memoryWorkers },
+    noMemory: a.name === "erl-no-memory",
+    noReflection: a.name === "erl-no-reflection",
+    noDistill: a.name === "erl-no-distill",
+    singleton: a.singleton,
+    allEqual: a.allEqual,
+    attemptSampling: sampling(a.attemptSampling),
+    reflectionSampling: sampling(a.reflectionSampling),
+    maxReflectionTokens: a.maxReflectionTokens,
+    profile: a.profile,
+  };
+}
+
+export function rlvrOptionsFrom(cfg: RunConfig): RlvrOptions {
+  return {
+    ...loopOptions(cfg),
+    n: attemptsPerTask(cfg),
+    singleton: cfg.algo.singleton,
+    allEqual: cfg.algo.allEqual,
+    attemptSampling: sampling(cfg.algo.attemptSampling),
+    profile: cfg.algo.profile,
+  };
+}
+
+export function evalOptionsFrom(cfg: RunConfig): EvalOptions {
+  return {
+    ...loopOptions(cfg),
+    n: cfg.eval.n ?? (cfg.env === "hotpotqa" ? 1 : 4),
+    sampling: sampling(cfg.eval.sampling),
+    profile: cfg.algo.profile,
+    split: cfg.data.evalSplit,
+  };
+}
+
+export function learnerConfigFrom(cfg: RunConfig): LearnerConfig {
+  return { ...cfg.loss };
+}
+
+export function optimConfigFrom(cfg: RunConfig): AdamWConfig {
+  const o = cfg.optim;
+  return {
+    lr: o.lr,
+    betas: [o.beta1, o.beta2],
+    eps: o.eps,
+    weightDecay: o.weightDecay,
+    ...(o.gradClip !== null ? { gradClip: o.gradClip } : {}),
+  };
+}
+
+/** The run name used when the config does not give one. */
+export function defaultRunName(cfg: RunConfig, date = new Date()): string {
+  const stamp = date.toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+  return `${cfg.env}-${cfg.algo.name}-seed${cfg.seed}-${stamp}`;
+}
+
+export function runDirFor(cfg: RunConfig, date = new Date()): string {
+  return resolve(cfg.runsDir, cfg.name ?? defaultRunName(cfg, date));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+export async function runTraining(opts: RunOptions): Promise<RunSummary> {
+  const { config: cfg, deps } = opts;
+  const clock = opts.clock ?? (() => performance.now() / 1000);
+  const progress = opts.progress ?? new Progress();
+  const files = new RunFiles(opts.runDir);
+
+  // --- run directory and starting state (before any expensive work)
+  let ckpt: { dir: string; state: RunCheckpoint } | null = null;
+  if (opts.resume) {
+    if (!files.exists()) throw new UserError(`--resume ${opts.runDir}: not a run directory (no config.json)`);
+    const status = files.readStatus();
+    if (status?.state === "running" && status.pid !== undefined && processAlive(status.pid))
+      throw new UserError(`${opts.runDir}: still being trained by process ${status.pid}`);
+    ckpt = readLatestCheckpoint(files.checkpointsDir);
+    if (status?.state === "finished" && ckpt && ckpt.state.step === status.step) {
+      progress.line(`${opts.runDir}: already finished (${ckpt.state.step} steps)`);
+      return {
+        runDir: opts.runDir,
+        steps: ckpt.state.step,
+        state: "finished",
+        elapsed: ckpt.state.elapsed,
+        finalEval: lastEval(files),
+        resumedFrom: ckpt.state.step,
+        alreadyFinished: true,
+      };
+    }
+  } else if (files.exists()) {
+    throw new UserError(
+      `${opts.runDir} already exists; continue it with --resume ${opts.runDir} or pick another run name`,
+    );
+  }
+
+  const env = await deps.getEnv(cfg.env);
+  const trainTasks = env.loadSplit("train");
+  const evalTasks = env.loadSplit(cfg.data.evalSplit).slice(0, cfg.data.evalTasks ?? undefined);
+  if (trainTasks.length === 0) throw new UserError(`${cfg.env}: the train split is empty`);
+
+  if (!opts.resume) files.create(cfg);
+  if (ckpt) files.truncateTo(ckpt.state.offsets);
+  else if (opts.resume) files.truncateTo({ metrics: 0, rollouts: 0, memory: 0 });
+
+  const startStep = ckpt?.state.step ?? 0;
+  const rng = ckpt ? Rng.fromState(ckpt.state.rng) : new Rng(cfg.seed);
+  const cursor = new TaskCursor(
+    trainTasks,
+    cfg.seed,
+    cfg.data.shuffle,
+    cfg.data.trainTasks,
+    ckpt?.state.cursor,
+  );
+  const erlOpts = erlOptionsFrom(cfg);
+  const memory = ckpt?.state.memory
+    ? RulebookMemory.fromJSON(ckpt.state.memory)
+    : createMemory(erlOpts.memory);
+  const counters: Record<string, number> = { ...(ckpt?.state.counters ?? {}) };
+  const elapsedBefore = ckpt?.state.elapsed ?? 0;
+  const t0 = clock();
+  const elapsed = (): number => elapsedBefore + (clock() - t0);
+
+  const status = (state: "running" | "finished" | "failed", step: number, error?: string): void =>
+    files.writeStatus({ state, step, totalSteps: cfg.steps, pid: process.pid, ...(error ? { error } : {}) });
+  status("running", startStep);
+  progress.line(
+    ckpt
+      ? `resuming ${opts.runDir} after step ${startStep}/${cfg.steps}`
+      : opts.resume
+        ? `restarting ${opts.runDir} from the beginning (no checkpoint yet)`
+        : `run ${opts.runDir}`,
+  );
+
+  let engine: Engine | null = null;
+  let step = startStep;
+  let finalEval: RunSummary["finalEval"] = null;
+  let finishedAt = startStep;
+  try {
+    progress.line(`starting the engine and loading ${cfg.model.path}`);
+    engine = await deps.startEngine(cfg, resolve(cfg.model.path));
+    if (ckpt) await engine.loadState(resolve(ckpt.dir, "engine"));
+    const model = await deps.makeBackend(engine);
+    const algos = await deps.algorithms();
+    const evalOpts = evalOptionsFrom(cfg);
+
+    const onProgress = (e: ProgressEvent): void => progress.update(`  ${e.phase}`, e.done, e.total);
+
+    const runEval = async (atStep: number): Promise<void> => {
+      const te = clock();
+      // A separate stream per evaluation, so the cadence of evaluation never changes training.
+      const evalRng = new Rng(`${cfg.seed}/eval/${atStep}`);
+      const res = await algos.evaluate(
+        { env, model, rng: evalRng, step: atStep, onProgress },
+        evalTasks,
+        evalOpts,
+      );
+      const record = {
+        kind: "eval",
+        step: atStep,
+        time: elapsed(),
+        "eval/reward": res.reward,
+        "eval/pass@1": res.passAt1,
+        "eval/n": res.n,
+        "eval/split": cfg.data.evalSplit,
+        "time/eval": clock() - te,
+      };
+      files.append("rollouts", res.rollouts);
+      files.append("metrics", [record]);
+      progress.line(evalSummary(atStep, record));
+      finalEval = { reward: res.reward, passAt1: res.passAt1, n: res.n };
+    };
+
+    if (startStep === 0 && cfg.eval.initial) await runEval(0);
+
+    const alreadyDone = ckpt?.state.final === true;
+    for (step = startStep + 1; step <= cfg.steps && !alreadyDone; step++) {
+      const ts = clock();
+      const tasks: Task[] = cursor.next(cfg.batchSize);
+      const ctx: AlgoContext = { env, model, memory: memory.snapshot(), rng, step, onProgress };
+      const result: StepResult =
+        cfg.algo.name === "rlvr"
+          ? await algos.rlvrStep(ctx, tasks, rlvrOptionsFrom(cfg))
+          : await algos.erlStep(ctx, tasks, erlOpts);
+      progress.update("  train", 0, 1);
+      const tt = clock();
+      const trainMetrics = await algos.trainOnSamples(
+        engine,
+        result.samples,
+        learnerConfigFrom(cfg),
+        optimConfigFrom(cfg),
+      );
+      const trainTime = clock() - tt;
+      progress.update("  train", 1, 1);
+      memory.apply(result.memoryWrites);
+      counters["memory/total"] = (counters["memory/total"] ?? 0) + result.memoryWrites.length;
+
+      const m: Record<string, number> = { ...result.metrics, ...trainMetrics };
+      const stepTime = clock() - ts;
+      m["time/train"] = trainTime;
+      m["time/step"] = stepTime;
+      m["time/other"] = Math.max(0, stepTime - trainTime - (m["time/sample"] ?? 0) - (m["time/env"] ?? 0));
+      if (cfg.algo.name !== "rlvr" && m["memory/updates"] === undefined)
+        m["memory/updates"] = result.memoryWrites.length;
+      if (m["tokens/sampled"] !== undefined && m["time/sample"])
+        m["tokens_per_s"] = m["tokens/sampled"] / m["time/sample"];
+
+      files.append("rollouts", result.rollouts);
+      files.append("memory", result.memoryWrites);
+      files.append("metrics", [{ kind: "train", step, time: elapsed(), ...m }]);
+      progress.line(stepSummary(step, cfg.steps, m));
+
+      const last = step === cfg.steps || (cfg.timeBudget !== null && elapsed() >= cfg.timeBudget);
+      if ((cfg.eval.every > 0 && step % cfg.eval.every === 0) || (last && cfg.eval.final))
+        await runEval(step);
+
+      if (step % cfg.checkpoint.every === 0 || last) {
+        const eng = engine;
+        await writeCheckpoint(
+          files.checkpointsDir,
+          {
+            version: CHECKPOINT_VERSION,
+            step,
+            elapsed: elapsed(),
+            rng: rng.state(),
+            cursor: cursor.save(),
+            memory: memory.toJSON(),
+            offsets: files.offsets(),
+            counters,
+            final: last,
+          },
+          (dir) => eng.saveState(dir),
+          cfg.checkpoint.keep,
+        );
+      }
+      finishedAt = step;
+      if (last) break;
+      status("running", step);
+    }
+    status("finished", finishedAt);
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    const done = Math.max(startStep, step - 1);
+    status("failed", done, msg);
+    progress.clear();
+    const hint = `the run directory is consistent; continue with: erl train --resume ${opts.runDir}`;
+    if (e instanceof UserError) throw new UserError(`${e.message}\n(${hint})`, e.exitCode);
+    const err = new UserError(`training failed during step ${step}: ${msg}\n(${hint})`, 1);
+    (err as Error & { cause?: unknown }).cause = e;
+    throw err;
+  } finally {
+    if (engine) await engine.close().catch(() => undefined);
+  }
+  return {
+    runDir: opts.runDir,
+    steps: finishedAt,
+    state: "finished",
+    elapsed: elapsed(),
+    finalEval,
+    resumedFrom: ckpt ? startStep : null,
+    alreadyFinished: false,
+  };
+}
+
+/** The last eval record of a run, if any. */
+function lastEval(files: RunFiles): RunSummary["finalEval"] {
+  const recs = files.offsets().metrics > 0 ? readMetrics(files) : [];
+  for (let i = recs.length - 1; i >= 0; i--) {
+    const r = recs[i]!;
+    if (r.kind === "eval")
+      return { reward: Number(r["eval/reward"]), passAt1: Number(r["eval/pass@1"]), n: Number(r["eval/n"]) };
+  }
+  return null;
+}
+
+/** A run's metrics records; a torn last line (a live or killed run) is ignored. */
+export function readMetrics(files: RunFiles): Record<string, number | string>[] {
+  return readJsonlTolerant(files.path("metrics"));
+}
