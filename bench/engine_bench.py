@@ -88,30 +88,26 @@ def prompts_for(n: int, seed: int = 0) -> list[list[int]]:
 # ---- sampling -------------------------------------------------------------------------------------
 
 
-def bench_sampling(device: str, n_prompts: int, max_tokens: int, repeats: int) -> None:
+def interleaved_best(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best time of each function, running them in turn so that load changes hit all of them alike."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            best[k] = min(best[k], best_of(fn, 1))
+    return best
+
+
+def bench_sampling(device: str, n_prompts: int, n: int, max_tokens: int, repeats: int) -> None:
     prompts = prompts_for(n_prompts)
-    print(f"\n## sampling: {n_prompts} prompts x 1 sample, {max_tokens} new tokens, temperature 1, top-k 0, top-p 1")
-    results: dict[str, float] = {}
+    rows = n_prompts * n
+    print(f"\n## sampling: {n_prompts} prompts x {n} samples, {max_tokens} new tokens, temperature 1, top-k 0, "
+          "top-p 1 (times include the prompt prefill)")
     for dtype in ("float32", "bfloat16"):
         e = make_engine(dtype, device)
         lm = e.need_model()
         # Stop tokens are switched off for both contestants so that they generate the same number of tokens.
-        req = {"prompts": prompts, "n": 1, "maxTokens": max_tokens, "temperature": 1.0, "seed": 0}
-        saved_eos = lm.eos_ids
         lm.eos_ids = []
-        call(e, "sample", {**req, "maxTokens": 4})  # warm-up
-        counted: list[int] = []
-
-        def ours() -> None:
-            seqs = call(e, "sample", req)["sequences"]
-            counted.append(sum(len(s["tokens"]) for s in seqs))
-
-        t = best_of(ours, repeats)
-        lm.eos_ids = saved_eos
-        toks = counted[-1]
-        results[f"engine {dtype}"] = toks / t
-        print(f"engine.sample    {dtype:9s} {toks / t:9.0f} tok/s  ({toks} tokens in {t:.2f}s)")
-
+        req = {"prompts": prompts, "n": n, "maxTokens": max_tokens, "temperature": 1.0, "seed": 0}
         model = lm.model
         width = max(len(p) for p in prompts)
         ids = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -120,24 +116,34 @@ def bench_sampling(device: str, n_prompts: int, max_tokens: int, repeats: int) -
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
         ids, mask = ids.to(lm.device), mask.to(lm.device)
+        counts: dict[str, int] = {}
+
+        def ours() -> None:
+            seqs = call(e, "sample", req)["sequences"]
+            counts["engine"] = sum(len(s["tokens"]) for s in seqs)
+
+        def ours_prefill() -> None:
+            call(e, "sample", {**req, "maxTokens": 1})
 
         def hf() -> None:
             with torch.no_grad(), lm.autocast():
                 out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
                                      top_p=1.0, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                                     pad_token_id=0, eos_token_id=None)
-            counted.append(int(out.shape[0] * (out.shape[1] - width)))
+                                     pad_token_id=0, eos_token_id=None, num_return_sequences=n)
+            counts["generate"] = int(out.shape[0] * (out.shape[1] - width))
 
-        torch.manual_seed(0)
-        hf()  # warm-up
-        t = best_of(hf, repeats)
-        toks = counted[-1]
-        results[f"generate {dtype}"] = toks / t
-        print(f"HF generate      {dtype:9s} {toks / t:9.0f} tok/s  ({toks} tokens in {t:.2f}s)")
+        ours_prefill()
+        ours()
+        hf()  # warm-ups
+        t = interleaved_best({"engine": ours, "generate": hf, "prefill": ours_prefill}, repeats)
+        assert counts["engine"] == counts["generate"] == rows * max_tokens
+        toks = counts["engine"]
+        decode = (toks - rows) / max(t["engine"] - t["prefill"], 1e-9)
+        print(f"{dtype:9s} engine.sample {toks / t['engine']:7.0f} tok/s ({t['engine']:.2f}s)   "
+              f"HF generate {toks / t['generate']:7.0f} tok/s ({t['generate']:.2f}s)   "
+              f"ratio {t['generate'] / t['engine']:.2f}x   "
+              f"[engine prefill {t['prefill']:.2f}s, decode alone {decode:.0f} tok/s]")
         del e, lm, model
-    for dtype in ("float32", "bfloat16"):
-        print(f"ratio engine/generate, both {dtype}: {results[f'engine {dtype}'] / results[f'generate {dtype}']:.2f}x")
-    print(f"ratio engine bf16 / generate fp32: {results['engine bfloat16'] / results['generate float32']:.2f}x")
 
 
 # ---- training -------------------------------------------------------------------------------------
@@ -172,57 +178,85 @@ def plain_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: list[d
     opt.zero_grad(set_to_none=True)
 
 
-def bench_training(device: str, n_seq: int, seq_len: int, repeats: int, dtypes: tuple[str, ...]) -> dict[str, float]:
+def bench_training(device: str, n_seq: int, seq_len: int, repeats: int, dtype: str) -> dict[str, float]:
+    """Engine forward_backward + optim_step vs the plain step, same model, same batch, same dtype."""
     batch = rl_batch(n_seq, seq_len)
     tokens = n_seq * seq_len
     loss = {"name": "ppo", "clipLow": 0.2, "clipHigh": 0.28, "dualClip": 3.0}
-    out: dict[str, float] = {}
-    for dtype in dtypes:
-        e = make_engine(dtype, device)
+    e = make_engine(dtype, device)
+    lm = e.need_model()
+    opt = torch.optim.AdamW(lm.model.parameters(), lr=1e-5)
 
-        def ours() -> None:
-            call(e, "forwardBackward", {"datums": batch, "loss": loss})
-            call(e, "optimStep", {"lr": 1e-5, "gradClip": 1.0})
+    def ours() -> None:
+        call(e, "forwardBackward", {"datums": batch, "loss": loss})
+        call(e, "optimStep", {"lr": 1e-5, "gradClip": 1.0})
 
-        ours()
-        t_ours = best_of(ours, repeats)
-        lm = e.need_model()
-        opt = torch.optim.AdamW(lm.model.parameters(), lr=1e-5)
+    def plain() -> None:
         lm.model.train()
+        plain_step(lm.model, opt, batch, lm.autocast(), lm.device)
+        lm.model.eval()
 
-        def plain() -> None:
-            plain_step(lm.model, opt, batch, lm.autocast(), lm.device)
+    ours()
+    plain()  # warm-ups
+    t = interleaved_best({"engine": ours, "plain": plain}, repeats)
+    return {"engine": tokens / t["engine"], "plain": tokens / t["plain"], "overhead": t["engine"] / t["plain"] - 1,
+            "peak_rss_mb": peak_rss_mb()}
 
-        plain()
-        t_plain = best_of(plain, repeats)
-        overhead = t_ours / t_plain - 1
-        out[dtype] = tokens / t_ours
-        print(f"{dtype:9s} B={n_seq:3d} T={seq_len:4d}  engine {tokens / t_ours:8.0f} tok/s  plain {tokens / t_plain:8.0f} tok/s"
-              f"  overhead {overhead * 100:+5.1f}%  peak RSS {peak_rss_mb():.0f} MB")
-        del e, lm, opt
-    return out
+
+def print_training(dtype: str, b: int, t: int, r: dict[str, float]) -> None:
+    print(f"{dtype:9s} B={b:3d} T={t:4d}  engine {r['engine']:7.0f} tok/s   plain {r['plain']:7.0f} tok/s   "
+          f"overhead {r['overhead'] * 100:+5.1f}%   peak RSS {r['peak_rss_mb']:.0f} MB")
+
+
+def training_in_subprocess(device: str, b: int, t: int, repeats: int, dtype: str, threads: int) -> dict[str, float]:
+    """One configuration in a fresh process, so that its peak RSS is its own."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, __file__, "--one", f"{b},{t},{dtype}", "--device", device,
+                          "--threads", str(threads), "--repeats", str(repeats)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller settings, one repeat")
     ap.add_argument("--only", choices=["sample", "train", "scaling"])
+    ap.add_argument("--one", help="internal: B,T,dtype of one training measurement, printed as JSON")
+    ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared CPU, spinning OpenMP threads that lose their "
+                         "core to other processes slow everything down several-fold)")
     args = ap.parse_args()
-    repeats = 1 if args.quick else 3
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (1 if args.quick else 5)
+    if args.one:
+        import json
+
+        b, t, dtype = args.one.split(",")
+        print(json.dumps(bench_training(args.device, int(b), int(t), repeats, dtype)))
+        return
     print(f"# engine benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f}")
     n_params = sum(p.numel() for p in make_engine("float32", args.device).need_model().model.parameters())
     print(f"model: random Llama, {n_params / 1e6:.1f}M parameters, vocab 105")
     if args.only in (None, "sample"):
-        bench_sampling(args.device, 64, 32 if args.quick else 64, repeats)
+        bench_sampling(args.device, 64, 1, 32 if args.quick else 64, repeats)
+        bench_sampling(args.device, 16, 4, 32 if args.quick else 64, repeats)
     if args.only in (None, "train"):
-        print("\n## forward_backward + optim_step (PPO) vs a plain PyTorch step on the same batch")
-        bench_training(args.device, 16, 128, repeats, ("float32", "bfloat16"))
+        print("\n## forward_backward + optim_step (PPO) vs a plain PyTorch step on the same batch "
+              "(each line a fresh process: its peak RSS)")
+        for dtype in ("float32", "bfloat16"):
+            print_training(dtype, 16, 128, training_in_subprocess(args.device, 16, 128, repeats, dtype, args.threads))
     if args.only in (None, "scaling"):
-        print("\n## scaling of forward_backward + optim_step with batch and sequence length")
-        for b, t in ((4, 128), (16, 128), (32, 128), (16, 64), (16, 256)) if not args.quick else ((4, 64), (16, 64)):
-            bench_training(args.device, b, t, 1 if args.quick else 2, ("float32", "bfloat16"))
+        print("\n## scaling with batch size B and sequence length T")
+        configs = ((4, 128), (16, 128), (64, 128), (16, 32), (16, 512)) if not args.quick else ((4, 64), (16, 64))
+        for b, t in configs:
+            for dtype in ("float32", "bfloat16"):
+                r = training_in_subprocess(args.device, b, t, max(1, repeats - 1), dtype, args.threads)
+                print_training(dtype, b, t, r)
     print(f"\npeak RSS of the process: {peak_rss_mb():.0f} MB; load average now {os.getloadavg()[0]:.1f}")
 
 

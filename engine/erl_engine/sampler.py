@@ -5,6 +5,12 @@ and the prompt's KV cache is repeated for its n samples, so the prompt is never 
 sample. Rows that finish (a stop token, a stop string, or max tokens) are dropped from the batch and
 the cache at once, so the remaining rows decode at the cost of their own number.
 
+Decoding has two implementations with the same results (up to float rounding): for Llama-family
+models (llama, mistral, qwen2, qwen3) a hand-rolled step over the model's own modules (so LoRA
+adapters apply) with a preallocated KV cache and plain-matmul attention, which avoids the per-step
+cache concatenation and mask building of the generic path; for every other causal LM the model's own
+forward with a DynamicCache. The prompt prefill always uses the model's own forward.
+
 Returned log-probs are the model's raw log-probs of each sampled token (log-softmax of the logits at
 temperature 1, no top-k/top-p truncation), so they equal `forward`'s log-probs of the same tokens.
 One torch.Generator seeded with the request's seed drives all draws: the same request with the same
@@ -17,9 +23,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .model import LoadedModel
 from .protocol import ProtocolError
+
+# Model types whose decoder layers have the Llama layout (pre-norm, q/k/v/o projections, rotary
+# embeddings with rotate-half, a gated MLP); these decode on the fast path.
+FAST_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+# Tests switch this off to check that both paths agree.
+FAST_DECODE = True
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -44,12 +57,23 @@ def choose_tokens(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
-    generator: torch.Generator,
+    u: torch.Tensor,
 ) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling with the given uniforms u in [0, 1) (one per row).
+
+    One uniform per row and step (rather than torch.multinomial over the current batch) makes a
+    sequence's draws depend only on the seed, its row and the step: not on which other rows are
+    still in the batch.
+    """
     if temperature == 0.0:
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    cdf = probs.cumsum(dim=-1)
+    # right=True: the first index whose cdf exceeds the target, so a zero-probability token (a flat
+    # step of the cdf) is never chosen, not even for u = 0.
+    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return idx.clamp_(max=logits.shape[-1] - 1)
 
 
 class StopStrings:
@@ -128,46 +152,233 @@ def sample(lm: LoadedModel, req: dict[str, Any]) -> list[dict[str, Any]]:
             next_pos = next_pos.repeat_interleave(n, dim=0)
 
         total = n_prompts * n
-        tokens: list[list[int]] = [[] for _ in range(total)]
-        logprobs: list[list[float]] = [[] for _ in range(total)]
-        reasons: list[str] = ["length"] * total
-        active = list(range(total))
         gen = torch.Generator(device=dev)
         gen.manual_seed(req["seed"])
+        fast = _FastDecoder.create(lm, cache, mask, longest + max_tokens) if FAST_DECODE else None
+        state = _Rows(total, max_tokens, stop_ids, stops)
+        row_ids = torch.arange(total, device=dev)  # the sequence of each batch row (zombies included)
+        step = fast.step if fast is not None else _generic_step(lm, cache)
+        # One autocast region around the whole loop: autocast caches the bf16 copies of the weights
+        # until the region ends, instead of re-casting every weight at every step.
+        loop_ctx = lm.autocast()
+        loop_ctx.__enter__()
         for _ in range(max_tokens):
             raw = torch.log_softmax(logits, dim=-1)
-            nxt = choose_tokens(logits, temperature, top_k, top_p, gen)
+            u = torch.rand(total, generator=gen, device=dev)[row_ids]
+            nxt = choose_tokens(logits, temperature, top_k, top_p, u)
             lp = raw.gather(1, nxt[:, None])[:, 0]
-            nxt_list = nxt.tolist()
-            lp_list = lp.tolist()
-            keep: list[int] = []
-            for j, row in enumerate(active):
-                t = nxt_list[j]
-                tokens[row].append(t)
-                logprobs[row].append(lp_list[j])
-                if t in stop_ids or (stops is not None and stops.hit(tokens[row])):
-                    reasons[row] = "stop"
-                elif len(tokens[row]) < max_tokens:
-                    keep.append(j)
+            keep = state.record(nxt.tolist(), lp.tolist())
             if not keep:
                 break
-            if len(keep) < len(active):
+            finished = len(state.active) - len(keep)
+            # Dropping rows copies the whole cache; on the fast path finished rows ride along as
+            # ignored "zombies" until a quarter of the batch is done, then the batch is compacted.
+            if finished and (fast is None or finished * 4 >= len(state.active)):
                 idx = torch.tensor(keep, device=dev)
-                cache.batch_select_indices(idx)
-                mask, next_pos, nxt = mask[idx], next_pos[idx], nxt[idx]
-                active = [active[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            with lm.autocast():
-                out = model(
-                    input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True,
-                )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+                mask, next_pos, nxt, row_ids = mask[idx], next_pos[idx], nxt[idx], row_ids[idx]
+                if fast is not None:
+                    fast.select(idx)
+                else:
+                    cache.batch_select_indices(idx)
+                state.active = [state.active[j] for j in keep]
+            elif finished:
+                live = set(keep)
+                state.active = [r if j in live else None for j, r in enumerate(state.active)]
+            if fast is None:
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            logits = step(nxt, next_pos, mask)
             next_pos = next_pos + 1
+        loop_ctx.__exit__(None, None, None)
     finally:
         model.train(was_training)
     return [
-        {"promptIndex": row // n, "tokens": tokens[row], "logprobs": logprobs[row], "stopReason": reasons[row]}
+        {"promptIndex": row // n, "tokens": state.tokens[row], "logprobs": state.logprobs[row],
+         "stopReason": state.reasons[row]}
         for row in range(total)
     ]
+
+
+class _Rows:
+    """Per-sequence bookkeeping: tokens, log-probs, stop reasons, and which rows are still decoding."""
+
+    def __init__(self, total: int, max_tokens: int, stop_ids: set[int], stops: StopStrings | None):
+        self.tokens: list[list[int]] = [[] for _ in range(total)]
+        self.logprobs: list[list[float]] = [[] for _ in range(total)]
+        self.reasons = ["length"] * total
+        # Batch position -> sequence index; None marks a finished row still in the batch.
+        self.active: list[int | None] = list(range(total))
+        self.max_tokens = max_tokens
+        self.stop_ids = stop_ids
+        self.stops = stops
+
+    def record(self, toks: list[int], lps: list[float]) -> list[int]:
+        """Appends one token per active row; returns the batch positions of rows that continue."""
+        keep: list[int] = []
+        for j, row in enumerate(self.active):
+            if row is None:
+                continue
+            t = toks[j]
+            self.tokens[row].append(t)
+            self.logprobs[row].append(lps[j])
+            if t in self.stop_ids or (self.stops is not None and self.stops.hit(self.tokens[row])):
+                self.reasons[row] = "stop"
+            elif len(self.tokens[row]) < self.max_tokens:
+                keep.append(j)
+        return keep
+
+
+def _generic_step(lm: LoadedModel, cache: Any) -> Any:
+    def step(tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = lm.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos[:, None],
+                       past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :].float()
+
+    return step
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _cache_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(cache, "layers"):
+        return cache.layers[i].keys, cache.layers[i].values
+    return cache.key_cache[i], cache.value_cache[i]  # transformers 4.x
+
+
+class _FastDecoder:
+    """One-token decode steps for Llama-layout models over a preallocated KV cache."""
+
+    @classmethod
+    def create(cls, lm: LoadedModel, cache: Any, mask: torch.Tensor, capacity: int) -> "_FastDecoder | None":
+        model = lm.model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        cfg = base.config
+        inner = getattr(base, "model", None)
+        layers = getattr(inner, "layers", None)
+        if cfg.model_type not in FAST_MODEL_TYPES or layers is None or getattr(base, "lm_head", None) is None:
+            return None
+        if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "layer_types", None) and any(
+            t != "full_attention" for t in cfg.layer_types
+        ):
+            return None
+        if getattr(inner, "rotary_emb", None) is None:
+            return None
+        for layer in layers:
+            attn = getattr(layer, "self_attn", None)
+            if attn is None or not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+                return None
+        try:
+            kv = [_cache_kv(cache, i) for i in range(len(layers))]
+        except (AttributeError, IndexError):
+            return None
+        return cls(lm, base, inner, layers, kv, mask, capacity)
+
+    def __init__(self, lm: LoadedModel, base: Any, inner: Any, layers: Any, kv: list[Any], mask: torch.Tensor,
+                 capacity: int):
+        self.lm = lm
+        self.base = base
+        self.inner = inner
+        self.layers = layers
+        k0 = kv[0][0]
+        b, self.kv_heads, width, self.head_dim = k0.shape
+        self.heads = base.config.num_attention_heads
+        self.group = self.heads // self.kv_heads
+        # fp32 cache on CPU: small batched bf16 matmuls are slower there than fp32 ones.
+        cache_dtype = torch.float32 if k0.device.type == "cpu" else k0.dtype
+        self.keys = torch.zeros((len(layers), b, self.kv_heads, capacity, self.head_dim), dtype=cache_dtype,
+                                device=k0.device)
+        self.values = torch.zeros_like(self.keys)
+        for i, (k, v) in enumerate(kv):
+            self.keys[i, :, :, :width] = k
+            self.values[i, :, :, :width] = v
+        self.filled = width
+        # Additive attention bias: -inf on the prompts' left padding, 0 elsewhere (future slots are
+        # never read: a step only attends to the filled columns).
+        bias = torch.zeros((b, capacity), dtype=torch.float32, device=k0.device)
+        bias[:, :width] = torch.where(mask.bool(), 0.0, float("-inf"))
+        self.bias = bias[:, None, None, :]
+        self.fused = self._fuse(lm, layers)
+
+    @staticmethod
+    def _fuse(lm: LoadedModel, layers: Any) -> list[dict[str, Any]] | None:
+        """Per layer: q/k/v and gate/up weights concatenated, all cast once to the compute dtype.
+
+        Fewer, larger matmuls and no per-step weight casts under autocast. Only for plain nn.Linear
+        layers: LoRA-wrapped projections (peft) keep going through their modules.
+        """
+        wdt = torch.bfloat16 if lm.dtype == "bfloat16" else torch.float32
+        fused = []
+        for layer in layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            projs = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj]
+            mlp_projs = [getattr(mlp, a, None) for a in ("gate_proj", "up_proj", "down_proj")]
+            if not all(type(m) is torch.nn.Linear for m in projs + mlp_projs) or not hasattr(mlp, "act_fn"):
+                return None
+            qkv_bias = None
+            if attn.q_proj.bias is not None:
+                qkv_bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).to(wdt)
+            fused.append({
+                "qkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).to(wdt),
+                "qkv_bias": qkv_bias,
+                "o": attn.o_proj.weight.to(wdt),
+                "o_bias": None if attn.o_proj.bias is None else attn.o_proj.bias.to(wdt),
+                "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(wdt),
+                "down": mlp.down_proj.weight.to(wdt),
+                "act": mlp.act_fn,
+                "split": (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features),
+            })
+        return fused
+
+    def select(self, idx: torch.Tensor) -> None:
+        self.keys = self.keys.index_select(1, idx)
+        self.values = self.values.index_select(1, idx)
+        self.bias = self.bias.index_select(0, idx)
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor, _mask: torch.Tensor) -> torch.Tensor:
+        b = tok.shape[0]
+        col = self.filled
+        n = col + 1
+        # Runs inside the caller's autocast region (see sample()).
+        h = self.inner.embed_tokens(tok[:, None])
+        cos, sin = self.inner.rotary_emb(h, pos[:, None])
+        cos, sin = cos[:, None], sin[:, None]  # [b, 1, 1, head_dim]
+        bias = self.bias[..., :n]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            fw = self.fused[i] if self.fused is not None else None
+            if fw is not None:
+                q, k, v = F.linear(x.to(fw["qkv"].dtype), fw["qkv"], fw["qkv_bias"]).split(fw["split"], dim=-1)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+            q = q.reshape(b, 1, self.heads, self.head_dim)
+            k = k.reshape(b, 1, self.kv_heads, self.head_dim)
+            v = v.reshape(b, 1, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head before the rotation
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            self.keys[i, :, :, col] = k[:, :, 0].to(self.keys.dtype)
+            self.values[i, :, :, col] = v[:, :, 0].to(self.values.dtype)
+            keys = self.keys[i, :, :, :n]
+            vals = self.values[i, :, :, :n]
+            qg = q.reshape(b, self.kv_heads, self.group, self.head_dim).to(keys.dtype)
+            with torch.autocast(device_type=keys.device.type, enabled=False):
+                scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * attn.scaling + bias
+                probs = torch.softmax(scores, dim=-1).to(vals.dtype)
+                o = torch.matmul(probs, vals).reshape(b, 1, self.heads * self.head_dim)
+            if fw is not None:
+                h = h + F.linear(o.to(fw["o"].dtype), fw["o"], fw["o_bias"]).float()
+                y = layer.post_attention_layernorm(h).to(fw["gate_up"].dtype)
+                gate, up = F.linear(y, fw["gate_up"]).chunk(2, dim=-1)
+                h = h + F.linear(fw["act"](gate) * up, fw["down"]).float()
+            else:
+                h = h + attn.o_proj(o)
+                h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = self.inner.norm(h)
+        logits = self.base.lm_head(h)
+        self.filled = n
+        return logits[:, -1, :].float()

@@ -19,7 +19,7 @@ DRAWS = 20000
 def frequencies(temperature: float, top_k: int | None, top_p: float | None, seed: int = 0) -> np.ndarray:
     gen = torch.Generator().manual_seed(seed)
     logits = LOGITS.expand(DRAWS, -1)
-    toks = choose_tokens(logits, temperature, top_k, top_p, gen)
+    toks = choose_tokens(logits, temperature, top_k, top_p, torch.rand(DRAWS, generator=gen))
     return np.bincount(toks.numpy(), minlength=len(LOGITS)) / DRAWS
 
 
@@ -63,9 +63,15 @@ def test_top_k_and_top_p_and_temperature_compose() -> None:
     close_to(f, expected(0.5, keep))
 
 
+def test_inverse_cdf_never_picks_a_zero_probability_token() -> None:
+    logits = torch.tensor([[float("-inf"), 0.0, float("-inf"), 0.0, float("-inf")]]).expand(5, -1)
+    u = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.9999999])
+    assert choose_tokens(logits, 1.0, None, None, u).tolist() == [1, 1, 3, 3, 3]
+
+
 def test_temperature_zero_is_greedy_and_seeds_repeat() -> None:
     gen = torch.Generator().manual_seed(0)
-    assert torch.all(choose_tokens(LOGITS.expand(10, -1), 0.0, None, None, gen) == 0)
+    assert torch.all(choose_tokens(LOGITS.expand(10, -1), 0.0, None, None, torch.rand(10, generator=gen)) == 0)
     a = frequencies(1.0, None, None, seed=3)
     b = frequencies(1.0, None, None, seed=3)
     c = frequencies(1.0, None, None, seed=4)
@@ -143,3 +149,50 @@ def test_sampler_rejects_bad_requests(engine: Any) -> None:
         sample(engine, prompts=[[5]], maxTokens=2000)
     with pytest.raises(ProtocolError, match=r"params.topP: must be > 0"):
         sample(engine, prompts=[[5]], topP=0)
+
+
+def check_against_forward(engine: Any, prompts: list[list[int]], atol: float, **kw: Any) -> list[dict[str, Any]]:
+    seqs = sample(engine, prompts=prompts, n=2, maxTokens=24, seed=5, **kw)
+    datums = [datum((prompts[s["promptIndex"]] + s["tokens"])[:-1], (prompts[s["promptIndex"]] + s["tokens"])[1:])
+              for s in seqs]
+    fwd = [unpack(x) for x in call(engine, "forward", {"datums": datums})["logprobs"]]
+    for s, lp in zip(seqs, fwd):
+        tail = lp[len(prompts[s["promptIndex"]]) - 1 :]
+        assert np.allclose(s["logprobs"], tail, atol=atol), np.abs(np.array(s["logprobs"]) - np.array(tail)).max()
+    return seqs
+
+
+PROMPTS = [[4, 60, 61, 62, 63, 64, 65, 66, 67, 2, 5], [5, 70], [3, 40, 41, 2, 4, 42, 2, 5]]
+
+
+def test_generic_decoder_agrees_with_the_fast_one(engine: Any, monkeypatch: Any) -> None:
+    from erl_engine import sampler
+
+    fast = check_against_forward(engine, PROMPTS, 1e-4)
+    monkeypatch.setattr(sampler, "FAST_DECODE", False)
+    generic = check_against_forward(engine, PROMPTS, 1e-4)
+    assert [s["tokens"] for s in fast] == [s["tokens"] for s in generic]
+
+
+def test_lora_model_samples_through_its_adapters() -> None:
+    from conftest import load_params
+
+    from erl_engine.engine import Engine
+
+    e = Engine()
+    call(e, "loadModel", load_params(lora={"rank": 4, "alpha": 16, "targetModules": "all-linear"}))
+    d = datum([5, 70, 71, 72, 73], [70, 71, 72, 73, 2])
+    for _ in range(3):
+        call(e, "forwardBackward", {"datums": [d], "loss": {"name": "cross_entropy"}})
+        call(e, "optimStep", {"lr": 0.05})
+    check_against_forward(e, PROMPTS, 1e-4)
+
+
+def test_bf16_sampling_is_close_to_forward() -> None:
+    from conftest import load_params
+
+    from erl_engine.engine import Engine
+
+    e = Engine()
+    call(e, "loadModel", load_params(dtype="bfloat16"))
+    check_against_forward(e, PROMPTS, 0.05)

@@ -321,3 +321,33 @@ test("a template that rewrites earlier turns is refused", async () => {
   b.appendSampled([...fakeEncode("hi"), TOK_TURN_END], [0, 0, 0], "hi");
   await assert.rejects(b.appendMessages([{ role: "user", content: "again" }]), /earlier turns/);
 });
+
+test("HotpotQA through the loop: a search turn, a tool message, then a boxed answer", async () => {
+  const { getEnv } = await import("../envs/registry.ts");
+  const { envStopStrings } = await import("../algo/samples.ts");
+  const hotpot = getEnv("hotpotqa");
+  const task = hotpot.loadSplit("test")[0]! as Task & { answer: string; question: string };
+  const script = ({ messages }: { messages: { role: string }[] }) =>
+    messages.some((m) => m.role === "tool")
+      ? `The answer is \\boxed{${task.answer}}.`
+      : `<tool_call>{"name": "search", "arguments": {"query": "${task.question.slice(0, 40).replace(/"/g, "")}"}}</tool_call> then more`;
+  const model = new ScriptedBackend(script);
+  const stopStrings = envStopStrings(hotpot);
+  assert.deepEqual(stopStrings, ["</tool_call>"]);
+  const [o] = await runEpisodes([{ id: "h", task, system: "sys", sampling: { temperature: 0 } }], {
+    env: hotpot,
+    model,
+    rng: new Rng(9),
+    settings: SETTINGS,
+    stopStrings,
+  });
+  assert.ok(o!.turns[0]!.text.endsWith("</tool_call>"), "generation stopped after the call");
+  assert.deepEqual(
+    o!.messages.map((m) => m.role),
+    ["system", "user", "assistant", "tool", "assistant"],
+  );
+  assert.equal(o!.reward, 1);
+  assert.equal(o!.success, true);
+  assert.equal(o!.stopReason, "answered");
+  assert.deepEqual(o!.trajectory.ids, fakeRenderChat(o!.messages, false));
+});

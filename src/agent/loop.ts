@@ -177,25 +177,26 @@ export async function runEpisodes(
   const limit = contextLimit(model, settings);
   let finished = 0;
 
-  const runs: Running[] = [];
-  for (const request of requests) {
-    const episode = env.makeEpisode(request.task);
-    const t0 = now();
-    const builder = await TrajectoryBuilder.start(model, [
-      { role: "system", content: request.system },
-      { role: "user", content: episode.initialObservation },
-    ]);
-    timing.render += now() - t0;
-    runs.push({
-      request,
-      episode,
-      builder,
-      turns: [],
-      stop: null,
-      turnLimit: settings.maxTokensPerTurn,
-      pending: null,
-    });
-  }
+  const t0 = now();
+  const runs: Running[] = await Promise.all(
+    requests.map(async (request) => {
+      const episode = env.makeEpisode(request.task);
+      const builder = await TrajectoryBuilder.start(model, [
+        { role: "system", content: request.system },
+        { role: "user", content: episode.initialObservation },
+      ]);
+      return {
+        request,
+        episode,
+        builder,
+        turns: [],
+        stop: null,
+        turnLimit: settings.maxTokensPerTurn,
+        pending: null,
+      };
+    }),
+  );
+  timing.render += now() - t0;
 
   const end = (run: Running, reason: StopReason) => {
     run.stop = reason;

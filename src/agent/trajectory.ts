@@ -120,8 +120,10 @@ export class TrajectoryBuilder implements Trajectory {
   async appendMessages(messages: readonly ChatMessage[]): Promise<void> {
     if (messages.length === 0) return;
     if (this.lastRole !== "assistant") throw new Error("trajectory: appendMessages must follow a reply");
-    const before = await this.model.renderChat(this.messages, { addGenerationPrompt: false });
-    const after = await this.model.renderChat([...this.messages, ...messages], { addGenerationPrompt: true });
+    const [before, after] = await Promise.all([
+      this.model.renderChat(this.messages, { addGenerationPrompt: false }),
+      this.model.renderChat([...this.messages, ...messages], { addGenerationPrompt: true }),
+    ]);
     if (!startsWith(after, before))
       throw new TemplateError(
         "chat template: rendering a longer conversation changed the tokens of earlier turns, " +

@@ -362,3 +362,21 @@ test("RLVR step: n = 10 first attempts, GRPO within each task, nothing else", as
   assert.equal(policy.reflections, 0);
   assert.ok(r.rollouts.every((x) => x.stage === "first" && x.group.endsWith("|first")));
 });
+
+test("compact profile: same step structure, compact texts, progress reported per phase", async () => {
+  const { ctx, options } = setup({ erl: { profile: "compact" } });
+  const events: string[] = [];
+  ctx.onProgress = (e) => {
+    if (e.done === e.total) events.push(`${e.phase}:${e.total}`);
+  };
+  const r = await erlStep(ctx, tasks, options);
+  assert.deepEqual(
+    (["first", "reflection", "second", "distill"] as const).map((s) => byStage(r, s).length),
+    [6, 3, 3, 3],
+  );
+  const compactInitial = getPromptProfile("compact").initialSystemPrompt(parts);
+  for (const s of byStage(r, "first")) assert.equal(chat(s)[0]!.content, compactInitial);
+  for (const s of byStage(r, "reflection"))
+    assert.ok(chat(s)[1]!.content.startsWith(`Prompt:\n${compactInitial}\nTrace:\n#1\n`));
+  assert.deepEqual(events, ["first:6", "reflection:3", "second:3", "distill:3"]);
+});

@@ -231,15 +231,24 @@ export async function erlStep(
   for (let i = 0; i < retries.length; i++) {
     const r = retries[i]!;
     const second = seconds[i]!;
-    const taskId = r.attempt.task.id;
     if (r.reflection) samples.push({ ...r.reflection.sample, reward: second.reward });
-    samples.push(makeSample("second", taskId, second.request.id, second.trajectory, second.reward));
-    if (!options.noDistill) {
-      const trajectory = await replayWithSystem(model, second, initialPrompt);
+    samples.push(
+      makeSample("second", r.attempt.task.id, second.request.id, second.trajectory, second.reward),
+    );
+  }
+  if (!options.noDistill) {
+    const replays = await Promise.all(
+      seconds.map((second) => replayWithSystem(model, second, initialPrompt)),
+    );
+    replays.forEach((trajectory, i) => {
+      const second = seconds[i]!;
       // The initial prompt can be longer than Δ: a replay that no longer fits the window is dropped.
       if (trajectory.ids.length - 1 > contextLimit) distillTooLong += 1;
-      else distillPending.push(makeDistillSample(taskId, second.request.id, trajectory, second.reward));
-    }
+      else
+        distillPending.push(
+          makeDistillSample(retries[i]!.attempt.task.id, second.request.id, trajectory, second.reward),
+        );
+    });
   }
   // Distill old log-probs: the current policy's, in the distill context (one forward call).
   if (distillPending.length > 0) {

@@ -43,8 +43,8 @@ export function trainedTokens(sample: TrainSample): number {
   return k;
 }
 
-export function lossConfigFor(cfg: LearnerConfig, normalizer?: number): LossConfig & { normalizer?: number } {
-  const loss: LossConfig & { normalizer?: number } = {
+export function lossConfigFor(cfg: LearnerConfig, normalizer?: number): LossConfig {
+  const loss: LossConfig = {
     name: "ppo",
     aggregation: cfg.aggregation,
     clipLow: cfg.clipLow,

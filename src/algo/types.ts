@@ -9,6 +9,7 @@ import type { AdamWConfig, Aggregation, ChatMessage, Engine } from "../engine/ap
 import type { EnvFamily, StopReason, Task } from "../envs/types.ts";
 import type { Rng } from "../util/rng.ts";
 import type { ModelBackend } from "../agent/backend.ts";
+import type { PromptProfileName } from "../agent/prompts.ts";
 
 export type { ModelBackend } from "../agent/backend.ts";
 
@@ -16,7 +17,6 @@ export type { ModelBackend } from "../agent/backend.ts";
 // Options
 
 export type { PromptProfileName } from "../agent/prompts.ts";
-import type { PromptProfileName } from "../agent/prompts.ts";
 
 /** Sampling settings of one kind of model call. */
 export interface SamplingOptions {
@@ -303,6 +303,12 @@ export function defaultOptimConfig(): AdamWConfig {
   return { lr: 1e-6, weightDecay: 0.01, gradClip: 1.0 };
 }
 
+/**
+ * `erlStep` reads `ctx.memory` through a snapshot taken when the batch starts, applies its writes to
+ * `ctx.memory` when the batch ends, and also returns them (`StepResult.memoryWrites`) for the run
+ * files. Applying the same writes again to a store that already has them changes nothing, so a
+ * caller may pass a snapshot and apply the writes to its own store itself.
+ */
 export type ErlStepFn = (
   ctx: AlgoContext,
   tasks: readonly Task[],

@@ -5,11 +5,12 @@
  * run continues with `--resume`. `--ci` is the same recipe at toy size (seconds).
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { UserError } from "../util/errors.ts";
 import { shardPath, writeShard } from "../pretrain/generate.ts";
+import { measureAcceptance } from "../pretrain/acceptance.ts";
 
 const HELP = `erl pretrain --recipe tiny [options]
 
@@ -22,11 +23,15 @@ Options:
   --seed N              corpus and initialisation seed (default 1)
   --resume              continue from the work directory's checkpoint
   --ci                  toy size: a few shards, a 2-layer model, a few steps (seconds)
-  --stage NAME          corpus | tokenizer | train | export | all (default all)
+  --stage NAME          corpus | tokenizer | train | export | all (default all), or
+                        eval: measure S0 / S_rule / S_refl of --out on the FrozenLake test split
+                        through the engine and write <out>/acceptance.json
+  --limit N             eval: only the first N test tasks
+  --modes LIST          eval: greedy,sampled (default both)
   --shards N            corpus shards (default 240; --ci 2)
   --docs-per-shard N    documents per shard (default 400; --ci 40)
   --minutes M           stop training after M minutes (a checkpoint is written; resume later)
-  --steps N             total optimizer steps planned (sets the LR schedule; default 2500; --ci 3)
+  --steps N             total optimizer steps planned (sets the LR schedule; default 7000; --ci 3)
   --python PATH         Python with torch + transformers (default .venv/bin/python)
 `;
 
@@ -53,6 +58,8 @@ export async function run(args: string[]): Promise<number> {
       minutes: { type: "string" },
       steps: { type: "string" },
       python: { type: "string" },
+      limit: { type: "string" },
+      modes: { type: "string" },
       help: { type: "boolean", default: false },
     },
     strict: true,
@@ -62,7 +69,7 @@ export async function run(args: string[]): Promise<number> {
     return 0;
   }
   if (values.recipe !== "tiny") throw new UserError(`--recipe: expected "tiny", got ${JSON.stringify(values.recipe)}`);
-  const stages = ["corpus", "tokenizer", "train", "export", "all"];
+  const stages = ["corpus", "tokenizer", "train", "export", "all", "eval"];
   if (!stages.includes(values.stage)) throw new UserError(`--stage: expected one of ${stages.join(", ")}`);
   const ci = values.ci;
   const seed = int("seed", values.seed, 1);
@@ -70,7 +77,7 @@ export async function run(args: string[]): Promise<number> {
   const out = resolve(values.out ?? (ci ? join(work, "model") : "models/erl-tiny"));
   const shards = int("shards", values.shards, ci ? 2 : 240);
   const docs = int("docs-per-shard", values["docs-per-shard"], ci ? 40 : 400);
-  const steps = int("steps", values.steps, ci ? 3 : 2500);
+  const steps = int("steps", values.steps, ci ? 3 : 7000);
   const python = values.python ?? ".venv/bin/python";
   if (!existsSync(python)) throw new UserError(`--python: ${python} not found (run scripts/setup.sh first)`);
   const corpus = join(work, "corpus");
@@ -106,5 +113,21 @@ export async function run(args: string[]): Promise<number> {
     py(argv);
   }
   if (want("export")) py(["export", "--work", work, "--tokenizer", tokDir, "--out", out]);
+  if (values.stage === "eval") {
+    if (!existsSync(join(out, "config.json"))) throw new UserError(`${out}: no exported model (config.json) to evaluate`);
+    const modes = (values.modes ?? "greedy,sampled").split(",");
+    for (const m of modes)
+      if (m !== "greedy" && m !== "sampled") throw new UserError(`--modes: expected greedy and/or sampled, got "${m}"`);
+    const report = await measureAcceptance({
+      modelDir: out,
+      limit: values.limit === undefined ? undefined : int("limit", values.limit, 100),
+      seed,
+      modes: modes as ("greedy" | "sampled")[],
+      log: (line) => console.log(line),
+    });
+    const file = values.limit === undefined ? join(out, "acceptance.json") : join(work, "acceptance-quick.json");
+    writeFileSync(file, JSON.stringify(report, null, 1) + "\n");
+    console.log(`wrote ${file}`);
+  }
   return 0;
 }

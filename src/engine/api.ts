@@ -93,6 +93,12 @@ export interface LossConfig {
   dualClip?: number;
   /** Coefficient of the k3 KL estimator to the frozen reference; 0/omitted disables. */
   klCoef?: number;
+  /**
+   * Divide the summed loss by this instead of by this call's own count (sequences for
+   * seq-mean-token-sum, tokens for token-mean), so one batch split over several forwardBackward
+   * calls gives exactly the gradient of the whole batch.
+   */
+  normalizer?: number;
 }
 
 export interface ForwardBackwardResult {

@@ -20,6 +20,7 @@ import {
   SEARCH_TOOL,
   TOOL_CALL_CLOSE,
   TOOL_CALL_OPEN,
+  TOOL_CALL_STOP,
   type ParsedToolCall,
 } from "./tool_protocol.ts";
 
@@ -353,6 +354,7 @@ export interface HotpotOptions {
 export class HotpotFamily implements EnvFamily<HotpotTask> {
   readonly name = "hotpotqa";
   readonly maxTurns: number;
+  readonly stopStrings: readonly string[] = [TOOL_CALL_STOP];
   readonly corpusFile: string;
   private readonly dataDir: string;
   private readonly opts: HotpotOptions;

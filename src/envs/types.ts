@@ -96,4 +96,6 @@ export interface EnvFamily<T extends Task = Task> {
   prompt(): EnvPromptParts;
   /** Maximum number of agent turns an episode can take. */
   readonly maxTurns: number;
+  /** Strings at which a sampler should stop a reply (e.g. right after a tool call). */
+  readonly stopStrings?: readonly string[];
 }

@@ -141,11 +141,14 @@ export async function measureAcceptance(opts: {
   limit?: number;
   seed?: number;
   modes?: readonly ("greedy" | "sampled")[];
+  threads?: number;
   log?: (line: string) => void;
 }): Promise<AcceptanceReport> {
   const t0 = Date.now();
   const seed = opts.seed ?? 0;
-  const engine = await startEngine();
+  // One intra-op thread: on a busy 2-core machine two OpenMP threads spin-wait on each other and
+  // run several times slower than one.
+  const engine = await startEngine({ env: { OMP_NUM_THREADS: String(opts.threads ?? 1) } });
   try {
     await engine.loadModel({ path: opts.modelDir, dtype: "bfloat16", device: "cpu", seed });
     const model = await EngineBackend.create(engine);

@@ -4,7 +4,7 @@ import { Rng } from "../util/rng.ts";
 import { frozenLakePrompt, FROZENLAKE_SYMBOLS, type FrozenLakeTask } from "../envs/frozenlake.ts";
 import { compactProfile } from "../agent/prompts.ts";
 import { parseDirection } from "../envs/common.ts";
-import { drawFlSymbols, FL_ROLES, SYMBOL_POOL } from "./symbols.ts";
+import { drawFlSymbols, drawPermutedReference, FL_ROLES, SYMBOL_POOL } from "./symbols.ts";
 import {
   drawTask,
   freePlayDoc,
@@ -44,12 +44,34 @@ test("roles are re-drawn per episode: every letter takes every role about equall
   }
 });
 
+test("the reduced-hiding draw gives each of A, B, C, D every board role equally often", () => {
+  const rng = new Rng(21);
+  const N = 8000;
+  const counts = new Map<string, number>();
+  for (let i = 0; i < N; i++) {
+    const s = drawPermutedReference(rng);
+    for (const role of FL_ROLES) counts.set(`${role}:${s[role]}`, (counts.get(`${role}:${s[role]}`) ?? 0) + 1);
+  }
+  for (const role of ["agent", "goal", "hole", "frozen"] as const)
+    for (const letter of ["A", "B", "C", "D"]) {
+      const n = counts.get(`${role}:${letter}`) ?? 0;
+      assert.ok(Math.abs(n - N / 4) < 6 * Math.sqrt((N * 3) / 16), `${role}:${letter} drawn ${n} times`);
+    }
+  for (const role of ["agentInHole", "agentOnGoal"] as const)
+    for (const letter of ["X", "√"]) assert.ok(Math.abs((counts.get(`${role}:${letter}`) ?? 0) - N / 2) < 300);
+  // The shard mix uses this draw for most documents and the full alphabet for the rest.
+  const pools = Array.from({ length: 1000 }, () => curriculumAt(rng, 0.5).pool);
+  const alphabet = pools.filter((p) => p !== "permuted-reference").length;
+  assert.ok(alphabet > 60 && alphabet < 140, `alphabet documents: ${alphabet}/1000`);
+});
+
 test("the warm-up curriculum still spreads roles over the whole alphabet across documents", () => {
   const rng = new Rng(3);
   const seen = new Set<string>();
   for (let i = 0; i < 2000; i++) {
-    const cur = curriculumAt(rng, 0.01);
+    const cur = curriculumAt(rng, 0.01, 1);
     assert.equal(cur.maxSize, 4);
+    if (cur.pool === "permuted-reference") assert.fail("alphabetShare 1 must draw from the alphabet");
     assert.equal(cur.pool.length, 8);
     seen.add(drawFlSymbols(rng, cur.pool).agent);
   }

@@ -29,7 +29,11 @@ import {
 } from "../envs/frozenlake.ts";
 import type { EnvPromptParts, TraceStep } from "../envs/types.ts";
 import type { Rng } from "../util/rng.ts";
-import { drawFlSymbols, type FlRole } from "./symbols.ts";
+import { drawFlSymbols, drawPermutedReference, type FlRole, type FlSymbols } from "./symbols.ts";
+
+function drawSymbols(rng: Rng, cur: Curriculum): FlSymbols {
+  return cur.pool === "permuted-reference" ? drawPermutedReference(rng) : drawFlSymbols(rng, cur.pool);
+}
 
 export type DocKind = "rule-play" | "free-play" | "reflection" | "lookup" | "translate";
 
@@ -61,8 +65,8 @@ export interface RoleClaim {
 
 /** Curriculum knobs for one document. */
 export interface Curriculum {
-  /** Letters to draw roles from. */
-  pool: readonly string[];
+  /** Letters to draw roles from, or "permuted-reference" for a random permutation of A–D (and X/√). */
+  pool: readonly string[] | "permuted-reference";
   /** Largest board side (smallest is 2). */
   maxSize: number;
 }
@@ -289,7 +293,7 @@ function allFacts(sym: FrozenLakeSymbols, withMarks: boolean): RulebookFacts {
 }
 
 export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
-  const sym = drawFlSymbols(rng, cur.pool);
+  const sym = drawSymbols(rng, cur);
   const task = drawTask(rng, cur.maxSize);
   const parts = frozenLakePrompt(sym);
   // Half the time the environment's reference rulebook (what diagnostics use), otherwise the shape a
@@ -304,7 +308,7 @@ export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 }
 
 export function freePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
-  const sym = drawFlSymbols(rng, cur.pool);
+  const sym = drawSymbols(rng, cur);
   const task = drawTask(rng, cur.maxSize);
   const parts = frozenLakePrompt(sym);
   const played = play(task, sym, compactProfile.initialSystemPrompt(parts), () =>
@@ -385,7 +389,7 @@ function analysisText(claims: readonly RoleClaim[], note: string | null): string
 }
 
 export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
-  const sym = drawFlSymbols(rng, cur.pool);
+  const sym = drawSymbols(rng, cur);
   const parts = frozenLakePrompt(sym);
   // A failed first attempt: rule-free random play, or (less often) a careless player under a correct
   // rulebook. Retry until the attempt fails (reflections only follow failures).
@@ -438,7 +442,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
  * second attempts see the rulebooks they will really get.
  */
 export function secondPlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
-  const sym = drawFlSymbols(rng, cur.pool);
+  const sym = drawSymbols(rng, cur);
   const task = drawTask(rng, cur.maxSize);
   const parts = frozenLakePrompt(sym);
   const roles: Partial<Record<FlRole, string>> = { agent: sym.agent, goal: sym.goal, frozen: sym.frozen };
@@ -468,10 +472,11 @@ function drillRulebook(rng: Rng, sym: FrozenLakeSymbols): { system: string; role
 }
 
 export function lookupDoc(rng: Rng, cur: Curriculum): CorpusDoc {
-  const sym = drawFlSymbols(rng, cur.pool);
+  const sym = drawSymbols(rng, cur);
   const { system, roles } = drillRulebook(rng, sym);
   // Ask about the rulebook's letters and a few letters it does not mention ("?").
-  const asked = rng.shuffle([...Object.values(roles), ...rng.shuffle(cur.pool).slice(0, 2)]);
+  const extra = cur.pool === "permuted-reference" ? [] : rng.shuffle(cur.pool).slice(0, 2);
+  const asked = rng.shuffle([...Object.values(roles), ...extra]);
   const uniq = [...new Set(asked)];
   return {
     kind: "lookup",
@@ -486,7 +491,7 @@ export function lookupDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 }
 
 export function translateDoc(rng: Rng, cur: Curriculum): CorpusDoc {
-  const sym = drawFlSymbols(rng, cur.pool);
+  const sym = drawSymbols(rng, cur);
   const task = drawTask(rng, cur.maxSize);
   const { system, roles } = drillRulebook(rng, sym);
   const episode = new FrozenLakeEpisode(task, sym);

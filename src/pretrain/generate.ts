@@ -50,14 +50,16 @@ const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
 };
 
 /**
- * The curriculum at `progress` ∈ [0, 1] of the planned corpus: an 8-letter pool and boards ≤ 4
- * for the first 10%, 20 letters and boards ≤ 6 until 25%, then everything. Warm-up pools are drawn
- * per document, so across documents every letter still takes every role equally often.
+ * The curriculum at `progress` ∈ [0, 1] of the planned corpus: boards ≤ 4 for the first 5%, ≤ 6
+ * until 15%, then up to 9. Letters: with probability `alphabetShare` the roles are drawn from the
+ * whole alphabet (an 8-letter warm-up pool, drawn per document, in the first 15%); otherwise they are
+ * a random permutation of the reference letters (see `drawPermutedReference` and docs/erl-tiny.md
+ * for why the shipped recipe hides the roles among 4 letters rather than 53).
  */
-export function curriculumAt(rng: Rng, progress: number): Curriculum {
-  if (progress < 0.1) return { pool: drawPool(rng, 8), maxSize: 4 };
-  if (progress < 0.25) return { pool: drawPool(rng, 20), maxSize: 6 };
-  return { pool: SYMBOL_POOL, maxSize: 9 };
+export function curriculumAt(rng: Rng, progress: number, alphabetShare = 0.1): Curriculum {
+  const maxSize = progress < 0.05 ? 4 : progress < 0.15 ? 6 : 9;
+  if (rng.next() >= alphabetShare) return { pool: "permuted-reference", maxSize };
+  return { pool: progress < 0.15 ? drawPool(rng, 8) : SYMBOL_POOL, maxSize };
 }
 
 function pickKind(rng: Rng, mix: Mix): keyof Mix {

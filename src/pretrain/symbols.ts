@@ -42,6 +42,19 @@ export function drawFlSymbols(rng: Rng, pool: readonly string[] = SYMBOL_POOL): 
   return out;
 }
 
+/**
+ * The reduced-hiding draw the shipped recipe uses for most documents: the four board roles get a
+ * uniformly random permutation of the reference letters A, B, C, D, and the two end-of-game marks a
+ * random order of X and √. Every letter is equally likely to have every role, so the reference
+ * letters still carry no meaning of their own; what is easier than the full-alphabet draw is the
+ * look-up (4 candidate letters instead of 53).
+ */
+export function drawPermutedReference(rng: Rng): FlSymbols {
+  const [agent, goal, hole, frozen] = rng.shuffle(["A", "B", "C", "D"]) as [string, string, string, string];
+  const [agentInHole, agentOnGoal] = rng.shuffle(["X", "√"]) as [string, string];
+  return { agent, goal, hole, frozen, agentInHole, agentOnGoal };
+}
+
 /** A random sub-pool of `size` letters (curriculum warm-up: fewer letters to tell apart). */
 export function drawPool(rng: Rng, size: number): string[] {
   return rng.shuffle(SYMBOL_POOL).slice(0, Math.max(FL_ROLES.length, Math.min(size, SYMBOL_POOL.length)));

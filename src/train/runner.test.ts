@@ -333,3 +333,45 @@ test(
     rmSync(root, { recursive: true, force: true });
   },
 );
+
+test("a time budget ends the run early with a final eval and checkpoint; resume finds it finished", async () => {
+  const dir = join(tmp(), "timed");
+  let now = 0;
+  const clock = (): number => (now += 1); // every clock read advances one "second"
+  const config = counterConfig({
+    steps: 50,
+    timeBudget: 30,
+    eval: { every: 0, final: true, initial: false, n: 1 },
+  });
+  const s = await runTraining({
+    config,
+    runDir: dir,
+    resume: false,
+    deps: counterDeps(),
+    progress: quiet(),
+    clock,
+  });
+  assert.ok(s.steps > 1 && s.steps < 50, `stopped after ${s.steps} steps`);
+  const files = normalised(dir);
+  const train = files.metrics!.filter((r) => (r as { kind: string }).kind === "train");
+  const evals = files.metrics!.filter((r) => (r as { kind: string }).kind === "eval");
+  assert.equal(train.length, s.steps);
+  assert.deepEqual(
+    evals.map((r) => (r as { step: number }).step),
+    [s.steps],
+  );
+  const status = JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as {
+    state: string;
+    step: number;
+  };
+  assert.deepEqual([status.state, status.step], ["finished", s.steps]);
+  const again = await runTraining({
+    config,
+    runDir: dir,
+    resume: true,
+    deps: counterDeps(),
+    progress: quiet(),
+    clock,
+  });
+  assert.equal(again.alreadyFinished, true);
+});

@@ -1,0 +1,58 @@
+// The CI-sized recipe end to end (corpus → tokenizer → a few bf16 steps → HF export), then the
+// exported directory loads through the engine and renders chats with one token per board cell.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startEngine } from "../engine/client.ts";
+
+test("erl pretrain --recipe tiny --ci runs end to end and the export loads through the engine", async () => {
+  const work = mkdtempSync(join(tmpdir(), "erl-tiny-ci-"));
+  try {
+    const r = spawnSync(process.execPath, ["bin/erl.mjs", "pretrain", "--recipe", "tiny", "--ci", "--work", work], {
+      encoding: "utf8",
+    });
+    assert.equal(r.status, 0, r.stderr + r.stdout);
+    const log = readFileSync(join(work, "train-log.jsonl"), "utf8").trim().split("\n");
+    assert.equal(log.length, 3, "three optimizer steps");
+    const model = join(work, "model");
+    for (const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+      assert.ok(existsSync(join(model, f)), f);
+    const cfg = JSON.parse(readFileSync(join(model, "config.json"), "utf8")) as { architectures: string[] };
+    assert.deepEqual(cfg.architectures, ["LlamaForCausalLM"]);
+
+    // Resuming a finished run does no more steps.
+    const again = spawnSync(
+      process.execPath,
+      ["bin/erl.mjs", "pretrain", "--recipe", "tiny", "--ci", "--work", work, "--resume", "--stage", "train"],
+      { encoding: "utf8" },
+    );
+    assert.equal(again.status, 0, again.stderr);
+    assert.match(again.stdout, /resumed at step 3/);
+
+    const engine = await startEngine();
+    try {
+      const info = await engine.loadModel({ path: model, dtype: "bfloat16", device: "cpu", seed: 0 });
+      assert.ok(info.model && info.model.eosTokenIds.length === 1);
+      const board = " A \t D \t\n C \t B \t";
+      const ids = await engine.encode(board, { addSpecialTokens: false });
+      assert.equal(ids.length, 5, "one token per cell plus the newline");
+      const chat = await engine.renderChat(
+        [
+          { role: "system", content: "s" },
+          { role: "user", content: board },
+        ],
+        { addGenerationPrompt: true },
+      );
+      const out = await engine.sample({ prompts: [chat], n: 1, maxTokens: 4, temperature: 0, seed: 0 });
+      assert.equal(out.length, 1);
+      assert.ok(out[0]!.tokens.length >= 1);
+    } finally {
+      await engine.close();
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+});
