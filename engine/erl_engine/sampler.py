@@ -13,8 +13,9 @@ forward with a DynamicCache. The prompt prefill always uses the model's own forw
 
 Returned log-probs are the model's raw log-probs of each sampled token (log-softmax of the logits at
 temperature 1, no top-k/top-p truncation), so they equal `forward`'s log-probs of the same tokens.
-One torch.Generator seeded with the request's seed drives all draws: the same request with the same
-seed gives the same tokens (on the same device, dtype and batch).
+One torch.Generator seeded with the request's seed draws one uniform per sequence and step, so the
+same request with the same seed gives the same tokens (on the same device and dtype), and a sequence's
+draws do not depend on which other sequences are still decoding.
 """
 
 from __future__ import annotations
@@ -236,6 +237,11 @@ def _generic_step(lm: LoadedModel, cache: Any) -> Any:
     return step
 
 
+def _rms_norm(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """The Llama-family RMSNorm (weight * x / rms(x), in fp32) as one fused op."""
+    return F.rms_norm(x.float(), (x.shape[-1],), module.weight.float(), module.variance_epsilon)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -265,9 +271,18 @@ class _FastDecoder:
             return None
         if getattr(inner, "rotary_emb", None) is None:
             return None
+        def rms_like(m: Any) -> bool:
+            return type(m).__name__.endswith("RMSNorm") and hasattr(m, "weight") and hasattr(m, "variance_epsilon")
+
+        if not rms_like(getattr(inner, "norm", None)):
+            return None
         for layer in layers:
             attn = getattr(layer, "self_attn", None)
             if attn is None or not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
+                return None
+            norms = [getattr(layer, "input_layernorm", None), getattr(layer, "post_attention_layernorm", None)]
+            norms += [getattr(attn, a) for a in ("q_norm", "k_norm") if hasattr(attn, a)]
+            if not all(rms_like(m) for m in norms):
                 return None
         try:
             kv = [_cache_kv(cache, i) for i in range(len(layers))]
@@ -300,6 +315,8 @@ class _FastDecoder:
         bias[:, :width] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.bias = bias[:, None, None, :]
         self.fused = self._fuse(lm, layers)
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
 
     @staticmethod
     def _fuse(lm: LoadedModel, layers: Any) -> list[dict[str, Any]] | None:
@@ -331,6 +348,13 @@ class _FastDecoder:
             })
         return fused
 
+    def _rotary_table(self, h: torch.Tensor, size: int) -> None:
+        """cos/sin of every position up to `size`, from the model's own rotary module (so any rope
+        scaling it implements applies), instead of recomputing them at every step."""
+        positions = torch.arange(size, device=h.device)[None, :]
+        cos, sin = self.inner.rotary_emb(h.float(), positions)
+        self.cos, self.sin = cos[0], sin[0]
+
     def select(self, idx: torch.Tensor) -> None:
         self.keys = self.keys.index_select(1, idx)
         self.values = self.values.index_select(1, idx)
@@ -342,12 +366,13 @@ class _FastDecoder:
         n = col + 1
         # Runs inside the caller's autocast region (see sample()).
         h = self.inner.embed_tokens(tok[:, None])
-        cos, sin = self.inner.rotary_emb(h, pos[:, None])
-        cos, sin = cos[:, None], sin[:, None]  # [b, 1, 1, head_dim]
+        if self.cos is None or int(pos.max()) >= self.cos.shape[0]:
+            self._rotary_table(h, int(pos.max()) + 64)
+        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # [b, 1, 1, head_dim]
         bias = self.bias[..., :n]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
+            x = _rms_norm(layer.input_layernorm, h)
             fw = self.fused[i] if self.fused is not None else None
             if fw is not None:
                 q, k, v = F.linear(x.to(fw["qkv"].dtype), fw["qkv"], fw["qkv_bias"]).split(fw["split"], dim=-1)
@@ -357,7 +382,7 @@ class _FastDecoder:
             k = k.reshape(b, 1, self.kv_heads, self.head_dim)
             v = v.reshape(b, 1, self.kv_heads, self.head_dim)
             if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head before the rotation
-                q, k = attn.q_norm(q), attn.k_norm(k)
+                q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
@@ -372,13 +397,13 @@ class _FastDecoder:
                 o = torch.matmul(probs, vals).reshape(b, 1, self.heads * self.head_dim)
             if fw is not None:
                 h = h + F.linear(o.to(fw["o"].dtype), fw["o"], fw["o_bias"]).float()
-                y = layer.post_attention_layernorm(h).to(fw["gate_up"].dtype)
+                y = _rms_norm(layer.post_attention_layernorm, h).to(fw["gate_up"].dtype)
                 gate, up = F.linear(y, fw["gate_up"]).chunk(2, dim=-1)
                 h = h + F.linear(fw["act"](gate) * up, fw["down"]).float()
             else:
                 h = h + attn.o_proj(o)
-                h = h + layer.mlp(layer.post_attention_layernorm(h))
-        h = self.inner.norm(h)
+                h = h + layer.mlp(_rms_norm(layer.post_attention_layernorm, h))
+        h = _rms_norm(self.inner.norm, h)
         logits = self.base.lm_head(h)
         self.filled = n
         return logits[:, -1, :].float()

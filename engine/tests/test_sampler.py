@@ -196,3 +196,12 @@ def test_bf16_sampling_is_close_to_forward() -> None:
     e = Engine()
     call(e, "loadModel", load_params(dtype="bfloat16"))
     check_against_forward(e, PROMPTS, 0.05)
+
+
+def test_a_sequence_does_not_depend_on_its_batch_mates(engine: Any) -> None:
+    """Row r's draws come from (seed, r, step) only; other rows stopping early do not shift them."""
+    prompts = [[5, 70], [4, 50, 51, 2, 5]]
+    both = sample(engine, prompts=prompts, maxTokens=16, seed=9)
+    alone = sample(engine, prompts=prompts, maxTokens=16, seed=9, stopTokenIds=[both[1]["tokens"][0]])
+    assert alone[1]["tokens"] == both[1]["tokens"][:1]
+    assert alone[0]["tokens"] == both[0]["tokens"][: len(alone[0]["tokens"])]

@@ -9,7 +9,14 @@ import type { EnvFamily, Task } from "../envs/types.ts";
 import { TOOL_CALL_OPEN, TOOL_CALL_STOP } from "../envs/tool_protocol.ts";
 import { UserError } from "../util/errors.ts";
 import { grpoAdvantages, type AdvantageRules } from "./advantages.ts";
-import type { LoopOptions, RolloutRecord, SamplingOptions, Stage, TrainSample } from "./types.ts";
+import type {
+  LoopOptions,
+  RolloutRecord,
+  RolloutTraceStep,
+  SamplingOptions,
+  Stage,
+  TrainSample,
+} from "./types.ts";
 
 export function groupKey(taskId: string, stage: Stage): string {
   return `${taskId}|${stage}`;
@@ -116,22 +123,69 @@ export function rolloutRecord(args: {
     stopReason: outcome.stopReason,
     system: system?.content ?? "",
     messages,
-    trace: outcome.trace.map((t) => ({
-      observation: t.observation,
-      action: t.action,
-      effective: t.result.effective,
-      valid: t.result.valid,
-      comment: t.result.comment,
-      reward: t.result.reward,
-    })),
+    trace: outcome.trace.map((t) => {
+      const step: RolloutTraceStep = {
+        observation: t.observation,
+        action: t.action,
+        effective: t.result.effective,
+        valid: t.result.valid,
+        comment: t.result.comment,
+        reward: t.result.reward,
+      };
+      const info = t.result.info ? compactInfo(t.result.info) : undefined;
+      if (info && Object.keys(info).length > 0) step.info = info;
+      return step;
+    }),
     feedback: outcome.feedback,
     env: args.env.name,
     taskData: { ...args.task } as Record<string, unknown>,
     sampledTokens: outcome.sampledTokens,
   };
+  // Each step's observation is the one seen *before* acting, so the state after the last action
+  // (the final board, the answer's verdict) is only in the last result.
+  const finalObservation = outcome.trace[outcome.trace.length - 1]?.result.observation;
+  if (finalObservation) rec.finalObservation = finalObservation;
   if (args.reflection) rec.reflection = args.reflection;
   if (args.worker !== undefined) rec.worker = args.worker;
   return rec;
+}
+
+// Limits for step info in rollout records: the shipped environments' info is already small
+// (positions, search hit ids/titles/scores); these bound what a user's environment might put there
+// so that one step cannot blow up rollouts.jsonl (long texts belong in the observation, once).
+const INFO_MAX_DEPTH = 6;
+const INFO_MAX_ITEMS = 16;
+const INFO_MAX_KEYS = 24;
+const INFO_MAX_STRING = 200;
+
+/**
+ * A JSON-safe, bounded copy of an environment's step `info`: strings cut to 200 characters (with
+ * "…"), arrays to 16 items, objects to 24 keys, nesting to 6 levels (arrays count); non-finite numbers, functions
+ * and undefined values are dropped.
+ */
+export function compactInfo(info: Record<string, unknown>): Record<string, unknown> {
+  const walk = (v: unknown, depth: number): unknown => {
+    if (v === null || typeof v === "boolean") return v;
+    if (typeof v === "number") return Number.isFinite(v) ? v : undefined;
+    if (typeof v === "string") return v.length > INFO_MAX_STRING ? v.slice(0, INFO_MAX_STRING - 1) + "…" : v;
+    if (typeof v !== "object" || depth >= INFO_MAX_DEPTH) return undefined;
+    if (Array.isArray(v))
+      return v.slice(0, INFO_MAX_ITEMS).map((x) => {
+        const y = walk(x, depth + 1);
+        return y === undefined ? null : y;
+      });
+    const out: Record<string, unknown> = {};
+    let keys = 0;
+    for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+      if (keys >= INFO_MAX_KEYS) break;
+      const y = walk(x, depth + 1);
+      if (y === undefined) continue;
+      out[k] = y;
+      keys++;
+    }
+    return out;
+  };
+  return walk(info, 0) as Record<string, unknown>;
 }
 
 export function mean(xs: readonly number[]): number {

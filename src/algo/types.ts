@@ -176,6 +176,8 @@ export interface RolloutTraceStep {
   valid: boolean;
   comment: string;
   reward: number;
+  /** Extension: the environment's structured step details, compacted (positions, search hits). */
+  info?: Record<string, unknown>;
 }
 
 export interface RolloutRecord {
@@ -199,6 +201,8 @@ export interface RolloutRecord {
   worker?: number;
   /** Extension: tokens sampled in this episode (all turns). */
   sampledTokens?: number;
+  /** Extension: what the environment showed after the last action (e.g. the final board). */
+  finalObservation?: string;
 }
 
 export interface MemoryWrite {

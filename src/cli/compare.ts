@@ -8,7 +8,8 @@
 import { parseArgs } from "node:util";
 import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { ALGOS, ENVS, buildConfig, type AlgoName, type EnvName } from "../train/config.ts";
+import { knownEnvs } from "../envs/registry.ts";
+import { ALGOS, buildConfig, type AlgoName, type EnvName } from "../train/config.ts";
 import { parseBudget, runComparison } from "../train/compare.ts";
 import { defaultDeps } from "../train/deps.ts";
 
@@ -20,7 +21,7 @@ Runs every algorithm with every seed (one after another), on the same tasks, the
 <out>/report.md with the final table (mean ± sd over seeds) and plots.
 
 options:
-  --env ENV          ${ENVS.join(", ")}
+  --env ENV          ${knownEnvs().join(", ")}
   --algos LIST       comma-separated algorithms (${ALGOS.join(", ")})
   --seeds N|LIST     N seeds (0..N-1) or an explicit list such as 3,4,5 (default 3)
   --budget B         what is equalised (default rollouts):
@@ -76,8 +77,8 @@ export async function run(args: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  if (!values.env || !(ENVS as readonly string[]).includes(values.env))
-    throw new UserError(`--env is required: one of ${ENVS.join(", ")}\n\n${HELP}`);
+  if (!values.env || !knownEnvs().includes(values.env))
+    throw new UserError(`--env is required: one of ${knownEnvs().join(", ")}\n\n${HELP}`);
   const env = values.env as EnvName;
   if (!values.algos) throw new UserError(`--algos is required, e.g. --algos erl,rlvr\n\n${HELP}`);
   const algos = parseAlgos(values.algos);

@@ -11,7 +11,8 @@ import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { appendJsonl } from "../util/jsonl.ts";
 import { Rng } from "../util/rng.ts";
-import { ENVS, buildConfig, checkModelPath, applyOverrides, type RunConfig } from "../train/config.ts";
+import { knownEnvs } from "../envs/registry.ts";
+import { buildConfig, checkModelPath, applyOverrides, type RunConfig } from "../train/config.ts";
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
 import { evalOptionsFrom } from "../train/runner.ts";
 import { Progress } from "../train/progress.ts";
@@ -25,7 +26,7 @@ With a run directory, its newest checkpoint and its config are used (--env defau
 
 options:
   --model DIR     an HF model directory, or a run directory
-  --env ENV       ${ENVS.join(", ")}
+  --env ENV       ${knownEnvs().join(", ")}
   --split S       test (default) or train
   --n N           samples per task (default 4; HotpotQA 1)
   --tasks N       only the first N tasks of the split (default: all)
@@ -73,7 +74,7 @@ export async function run(args: string[]): Promise<number> {
     console.log(`evaluating ${modelArg} at step ${r.step}`);
   } else {
     if (!values.env)
-      throw new UserError(`--env is required with a model directory (one of ${ENVS.join(", ")})`);
+      throw new UserError(`--env is required with a model directory (one of ${knownEnvs().join(", ")})`);
     config = buildConfig(values.config ?? `${values.env}-tiny`, [
       `env=${values.env}`,
       `model.path=${values.model}`,

@@ -3,6 +3,9 @@
  * `run(args: string[]): Promise<number>` (the exit code). Modules load lazily so that
  * `erl play` never pays for the engine client or the dashboard.
  */
+import { existsSync } from "node:fs";
+import { delimiter, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { UserError } from "../util/errors.ts";
 
 interface Command {
@@ -44,10 +47,54 @@ const COMMANDS: Record<string, Command> = {
 export function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
-  return `usage: erl <command> [options]\n\ncommands:\n${lines.join("\n")}\n\nRun \`erl <command> --help\` for a command's options.`;
+  return (
+    `usage: erl [--env-module <file>]... <command> [options]\n\ncommands:\n${lines.join("\n")}\n\n` +
+    "Run `erl <command> --help` for a command's options. `--env-module` loads a TypeScript file that\n" +
+    "registers your own environments (see docs/environments.md)."
+  );
+}
+
+/**
+ * User environments: `--env-module <file>` (repeatable, before the command) or `ERL_ENV_MODULES`
+ * (paths joined by the platform's delimiter). Each module is imported before the command runs and
+ * registers its environments with `registerEnv`. The resolved list is put back into
+ * `ERL_ENV_MODULES` so child processes (e.g. the runs of `erl compare`) load them too.
+ */
+async function loadEnvModules(argv: string[]): Promise<string[]> {
+  const modules = (process.env.ERL_ENV_MODULES ?? "").split(delimiter).filter(Boolean);
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--env-module" || arg.startsWith("--env-module=")) {
+      const value = arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : argv[++i];
+      if (!value) throw new UserError("--env-module needs a file path");
+      modules.push(value);
+    } else rest.push(arg);
+  }
+  const resolved = [...new Set(modules.map((m) => resolve(m)))];
+  for (const file of resolved) {
+    if (!existsSync(file)) throw new UserError(`env module ${file} not found`);
+    try {
+      await import(pathToFileURL(file).href);
+    } catch (e) {
+      if (e instanceof UserError) throw e;
+      throw new UserError(`env module ${file} failed to load: ${(e as Error).message}`);
+    }
+  }
+  if (resolved.length > 0) process.env.ERL_ENV_MODULES = resolved.join(delimiter);
+  return rest;
 }
 
 export async function main(argv: string[]): Promise<number> {
+  try {
+    argv = await loadEnvModules(argv);
+  } catch (e) {
+    if (e instanceof UserError) {
+      console.error(`erl: ${e.message}`);
+      return e.exitCode;
+    }
+    throw e;
+  }
   const [name, ...rest] = argv;
   if (!name || name === "--help" || name === "-h" || name === "help") {
     console.log(usage());

@@ -92,6 +92,7 @@ test("shows the runs and draws the curves", async () => {
     "frozenlake/erl-s2",
     "frozenlake/rlvr-s1",
     "frozenlake/rlvr-s2",
+    "live/erl-crashed",
     "live/erl-running",
     "hotpotqa/erl-s1",
     "sokoban/erl-s1",
@@ -101,6 +102,7 @@ test("shows the runs and draws the curves", async () => {
   assert.equal(await canvasHasInk(page, "reward"), true, "the reward curve is drawn");
   const status = await page.textContent('.run[data-run="live/erl-running"] .badge');
   assert.equal(status, "running");
+  assert.equal(await page.textContent('.run[data-run="live/erl-crashed"] .badge'), "stopped");
   // Mean over seeds: one line per group plus its band edges; the legend names the seed count.
   await page.click("#agg");
   await page.waitForFunction(() =>
@@ -208,6 +210,42 @@ test("a run being written: a half-written metrics line breaks nothing and new da
   );
   assert.ok((await page.textContent("#live"))?.includes("live"));
   await page.screenshot({ path: join(shots, "live.png") });
+  assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
+  await page.close();
+});
+
+test("the Episodes view follows a run being written, and keeps an open episode open", async () => {
+  const runDir = join(root, "live", "erl-running");
+  const page = await open("#tab=episodes&run=live/erl-running");
+  await page.waitForSelector(".episode-row");
+  const before = Number(await page.inputValue("#ep-step"));
+  // The writer finishes its half-written episode line: a new step appears and the view, which was
+  // showing the newest step with no episode open, moves to it without a reload.
+  appendFileSync(
+    join(runDir, "rollouts.jsonl"),
+    'e", "episode": "s13-t0-a0-first", "stage": "first", "attempt": 0, "reward": 0, "env": "frozenlake", "trace": []}\n',
+  );
+  await page.waitForFunction(
+    (want) => (document.querySelector("#ep-step") as HTMLInputElement | null)?.value === String(want),
+    before + 1,
+    { timeout: 10000 },
+  );
+  assert.equal(await page.$$eval(".episode-row", (els) => els.length), 1);
+  // An open episode is left alone while more lines arrive; the list's counts still update.
+  await page.goto(dash.url + `#tab=episodes&run=live/erl-running&step=${before}&ep=0`);
+  await page.reload();
+  await page.waitForSelector("#episode-detail .attempt");
+  await page.$eval("#episode-detail", (el) => el.setAttribute("data-mark", "kept"));
+  const count = async () => Number((await page.textContent(".toolbar .muted"))?.split(" ")[0]);
+  const n0 = await count();
+  const line = JSON.stringify({ step: before + 1, task: "t2", episode: "s13-t1-a0-first", stage: "first" });
+  appendFileSync(join(runDir, "rollouts.jsonl"), line + "\n");
+  await page.waitForFunction(
+    (n) => document.querySelector(".toolbar .muted")?.textContent?.startsWith(`${n} episodes`),
+    n0 + 1,
+    { timeout: 10000 },
+  );
+  assert.equal(await page.$eval("#episode-detail", (el) => el.getAttribute("data-mark")), "kept");
   assert.deepEqual(pageErrors, [], "no uncaught errors in the page");
   await page.close();
 });

@@ -12,7 +12,11 @@ import { diffLines } from "diff";
 import { JsonlIndex, type IndexEntry } from "./jsonl-index.ts";
 import { RunsRoot } from "./safe-path.ts";
 
-export type RunState = "running" | "finished" | "failed" | "unknown";
+/**
+ * "stopped": status.json still says running but the process that wrote it (its `pid`) is gone, i.e.
+ * the run crashed or was killed without a chance to say so; `erl train --resume` continues it.
+ */
+export type RunState = "running" | "finished" | "failed" | "stopped" | "unknown";
 
 export interface RunSummary {
   id: string;
@@ -28,6 +32,8 @@ export interface RunSummary {
   totalSteps: number | null;
   updatedAt: string | null;
   error: string | null;
+  /** The writing process recorded in status.json, when there is one. */
+  pid: number | null;
   latestEval: { step: number; reward: number } | null;
   latestTrain: { step: number; reward: number | null; time: number } | null;
   files: { metrics: boolean; rollouts: boolean; memory: boolean };
@@ -254,11 +260,17 @@ export class Run {
       if (m.problemCount) warnings.push(`metrics.jsonl: ${m.problemCount} malformed line(s) skipped`);
     }
     const model = isObj(config.model) ? str(config.model.path) : str(config.model);
-    const algo = str(config.algo, "?");
+    const algo = algoName(config);
     const env = str(config.env, "?");
     const rawState = str(status.state);
-    const state: RunState =
+    const pid = num(status.pid);
+    let state: RunState =
       rawState === "running" || rawState === "finished" || rawState === "failed" ? rawState : "unknown";
+    let error = typeof status.error === "string" ? status.error : null;
+    if (state === "running" && pid !== null && !processAlive(pid)) {
+      state = "stopped";
+      error ??= `the training process (pid ${pid}) is gone; status.json was last written ${str(status.updatedAt, "at an unknown time")}`;
+    }
     return {
       id: this.id,
       name: str(config.name) || this.id,
@@ -271,7 +283,8 @@ export class Run {
       step: num(status.step) ?? lastStep,
       totalSteps: num(status.totalSteps) ?? num(config.steps),
       updatedAt: typeof status.updatedAt === "string" ? status.updatedAt : null,
-      error: typeof status.error === "string" ? status.error : null,
+      error,
+      pid,
       latestEval,
       latestTrain,
       files,
@@ -474,13 +487,45 @@ export function lineDiff(before: string, after: string): DiffPart[] {
   });
 }
 
+/** The algorithm's name: training writes `algo` as an object (`{"name": "erl", ...}`), older files as a string. */
+export function algoName(config: Json): string {
+  return isObj(config.algo) ? str(config.algo.name, "?") : str(config.algo, "?");
+}
+
+/**
+ * Whether a process with this id exists on this machine. A run's status.json can say "running" long
+ * after its process died (kill -9, a power cut); signal 0 only asks the kernel, it sends nothing.
+ * EPERM means the process exists but belongs to someone else.
+ */
+export function processAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return true; // not a usable pid: trust status.json
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 /** Runs that share every config key except name, seed and output paths belong to one seed group. */
 function groupKey(config: Json, id: string): string {
   if (Object.keys(config).length === 0) return id;
-  const skip = new Set(["name", "seed", "outDir", "out", "runDir", "dir", "output", "resume", "createdAt"]);
+  const skip = new Set([
+    "name",
+    "seed",
+    "description",
+    "runsDir",
+    "outDir",
+    "out",
+    "runDir",
+    "dir",
+    "output",
+    "resume",
+    "createdAt",
+  ]);
   const rest: Json = {};
   for (const k of Object.keys(config).sort()) if (!skip.has(k)) rest[k] = config[k];
-  const algo = str(config.algo, "?");
+  const algo = algoName(config);
   const env = str(config.env, "?");
   // A readable prefix plus a short hash of the remaining settings.
   let h = 0x811c9dc5;

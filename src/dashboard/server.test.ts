@@ -210,6 +210,7 @@ interface RunsReply {
     step: number;
     group: string;
     algo: string;
+    error: string | null;
     latestEval: { step: number; reward: number } | null;
   }[];
   reports: { id: string; title: string }[];
@@ -225,13 +226,19 @@ describe("API", () => {
       "frozenlake/rlvr-s1",
       "frozenlake/rlvr-s2",
       "hotpotqa/erl-s1",
+      "live/erl-crashed",
       "live/erl-running",
       "sneaky",
       "sokoban/erl-s1",
     ]);
     const byId = new Map(data.runs.map((r) => [r.id, r]));
     assert.equal(byId.get("live/erl-running")!.state, "running");
+    // status.json of the crashed run says running, but no process has its pid.
+    assert.equal(byId.get("live/erl-crashed")!.state, "stopped");
+    assert.match(byId.get("live/erl-crashed")!.error ?? "", /process \(pid \d+\) is gone/);
     assert.equal(byId.get("hotpotqa/erl-s1")!.state, "failed");
+    // config.json keeps the algorithm as an object, as training writes it.
+    assert.equal(byId.get("frozenlake/rlvr-s1")!.algo, "rlvr");
     assert.equal(byId.get("frozenlake/erl-s1")!.latestEval!.step, 12);
     assert.equal(
       byId.get("frozenlake/erl-s1")!.group,

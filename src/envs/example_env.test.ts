@@ -1,73 +1,9 @@
-// The custom-environment example from docs/environments.md, kept here so that it keeps compiling and working.
+// The custom-environment example (examples/corridor.ts, shown in docs/environments.md) keeps compiling and working.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  getEnv,
-  parseDirection,
-  registerEnv,
-  TracedEpisode,
-  type EnvFamily,
-  type StepResult,
-  type Task,
-} from "./index.ts";
-
-interface CorridorTask extends Task {
-  length: number;
-}
-
-class CorridorEpisode extends TracedEpisode {
-  readonly initialObservation: string;
-  private at = 0;
-  constructor(private readonly task: CorridorTask) {
-    super();
-    this.initialObservation = this.show();
-  }
-  get success(): boolean {
-    return this.at === this.task.length - 1;
-  }
-  private show(): string {
-    return Array.from({ length: this.task.length }, (_, i) => (i === this.at ? "X" : ".")).join(" ");
-  }
-  protected advance(action: string): StepResult {
-    const dir = parseDirection(action);
-    const before = this.at;
-    if (dir === "right") this.at = Math.min(this.at + 1, this.task.length - 1);
-    if (dir === "left") this.at = Math.max(this.at - 1, 0);
-    const done = this.success || this.trace.length + 1 >= 10;
-    return {
-      observation: this.show(),
-      observationRole: "user",
-      reward: this.success ? 1 : 0,
-      done,
-      stopReason: this.success ? "goal" : done ? "budget" : null,
-      effective: this.at !== before,
-      valid: dir !== null,
-      comment: this.at !== before ? `moved ${dir}` : "no effect",
-    };
-  }
-  feedback(): string {
-    return this.success ? "Reached the end." : "Did not reach the end.";
-  }
-}
-
-class CorridorFamily implements EnvFamily<CorridorTask> {
-  readonly name = "corridor";
-  readonly maxTurns = 10;
-  loadSplit(): CorridorTask[] {
-    return [3, 4, 5].map((length) => ({ id: `c${length}`, env: "corridor", length }));
-  }
-  makeEpisode(task: CorridorTask): CorridorEpisode {
-    return new CorridorEpisode(task);
-  }
-  prompt() {
-    return {
-      taskDescription: "Walk to the end of the corridor.",
-      formatReminder: "Reply with one move in a fenced block: ```right``` or ```left```.",
-    };
-  }
-}
-
-registerEnv("corridor", () => new CorridorFamily());
+import { spawnSync } from "node:child_process";
+import { getEnv } from "./index.ts";
+import "../../examples/corridor.ts";
 
 test("the documented custom environment registers and plays", async () => {
   const env = getEnv("corridor");
@@ -78,4 +14,26 @@ test("the documented custom environment registers and plays", async () => {
   assert.equal(r.reward, 1);
   assert.equal(ep.done, true);
   assert.equal(ep.success, true);
+});
+
+test("--env-module loads a user environment into the CLI", () => {
+  const r = spawnSync(
+    process.execPath,
+    ["bin/erl.mjs", "--env-module", "examples/corridor.ts", "play", "corridor", "--index", "0"],
+    { input: "right\nright\n", encoding: "utf8" },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /Reached the end/);
+});
+
+test("--env-module with a missing file is a clear error", () => {
+  const r = spawnSync(
+    process.execPath,
+    ["bin/erl.mjs", "--env-module", "nope/missing.ts", "play", "corridor"],
+    {
+      encoding: "utf8",
+    },
+  );
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /env module .*missing\.ts.*not found/);
 });

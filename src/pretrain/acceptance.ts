@@ -13,6 +13,7 @@ import { EngineBackend, type ModelBackend } from "../agent/backend.ts";
 import { runEpisodes, sampleReplies, type LoopSettings, type SamplingSettings } from "../agent/loop.ts";
 import { compactProfile, findRulebook, rulebookFromReflection } from "../agent/prompts.ts";
 import { startEngine } from "../engine/client.ts";
+import type { ChatMessage } from "../engine/api.ts";
 import { FROZENLAKE_SYMBOLS, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt } from "./frozenlake-corpus.ts";
@@ -62,6 +63,8 @@ export interface ModeFigures {
   claims: number;
   claimsCorrect: number;
   rulebooksComplete: number;
+  /** A few transcripts to read: S0 and S_rule conversations, reflections and second attempts. */
+  examples: { kind: string; messages: ChatMessage[] }[];
 }
 
 export interface AcceptanceReport {
@@ -122,6 +125,22 @@ async function measureMode(
     deps,
   );
   const checks = replies.map((r) => checkClaims(findRulebook(r.text) ?? ""));
+  const examples = [
+    ...first.slice(0, 2).map((o) => ({ kind: "s0", messages: o.messages })),
+    ...withRules.slice(0, 3).map((o) => ({ kind: "rule", messages: o.messages })),
+    ...replies.slice(0, 3).map((r, i) => ({
+      kind: "reflection",
+      messages: [
+        ...compactProfile.reflectionMessages(parts, initial, {
+          trace: failed[i]!.trace,
+          reward: failed[i]!.reward,
+          feedback: failed[i]!.feedback,
+        }),
+        { role: "assistant" as const, content: r.text },
+      ],
+    })),
+    ...second.slice(0, 3).map((o) => ({ kind: "second", messages: o.messages })),
+  ];
   return {
     mode,
     tasks: tasks.length,
@@ -133,6 +152,7 @@ async function measureMode(
     claims: checks.reduce((s, c) => s + c.claims, 0),
     claimsCorrect: checks.reduce((s, c) => s + c.correct, 0),
     rulebooksComplete: checks.filter((c) => c.complete).length,
+    examples,
   };
 }
 
@@ -158,7 +178,7 @@ export async function measureAcceptance(opts: {
     const modes: ModeFigures[] = [];
     for (const mode of opts.modes ?? ["greedy", "sampled"]) {
       const figures = await measureMode(mode, model, env, tasks, new Rng(`acceptance/${seed}/${mode}`));
-      opts.log?.(JSON.stringify(figures));
+      opts.log?.(JSON.stringify({ ...figures, examples: figures.examples.length }));
       modes.push(figures);
     }
     return {

@@ -8,6 +8,7 @@
  * the key and the file (or the `--set` flag) it came from. A file gives only the keys it changes;
  * everything else takes the defaults below (the CPU-scale values, see docs/training.md).
  */
+import { knownEnvs } from "../envs/registry.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -15,8 +16,9 @@ import { inputError, UserError } from "../util/errors.ts";
 
 export const ALGOS = ["erl", "rlvr", "erl-no-memory", "erl-no-reflection", "erl-no-distill"] as const;
 export type AlgoName = (typeof ALGOS)[number];
+/** The shipped environments; `knownEnvs()` adds any registered with `--env-module`. */
 export const ENVS = ["frozenlake", "sokoban", "hotpotqa"] as const;
-export type EnvName = (typeof ENVS)[number];
+export type EnvName = string;
 
 export interface SamplingConfig {
   temperature: number;
@@ -157,7 +159,13 @@ export const SCHEMA: Field = obj({
   name: str({ nullable: true, nonEmpty: true }),
   runsDir: str({ nonEmpty: true }),
   seed: int(0),
-  env: oneOf(ENVS),
+  // A getter: environments registered by --env-module modules are known only at run time.
+  env: {
+    kind: "enum",
+    get values() {
+      return knownEnvs();
+    },
+  },
   data: obj({
     trainTasks: int(1, { nullable: true }),
     evalTasks: int(1, { nullable: true }),

@@ -4,7 +4,7 @@
 // Server-Sent Events naming the runs whose files changed; only the new metric records are fetched.
 import { h, replace, getJson, fmt, fmtDuration, diffView } from "./dom.js";
 import { CHARTS, CHART_KEYS, ChartCard, chartLines, chartGrid } from "./charts.js";
-import { episodeBoards, drawBoard, legend, stepParts } from "./boards.js";
+import { episodeBoards, drawBoard, legend, traceSteps } from "./boards.js";
 
 // Colour-blind-friendly palette (Okabe–Ito, then Tableau): one hue per seed group.
 const PALETTE = [
@@ -184,7 +184,16 @@ function renderSidebar() {
             h(
               "div",
               { class: "run-title" },
-              h("span", { class: "run-name", title: r.id }, r.name),
+              h(
+                "span",
+                { class: "run-name", title: r.id },
+                // Runs inside a folder (a comparison's runs) carry the folder, so two "erl-seed0"
+                // from different comparisons can be told apart.
+                r.id.includes("/")
+                  ? h("span", { class: "run-dir" }, r.id.slice(0, r.id.lastIndexOf("/") + 1))
+                  : null,
+                r.name,
+              ),
               statusBadge(r),
             ),
             h(
@@ -234,11 +243,12 @@ function renderTabs() {
 }
 
 let renderToken = 0;
-async function render() {
+async function render(opts = {}) {
   renderTabs();
   const token = ++renderToken;
   const view = $("view");
   try {
+    if (opts.live && state.tab === "episodes") return await renderEpisodes(view, token, true);
     if (state.tab !== "curves" && state.cards) {
       state.cards.forEach((c) => c.destroy());
       state.cards = null;
@@ -363,7 +373,12 @@ function segmented(options, value, onPick) {
 
 // --- Episodes
 
-async function renderEpisodes(view, token) {
+/**
+ * The Episodes view. `live`: a refresh because the run wrote more (the list, the step range and the
+ * counts are updated; an open episode stays as it is, and a view that was showing the newest step
+ * moves on to the new newest step).
+ */
+async function renderEpisodes(view, token, live = false) {
   const run = state.byId.get(state.current);
   if (!run) return replace(view, h("div", { class: "muted pad" }, "Pick a run in the sidebar."));
   if (!run.files.rollouts)
@@ -373,9 +388,13 @@ async function renderEpisodes(view, token) {
   if (steps.steps.length === 0)
     return replace(view, h("div", { class: "muted pad" }, "No episodes recorded yet."));
   const stepList = steps.steps.map((s) => s.step);
+  const newest = stepList[stepList.length - 1];
+  const following = live && state.ep.i === null && state.ep.step === state.ep.newest;
   let step = state.ep.step;
-  if (step === null || !stepList.includes(step)) step = stepList[stepList.length - 1];
+  if (step === null || !stepList.includes(step) || following) step = newest;
+  if (following && step !== state.ep.step) state.ep.offset = 0;
   state.ep.step = step;
+  state.ep.newest = newest;
   const page = await getJson("/api/run/rollouts", {
     run: run.id,
     step,
@@ -485,12 +504,15 @@ async function renderEpisodes(view, token) {
     ),
   );
   const pager = pagerView(page.total, page.offset, 40, (o) => go({ ep: { ...state.ep, offset: o } }));
-  const detail = h("div", { id: "episode-detail" });
-  replace(
-    view,
-    toolbar,
-    h("div", { class: "episodes-layout" }, h("div", { class: "episode-list card" }, table, pager), detail),
-  );
+  // A live refresh keeps the open episode's element (its scroll position and opened details).
+  const kept = live && state.ep.i !== null ? view.querySelector("#episode-detail") : null;
+  const detail = kept ?? h("div", { id: "episode-detail" });
+  const listCard = h("div", { class: "episode-list card" }, table, pager);
+  const oldList = live ? view.querySelector(".episode-list") : null;
+  const scroll = oldList ? oldList.scrollTop : 0;
+  replace(view, toolbar, h("div", { class: "episodes-layout" }, listCard, detail));
+  listCard.scrollTop = scroll;
+  if (kept) return;
   if (state.ep.i !== null) await renderEpisodeDetail(detail, run, state.ep.i, token);
   else
     replace(
@@ -591,6 +613,9 @@ function attemptView(rec, title) {
   );
 }
 
+/** FrozenLake's `info.cell` is the task map's letter under the agent (S/F/H/G), not a board letter. */
+const LAKE_CELLS = { S: "start", F: "frozen", H: "hole", G: "goal" };
+
 function gridAttempt(rec) {
   const { env, trace, boards, path } = episodeBoards(rec);
   const main = h(
@@ -603,7 +628,11 @@ function gridAttempt(rec) {
     "ol",
     { class: "steps" },
     trace.map((s, k) => {
-      const move = lastFenced(s.action);
+      // The move as the environment parsed it (step info), else the reply's last fenced line.
+      const move = typeof s.info?.action === "string" ? s.info.action : lastFenced(s.action);
+      const at = path[k + 1];
+      const cell = typeof s.info?.cell === "string" ? (LAKE_CELLS[s.info.cell] ?? s.info.cell) : "";
+      const where = at ? `(${at[0]},${at[1]})${cell ? ` ${cell}` : ""}` : "";
       const cls = s.valid === false ? "invalid" : s.effective === false ? "noeffect" : "ok";
       return h(
         "li",
@@ -619,6 +648,9 @@ function gridAttempt(rec) {
             h("span", { class: "move" }, move ?? "(no move)"),
             " ",
             h("span", { class: "effect" }, s.comment),
+            where
+              ? h("span", { class: "muted pos", title: "row, column after the move" }, ` ${where}`)
+              : null,
             s.reward ? h("span", { class: "pill good" }, `+${fmt(s.reward, 2)}`) : null,
           ),
           h("details", {}, h("summary", {}, "reply"), h("pre", {}, s.action)),
@@ -630,44 +662,33 @@ function gridAttempt(rec) {
 }
 
 function qaAttempt(rec) {
-  const trace = (rec.trace ?? []).map(stepParts);
+  const trace = traceSteps(rec);
   const question = rec.taskData?.question ?? trace[0]?.observation ?? "";
   const items = trace.map((s, k) => {
     const info = s.info ?? {};
-    const hits = Array.isArray(info.hits) ? info.hits : [];
+    // The environment records each tool call of a turn as {query, topK, hits, error?} in
+    // `info.calls`; older records had a single {query, hits} at the top of info.
+    const calls = Array.isArray(info.calls)
+      ? info.calls.filter((c) => c && typeof c === "object")
+      : info.query
+        ? [info]
+        : [];
     const snippets = s.next ? s.next.split("\n").filter((l) => l.trim()) : [];
     return h(
       "li",
       { class: "qa-step" },
-      h(
-        "div",
-        {},
-        h("span", { class: "stepno" }, `${k + 1}`),
-        info.query ? h("span", { class: "move" }, `search: ${info.query}`) : null,
-        " ",
-        h("span", { class: "effect" }, s.comment),
-      ),
+      h("div", {}, h("span", { class: "stepno" }, `${k + 1}`), h("span", { class: "effect" }, s.comment)),
       h("pre", { class: "reply" }, s.action),
-      hits.length
-        ? h(
-            "table",
-            { class: "hits" },
-            hits.map((x) =>
-              h(
-                "tr",
-                {},
-                h("td", { class: "num" }, fmt(x.score, 2)),
-                h("td", {}, String(x.id ?? "")),
-                h("td", {}, String(x.title ?? "")),
-              ),
-            ),
-          )
-        : null,
+      calls.map((c) => searchView(c)),
       snippets.length
         ? h(
             "details",
             {},
-            h("summary", {}, `retrieved text (${snippets.length} lines)`),
+            h(
+              "summary",
+              {},
+              `${calls.length ? "retrieved text" : "environment reply"} (${snippets.length} lines)`,
+            ),
             h("pre", {}, snippets.join("\n")),
           )
         : null,
@@ -691,6 +712,32 @@ function qaAttempt(rec) {
       " reward ",
       rewardPill(rec.reward),
     ),
+  );
+}
+
+function searchView(call) {
+  const hits = Array.isArray(call.hits) ? call.hits.filter((x) => x && typeof x === "object") : [];
+  return h(
+    "div",
+    { class: "search" },
+    h("span", { class: "move" }, `search: ${String(call.query ?? "")}`),
+    call.error ? h("span", { class: "pill bad" }, `error: ${String(call.error)}`) : null,
+    !call.error && hits.length === 0 ? h("span", { class: "muted" }, " no results") : null,
+    hits.length
+      ? h(
+          "table",
+          { class: "hits" },
+          hits.map((x) =>
+            h(
+              "tr",
+              {},
+              h("td", { class: "num" }, fmt(x.score, 2)),
+              h("td", {}, String(x.id ?? "")),
+              h("td", {}, String(x.title ?? "")),
+            ),
+          ),
+        )
+      : null,
   );
 }
 
@@ -892,7 +939,7 @@ function onChange(msg) {
       if (state.tab === "curves") {
         const sel = ids.filter((id) => state.selected.has(id));
         if (sel.length || relist) await render();
-      } else if (ids.includes(state.current) && state.tab !== "episodes") await render();
+      } else if (ids.includes(state.current)) await render({ live: true });
     } catch (e) {
       setLive(false, e.message);
     }

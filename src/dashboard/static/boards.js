@@ -97,12 +97,27 @@ export function stepParts(s) {
 }
 
 /**
+ * The steps of a record with `next` (what the environment showed after the action) filled in for
+ * the flat trace shape of training runs: the next step's observation, and for the last step the
+ * record's `finalObservation` (absent in older records).
+ */
+export function traceSteps(record) {
+  const trace = Array.isArray(record?.trace) ? record.trace.map(stepParts) : [];
+  trace.forEach((s, i) => {
+    if (s.next !== null) return;
+    if (i + 1 < trace.length) s.next = trace[i + 1].observation || null;
+    else if (typeof record.finalObservation === "string") s.next = record.finalObservation;
+  });
+  return trace;
+}
+
+/**
  * The boards of an episode: `boards[0]` before the first action, `boards[i+1]` after action i (null
  * when unknown), and the agent's position on each.
  */
 export function episodeBoards(record) {
   const env = record.env;
-  const trace = Array.isArray(record.trace) ? record.trace.map(stepParts) : [];
+  const trace = traceSteps(record);
   let first = trace.length ? parseBoard(trace[0].observation) : null;
   if (!first && Array.isArray(record.messages)) {
     const u = record.messages.find((m) => m && m.role === "user");
@@ -111,18 +126,14 @@ export function episodeBoards(record) {
   const task = record.taskData;
   if (!first && env === "frozenlake" && task) first = boardFromLakeTask(task, pos(task.start));
   const boards = [first];
-  for (let i = 0; i < trace.length; i++) {
-    const after =
-      parseBoard(trace[i].next) ?? (i + 1 < trace.length ? parseBoard(trace[i + 1].observation) : null);
-    boards.push(after);
-  }
+  for (let i = 0; i < trace.length; i++) boards.push(parseBoard(trace[i].next));
   // The final board of a flat trace is only in the chat: the last user message after the last action.
   if (trace.length && !boards[trace.length] && Array.isArray(record.messages)) {
     const last = [...record.messages].reverse().find((m) => m && m.role === "user");
     const b = last ? parseBoard(last.content) : null;
     if (b && JSON.stringify(b) !== JSON.stringify(boards[trace.length - 1])) boards[trace.length] = b;
   }
-  // Real runs record no board after the final action (the episode ended): replay that move.
+  // Records written before `finalObservation` existed have no board after the final action: replay that move.
   if (trace.length && !boards[trace.length] && boards[trace.length - 1]) {
     const last = trace[trace.length - 1];
     boards[trace.length] = applyMove(

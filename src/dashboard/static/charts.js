@@ -4,33 +4,27 @@
 // that differ only by seed with a min–max band for the seed spread.
 import uPlot from "/vendor/uplot.js";
 import { h, fmtDuration } from "./dom.js";
+import { CHARTS, CHART_KEYS } from "./chart-defs.js";
 
-/** The charts and the metrics.jsonl keys behind them (see docs/run-format.md). */
-export const CHARTS = [
-  { id: "eval", title: "Eval reward (test split)", kind: "eval", series: [{ key: "eval/reward" }] },
-  {
-    id: "reward",
-    title: "Training reward: post-reflection (solid) vs first attempt (dashed)",
-    kind: "train",
-    series: [
-      { key: "reward/post_reflection", label: "post-refl." },
-      { key: "reward/first", label: "first", dash: [6, 4] },
-    ],
-  },
-  {
-    id: "gate",
-    title: "Gate rate (first attempts that failed → reflection)",
-    kind: "train",
-    series: [{ key: "gate_rate" }],
-  },
-  { id: "memory", title: "Memory updates (cumulative)", kind: "train", series: [{ key: "memory/updates" }] },
-  { id: "loss", title: "Loss", kind: "train", series: [{ key: "loss" }] },
-  { id: "kl", title: "KL to the reference policy", kind: "train", series: [{ key: "kl" }] },
-  { id: "clip", title: "Clip fraction", kind: "train", series: [{ key: "clip_frac" }] },
-  { id: "tps", title: "Tokens per second", kind: "train", series: [{ key: "tokens_per_s" }] },
-];
+export { CHARTS, CHART_KEYS };
 
-export const CHART_KEYS = [...new Set(CHARTS.flatMap((c) => c.series.map((s) => s.key)))];
+/** Running sum that skips gaps (a step without the key adds nothing and draws nothing). */
+export function cumulate(values) {
+  let acc = 0;
+  return values.map((v) => {
+    if (v === null || v === undefined) return null;
+    acc += v;
+    return acc;
+  });
+}
+
+/** Axis numbers: short, and readable for the tiny values of early losses and KLs (1e-9). */
+export function fmtTick(v) {
+  if (v === 0 || !Number.isFinite(v)) return String(v);
+  const a = Math.abs(v);
+  if (a < 1e-3 || a >= 1e6) return v.toExponential(1).replace(".0e", "e").replace("e-", "e−");
+  return String(Number(v.toPrecision(3)));
+}
 
 /** Exponential moving average that skips gaps; alpha 0 returns the values unchanged. */
 export function smooth(values, alpha) {
@@ -57,7 +51,8 @@ export function chartLines(chart, runs, metrics, opts) {
     for (const s of chart.series) {
       const col = cols.cols[s.key];
       if (!col || col.every((v) => v === null)) continue;
-      per.push({ run, s, steps: cols.step, times: cols.time, ys: smooth(col, opts.smooth) });
+      const ys = smooth(chart.cumulative ? cumulate(col) : col, opts.smooth);
+      per.push({ run, s, steps: cols.step, times: cols.time, ys });
     }
   }
   if (!opts.aggregate) {
@@ -186,13 +181,25 @@ export class ChartCard {
         height: 190,
         series,
         bands,
-        scales: { x: { time: false } },
+        scales: {
+          x: { time: false },
+          // Rates and rewards keep their 0–1 frame (a flat 0 line is then read as 0, not centred
+          // in an arbitrary range); the range grows when the data leaves it.
+          y: this.chart.range
+            ? {
+                range: (_u, lo, hi) => [
+                  Math.min(this.chart.range[0], lo ?? 0),
+                  Math.max(this.chart.range[1], hi ?? 1),
+                ],
+              }
+            : {},
+        },
         axes: [
           {
             values: (_u, ticks) => ticks.map((v) => (opts.x === "time" ? fmtDuration(v) : String(v))),
             size: 32,
           },
-          { size: 48 },
+          { size: 62, values: (_u, ticks) => ticks.map(fmtTick) },
         ],
         cursor: { sync: { key: sync.key } },
         legend: { live: true },
