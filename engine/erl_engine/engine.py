@@ -24,8 +24,10 @@ from .model import LoadedModel, load, precheck
 from .protocol import ProtocolError, bad, pack_f32
 
 # Padded tokens per micro-batch (rows x longest row). Bounds activation memory for long batches;
-# ERL_ENGINE_MICROBATCH_TOKENS overrides it (e.g. larger on a big GPU).
+# ERL_ENGINE_MICROBATCH_TOKENS overrides it (e.g. larger on a big GPU). With a large vocabulary the
+# fp32 logits dominate, so the default budget also keeps them under LOGITS_BUDGET_BYTES.
 DEFAULT_MICROBATCH_TOKENS = 16384
+LOGITS_BUDGET_BYTES = 1 << 30
 
 
 def token_logprobs(
@@ -79,7 +81,9 @@ class Engine:
         self.lm: LoadedModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
-        self.microbatch_tokens = int(os.environ.get("ERL_ENGINE_MICROBATCH_TOKENS", DEFAULT_MICROBATCH_TOKENS))
+        env_budget = os.environ.get("ERL_ENGINE_MICROBATCH_TOKENS")
+        self.microbatch_override: int | None = int(env_budget) if env_budget else None
+        self.microbatch_tokens = self.microbatch_override or DEFAULT_MICROBATCH_TOKENS
         self.methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "hello": self.hello,
             "info": lambda _p: self.info(),
@@ -165,6 +169,10 @@ class Engine:
         self.optimizer = None
         self.step = 0
         self.lm = load(p)
+        if self.microbatch_override is None:
+            # Logits and their softmax are B x T x vocab fp32 tensors, a few of them alive at once.
+            by_vocab = LOGITS_BUDGET_BYTES // (4 * 3 * max(self.lm.vocab_size, 1))
+            self.microbatch_tokens = max(256, min(DEFAULT_MICROBATCH_TOKENS, by_vocab))
         return self.info()
 
     # ---- tokenizer --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -173,7 +174,10 @@ def load(params: dict[str, Any]) -> LoadedModel:
             task_type="CAUSAL_LM",
         )
         try:
-            model = get_peft_model(model, lcfg)
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing to act on.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, lcfg)
         except ValueError as e:
             raise ProtocolError("bad_request", f"params.lora.targetModules: {e}") from None
         # Adapters train in fp32 even over a bf16 base.

@@ -134,7 +134,10 @@ def sample(lm: LoadedModel, req: dict[str, Any]) -> list[dict[str, Any]]:
 
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # transformers 4.x: no config argument
+        cache = DynamicCache()
     was_training = model.training
     model.eval()
     try:
@@ -161,35 +164,33 @@ def sample(lm: LoadedModel, req: dict[str, Any]) -> list[dict[str, Any]]:
         step = fast.step if fast is not None else _generic_step(lm, cache)
         # One autocast region around the whole loop: autocast caches the bf16 copies of the weights
         # until the region ends, instead of re-casting every weight at every step.
-        loop_ctx = lm.autocast()
-        loop_ctx.__enter__()
-        for _ in range(max_tokens):
-            raw = torch.log_softmax(logits, dim=-1)
-            u = torch.rand(total, generator=gen, device=dev)[row_ids]
-            nxt = choose_tokens(logits, temperature, top_k, top_p, u)
-            lp = raw.gather(1, nxt[:, None])[:, 0]
-            keep = state.record(nxt.tolist(), lp.tolist())
-            if not keep:
-                break
-            finished = len(state.active) - len(keep)
-            # Dropping rows copies the whole cache; on the fast path finished rows ride along as
-            # ignored "zombies" until a quarter of the batch is done, then the batch is compacted.
-            if finished and (fast is None or finished * 4 >= len(state.active)):
-                idx = torch.tensor(keep, device=dev)
-                mask, next_pos, nxt, row_ids = mask[idx], next_pos[idx], nxt[idx], row_ids[idx]
-                if fast is not None:
-                    fast.select(idx)
-                else:
-                    cache.batch_select_indices(idx)
-                state.active = [state.active[j] for j in keep]
-            elif finished:
-                live = set(keep)
-                state.active = [r if j in live else None for j, r in enumerate(state.active)]
-            if fast is None:
-                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            logits = step(nxt, next_pos, mask)
-            next_pos = next_pos + 1
-        loop_ctx.__exit__(None, None, None)
+        with lm.autocast():
+            for _ in range(max_tokens):
+                raw = torch.log_softmax(logits, dim=-1)
+                u = torch.rand(total, generator=gen, device=dev)[row_ids]
+                nxt = choose_tokens(logits, temperature, top_k, top_p, u)
+                lp = raw.gather(1, nxt[:, None])[:, 0]
+                keep = state.record(nxt.tolist(), lp.tolist())
+                if not keep:
+                    break
+                finished = len(state.active) - len(keep)
+                # Dropping rows copies the whole cache; on the fast path finished rows ride along as
+                # ignored "zombies" until a quarter of the batch is done, then the batch is compacted.
+                if finished and (fast is None or finished * 4 >= len(state.active)):
+                    idx = torch.tensor(keep, device=dev)
+                    mask, next_pos, nxt, row_ids = mask[idx], next_pos[idx], nxt[idx], row_ids[idx]
+                    if fast is not None:
+                        fast.select(idx)
+                    else:
+                        cache.batch_select_indices(idx)
+                    state.active = [state.active[j] for j in keep]
+                elif finished:
+                    live = set(keep)
+                    state.active = [r if j in live else None for j, r in enumerate(state.active)]
+                if fast is None:
+                    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                logits = step(nxt, next_pos, mask)
+                next_pos = next_pos + 1
     finally:
         model.train(was_training)
     return [
@@ -256,6 +257,9 @@ def _cache_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
 class _FastDecoder:
     """One-token decode steps for Llama-layout models over a preallocated KV cache."""
 
+    # Tests switch this off to run the CUDA layout (cache in the compute dtype) on a CPU.
+    FP32_CACHE_ON_CPU = True
+
     @classmethod
     def create(cls, lm: LoadedModel, cache: Any, mask: torch.Tensor, capacity: int) -> "_FastDecoder | None":
         model = lm.model
@@ -301,7 +305,7 @@ class _FastDecoder:
         self.heads = base.config.num_attention_heads
         self.group = self.heads // self.kv_heads
         # fp32 cache on CPU: small batched bf16 matmuls are slower there than fp32 ones.
-        cache_dtype = torch.float32 if k0.device.type == "cpu" else k0.dtype
+        cache_dtype = torch.float32 if (k0.device.type == "cpu" and self.FP32_CACHE_ON_CPU) else k0.dtype
         self.keys = torch.zeros((len(layers), b, self.kv_heads, capacity, self.head_dim), dtype=cache_dtype,
                                 device=k0.device)
         self.values = torch.zeros_like(self.keys)
@@ -315,8 +319,7 @@ class _FastDecoder:
         bias[:, :width] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.bias = bias[:, None, None, :]
         self.fused = self._fuse(lm, layers)
-        self.cos: torch.Tensor | None = None
-        self.sin: torch.Tensor | None = None
+        self._rotary_table(k0, capacity + 1)
 
     @staticmethod
     def _fuse(lm: LoadedModel, layers: Any) -> list[dict[str, Any]] | None:
@@ -333,12 +336,17 @@ class _FastDecoder:
             mlp_projs = [getattr(mlp, a, None) for a in ("gate_proj", "up_proj", "down_proj")]
             if not all(type(m) is torch.nn.Linear for m in projs + mlp_projs) or not hasattr(mlp, "act_fn"):
                 return None
+            if hasattr(attn, "q_norm"):
+                return None  # qwen3: the per-head norms need q and k apart; the module path handles them
+            # The softmax scale goes into q's weights (the rotation is linear, so it commutes).
+            scale = float(attn.scaling)
             qkv_bias = None
             if attn.q_proj.bias is not None:
-                qkv_bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).to(wdt)
+                qkv_bias = torch.cat([attn.q_proj.bias * scale, attn.k_proj.bias, attn.v_proj.bias]).to(wdt)
             fused.append({
-                "qkv": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).to(wdt),
+                "qkv": torch.cat([attn.q_proj.weight * scale, attn.k_proj.weight, attn.v_proj.weight]).to(wdt),
                 "qkv_bias": qkv_bias,
+                "prescaled": True,
                 "o": attn.o_proj.weight.to(wdt),
                 "o_bias": None if attn.o_proj.bias is None else attn.o_proj.bias.to(wdt),
                 "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(wdt),
@@ -348,62 +356,77 @@ class _FastDecoder:
             })
         return fused
 
-    def _rotary_table(self, h: torch.Tensor, size: int) -> None:
-        """cos/sin of every position up to `size`, from the model's own rotary module (so any rope
-        scaling it implements applies), instead of recomputing them at every step."""
-        positions = torch.arange(size, device=h.device)[None, :]
-        cos, sin = self.inner.rotary_emb(h.float(), positions)
-        self.cos, self.sin = cos[0], sin[0]
+    def _rotary_table(self, like: torch.Tensor, size: int) -> None:
+        """cos/sin of every position below `size`, from the model's own rotary module (so any rope
+        scaling it implements applies), instead of recomputing them at every step. The sin table
+        carries rotate_half's sign: rotate_half(x) = roll(x, half) * [-1]*half + [+1]*half."""
+        positions = torch.arange(size, device=like.device)[None, :]
+        cos, sin = self.inner.rotary_emb(like.float(), positions)
+        half = self.head_dim // 2
+        sign = torch.cat([-torch.ones(half), torch.ones(self.head_dim - half)]).to(sin.device)
+        self.cos, self.sin_signed = cos[0].float(), sin[0].float() * sign
 
     def select(self, idx: torch.Tensor) -> None:
         self.keys = self.keys.index_select(1, idx)
         self.values = self.values.index_select(1, idx)
         self.bias = self.bias.index_select(0, idx)
 
+    def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Writes this step's k/v [b, kv_heads, head_dim] into the cache and attends q [b, heads, head_dim]."""
+        b, col, n = q.shape[0], self.filled, self.filled + 1
+        self.keys[i, :, :, col] = k
+        self.values[i, :, :, col] = v
+        keys = self.keys[i, :, :, :n]
+        vals = self.values[i, :, :, :n]
+        qg = q.reshape(b, self.kv_heads, self.group, self.head_dim).to(keys.dtype)
+        with torch.autocast(device_type=keys.device.type, enabled=False):
+            scores = torch.bmm(
+                qg.reshape(b * self.kv_heads, self.group, self.head_dim),
+                keys.reshape(b * self.kv_heads, n, self.head_dim).transpose(1, 2),
+            ).view(b, self.kv_heads, self.group, n)
+            if scale != 1.0:
+                scores = scores * scale
+            scores = (scores + self.bias[..., :n]).view(b * self.kv_heads, self.group, n)
+            probs = torch.softmax(scores, dim=-1).to(vals.dtype)
+            return torch.bmm(probs, vals.reshape(b * self.kv_heads, n, self.head_dim)).reshape(b, -1)
+
     def step(self, tok: torch.Tensor, pos: torch.Tensor, _mask: torch.Tensor) -> torch.Tensor:
         b = tok.shape[0]
-        col = self.filled
-        n = col + 1
+        hd = self.head_dim
         # Runs inside the caller's autocast region (see sample()).
-        h = self.inner.embed_tokens(tok[:, None])
-        if self.cos is None or int(pos.max()) >= self.cos.shape[0]:
-            self._rotary_table(h, int(pos.max()) + 64)
-        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # [b, 1, 1, head_dim]
-        bias = self.bias[..., :n]
+        h = self.inner.embed_tokens(tok)  # [b, hidden], fp32 residual stream
+        cos, sin = self.cos[pos][:, None], self.sin_signed[pos][:, None]  # [b, 1, head_dim]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             x = _rms_norm(layer.input_layernorm, h)
             fw = self.fused[i] if self.fused is not None else None
             if fw is not None:
-                q, k, v = F.linear(x.to(fw["qkv"].dtype), fw["qkv"], fw["qkv_bias"]).split(fw["split"], dim=-1)
-            else:
-                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-            q = q.reshape(b, 1, self.heads, self.head_dim)
-            k = k.reshape(b, 1, self.kv_heads, self.head_dim)
-            v = v.reshape(b, 1, self.kv_heads, self.head_dim)
-            if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head before the rotation
-                q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            self.keys[i, :, :, col] = k[:, :, 0].to(self.keys.dtype)
-            self.values[i, :, :, col] = v[:, :, 0].to(self.values.dtype)
-            keys = self.keys[i, :, :, :n]
-            vals = self.values[i, :, :, :n]
-            qg = q.reshape(b, self.kv_heads, self.group, self.head_dim).to(keys.dtype)
-            with torch.autocast(device_type=keys.device.type, enabled=False):
-                scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * attn.scaling + bias
-                probs = torch.softmax(scores, dim=-1).to(vals.dtype)
-                o = torch.matmul(probs, vals).reshape(b, 1, self.heads * self.head_dim)
-            if fw is not None:
-                h = h + F.linear(o.to(fw["o"].dtype), fw["o"], fw["o_bias"]).float()
+                qkv = F.linear(x.to(fw["qkv"].dtype), fw["qkv"], fw["qkv_bias"])
+                nq = self.heads + self.kv_heads
+                qk = qkv[:, : nq * hd].reshape(b, nq, hd).float()
+                v = qkv[:, nq * hd :].reshape(b, self.kv_heads, hd)
+                # Rotary on q and k at once: x*cos + rotate_half(x)*sin, with rotate_half as a roll by
+                # half a head and the sign folded into the sin table.
+                qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin
+                o = self._attend(i, qk[:, : self.heads], qk[:, self.heads :], v, 1.0 if fw["prescaled"] else attn.scaling)
+                h = h + F.linear(o.to(fw["o"].dtype), fw["o"], fw["o_bias"])
                 y = _rms_norm(layer.post_attention_layernorm, h).to(fw["gate_up"].dtype)
                 gate, up = F.linear(y, fw["gate_up"]).chunk(2, dim=-1)
-                h = h + F.linear(fw["act"](gate) * up, fw["down"]).float()
+                h = h + F.linear(fw["act"](gate) * up, fw["down"])
             else:
+                q = attn.q_proj(x).reshape(b, self.heads, hd)
+                k = attn.k_proj(x).reshape(b, self.kv_heads, hd)
+                v = attn.v_proj(x).reshape(b, self.kv_heads, hd)
+                if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head before the rotation
+                    q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
+                q, k = q.float(), k.float()
+                q = q * cos + q.roll(hd // 2, dims=-1) * sin
+                k = k * cos + k.roll(hd // 2, dims=-1) * sin
+                o = self._attend(i, q, k, v, attn.scaling)
                 h = h + attn.o_proj(o)
                 h = h + layer.mlp(_rms_norm(layer.post_attention_layernorm, h))
         h = _rms_norm(self.inner.norm, h)
         logits = self.base.lm_head(h)
-        self.filled = n
-        return logits[:, -1, :].float()
+        self.filled += 1
+        return logits.float()
+

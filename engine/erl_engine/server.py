@@ -151,8 +151,16 @@ def make_http_server(host: str, port: int, token: str) -> HTTPServer:
                 self._send(200, {"ok": True})
 
         def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if 0 < length <= MAX_HTTP_BODY else b""
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 < length <= MAX_HTTP_BODY:
+                self.close_connection = True
+                problem = "a request body (with Content-Length) is required" if length <= 0 else "request too large"
+                self._send(413 if length > 0 else 400, fail(None, ProtocolError("bad_request", problem)))
+                return
+            body = self.rfile.read(length)
             if self.path != "/v1/call":
                 self._send(404, fail(None, ProtocolError("bad_request", f"no such endpoint: POST {self.path}")))
                 return

@@ -258,3 +258,18 @@ def test_bad_input_is_a_clear_error_and_the_model_stays(engine: Engine, method: 
 def test_calls_before_load_model_say_so() -> None:
     with pytest.raises(ProtocolError, match="no model is loaded"):
         call(Engine(), "encode", {"text": "x"})
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 2, "alpha": 4, "targetModules": ["q_proj", "v_proj"]}])
+def test_gradient_checkpointing_gives_the_same_gradient(lora: Any) -> None:
+    over = {"lora": lora} if lora else {}
+    datums = rl_datums()
+    got = []
+    for ckpt in (False, True):
+        e = Engine()
+        call(e, "loadModel", load_params(gradientCheckpointing=ckpt, **over))
+        call(e, "forwardBackward", {"datums": datums, "loss": {"name": "cross_entropy"}})
+        got.append(grads(e))
+    assert got[0].keys() == got[1].keys() and got[0]
+    for k in got[0]:
+        assert torch.allclose(got[0][k], got[1][k], atol=1e-6), k

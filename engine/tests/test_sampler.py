@@ -174,18 +174,19 @@ def test_generic_decoder_agrees_with_the_fast_one(engine: Any, monkeypatch: Any)
     assert [s["tokens"] for s in fast] == [s["tokens"] for s in generic]
 
 
-def test_lora_model_samples_through_its_adapters() -> None:
+@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-4), ("bfloat16", 0.05)])
+def test_lora_model_samples_through_its_adapters(dtype: str, atol: float) -> None:
     from conftest import load_params
 
     from erl_engine.engine import Engine
 
     e = Engine()
-    call(e, "loadModel", load_params(lora={"rank": 4, "alpha": 16, "targetModules": "all-linear"}))
+    call(e, "loadModel", load_params(dtype=dtype, lora={"rank": 4, "alpha": 16, "targetModules": "all-linear"}))
     d = datum([5, 70, 71, 72, 73], [70, 71, 72, 73, 2])
     for _ in range(3):
         call(e, "forwardBackward", {"datums": [d], "loss": {"name": "cross_entropy"}})
         call(e, "optimStep", {"lr": 0.05})
-    check_against_forward(e, PROMPTS, 1e-4)
+    check_against_forward(e, PROMPTS, atol)
 
 
 def test_bf16_sampling_is_close_to_forward() -> None:
@@ -205,3 +206,16 @@ def test_a_sequence_does_not_depend_on_its_batch_mates(engine: Any) -> None:
     alone = sample(engine, prompts=prompts, maxTokens=16, seed=9, stopTokenIds=[both[1]["tokens"][0]])
     assert alone[1]["tokens"] == both[1]["tokens"][:1]
     assert alone[0]["tokens"] == both[0]["tokens"][: len(alone[0]["tokens"])]
+
+
+def test_bf16_cache_layout_used_on_cuda_also_works(monkeypatch: Any) -> None:
+    """On CUDA the fast path keeps its KV cache in the compute dtype; exercise that layout here."""
+    from conftest import load_params
+
+    from erl_engine.engine import Engine
+    from erl_engine.sampler import _FastDecoder
+
+    monkeypatch.setattr(_FastDecoder, "FP32_CACHE_ON_CPU", False)
+    e = Engine()
+    call(e, "loadModel", load_params(dtype="bfloat16"))
+    check_against_forward(e, PROMPTS, 0.05)

@@ -64,9 +64,11 @@ export async function spawnHttpEngine(opts: HttpServerOptions): Promise<HttpServ
       }
     });
     child.on("error", (e) => reject(new UserError(`could not start the engine: ${e.message}`)));
-    child.on("exit", (code) =>
-      reject(new UserError(`the engine server exited (code ${code}) before listening:\n${tail.join("\n")}`)),
-    );
+    child.on("exit", (code) => {
+      // With inherited stderr the reason is already on the terminal; otherwise quote it.
+      const why = opts.stderr === "inherit" ? "" : `:\n${tail.join("\n")}`;
+      reject(new UserError(`the engine server exited (code ${code}) before listening${why}`));
+    });
   });
   return {
     child,

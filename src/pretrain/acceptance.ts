@@ -16,7 +16,7 @@ import { startEngine } from "../engine/client.ts";
 import type { ChatMessage } from "../engine/api.ts";
 import { FROZENLAKE_SYMBOLS, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
 import { Rng } from "../util/rng.ts";
-import { rulebookSystemPrompt } from "./frozenlake-corpus.ts";
+import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
 
 export interface ClaimCheck {
   /** Role claims found in the rulebook ("X is you", "X is the goal", "X is a hole", "X is safe frozen ice"). */
@@ -33,11 +33,27 @@ const CLAIM_PATTERNS: readonly [RegExp, keyof typeof FROZENLAKE_SYMBOLS][] = [
   [/(\S+) is safe frozen ice\b/g, "frozen"],
 ];
 
-/** Checks the role claims of a rulebook against the reference letters. */
+const TABLE_CLAIM = /^ (\S+) \t(you|goal|hole|ice)\b/gm;
+const TABLE_ROLE: Readonly<Record<string, keyof typeof FROZENLAKE_SYMBOLS>> = {
+  you: "agent",
+  goal: "goal",
+  hole: "hole",
+  ice: "frozen",
+};
+
+/** Checks the role claims of a rulebook (prose or table shape) against the reference letters. */
 export function checkClaims(rulebook: string, symbols = FROZENLAKE_SYMBOLS): ClaimCheck {
   let claims = 0;
   let correct = 0;
   const right = new Set<string>();
+  for (const m of rulebook.matchAll(TABLE_CLAIM)) {
+    const role = TABLE_ROLE[m[2] ?? ""]!;
+    claims++;
+    if (m[1] === symbols[role]) {
+      correct++;
+      right.add(role);
+    }
+  }
   for (const [re, role] of CLAIM_PATTERNS)
     for (const m of rulebook.matchAll(re)) {
       const letter = (m[1] ?? "").replace(/^[-;(]+/, "");
@@ -55,6 +71,8 @@ export interface ModeFigures {
   tasks: number;
   s0: number;
   sRule: number;
+  /** S_rule with the environment's own prose reference rulebook instead. */
+  sRuleReferenceProse: number;
   /** Retries after a failed S0 attempt. */
   retries: number;
   sRefl: number;
@@ -94,7 +112,10 @@ async function measureMode(
 ): Promise<ModeFigures> {
   const parts = env.prompt();
   const initial = compactProfile.initialSystemPrompt(parts);
-  const ruled = rulebookSystemPrompt(parts.referenceRulebook ?? "", parts);
+  // The correct rulebook in the shape the model was trained to read (the shipped recipe's "table"
+  // rulebooks); `referenceRule` below is the environment's own prose rulebook, for comparison.
+  const ruled = rulebookSystemPrompt(tableRulebookText({ roles: { ...env.symbols }, notes: [] }), parts);
+  const referenceRuled = rulebookSystemPrompt(parts.referenceRulebook ?? "", parts);
   const attempt: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.7, topP: 0.8, topK: 20 };
   const reflect: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.5, topP: 0.9 };
   const deps = { env, model, rng, settings: LOOP };
@@ -104,6 +125,10 @@ async function measureMode(
   );
   const withRules = await runEpisodes(
     tasks.map((task, i) => ({ id: `rule-${i}`, task, system: ruled, sampling: attempt })),
+    deps,
+  );
+  const withReference = await runEpisodes(
+    tasks.map((task, i) => ({ id: `ref-${i}`, task, system: referenceRuled, sampling: attempt })),
     deps,
   );
   const failed = first.filter((o) => !o.success);
@@ -146,6 +171,7 @@ async function measureMode(
     tasks: tasks.length,
     s0: rate(first.map((o) => o.success)),
     sRule: rate(withRules.map((o) => o.success)),
+    sRuleReferenceProse: rate(withReference.map((o) => o.success)),
     retries: failed.length,
     sRefl: rate(second.map((o) => o.success)),
     rulebookFound: replies.filter((r) => findRulebook(r.text) !== null).length,

@@ -14,6 +14,7 @@ import {
   rulePlayDoc,
   rulebookText,
   secondPlayDoc,
+  tableRulebookText,
   teacherMove,
   type Curriculum,
 } from "./frozenlake-corpus.ts";
@@ -21,6 +22,7 @@ import { checkClaims } from "./acceptance.ts";
 import { curriculumAt, docLine, shardDocs } from "./generate.ts";
 
 const FULL: Curriculum = { pool: SYMBOL_POOL, maxSize: 9 };
+const TABLE: Curriculum = { pool: "permuted-reference", maxSize: 9, rulebook: "table" };
 
 test("roles are re-drawn per episode: every letter takes every role about equally often", () => {
   const rng = new Rng(7);
@@ -59,10 +61,13 @@ test("the reduced-hiding draw gives each of A, B, C, D every board role equally 
     }
   for (const role of ["agentInHole", "agentOnGoal"] as const)
     for (const letter of ["X", "√"]) assert.ok(Math.abs((counts.get(`${role}:${letter}`) ?? 0) - N / 2) < 300);
-  // The shard mix uses this draw for most documents and the full alphabet for the rest.
-  const pools = Array.from({ length: 1000 }, () => curriculumAt(rng, 0.5).pool);
+  // Phase 1 uses this draw for most documents and the full alphabet for the rest; phase 2 only this.
+  const pools = Array.from({ length: 1000 }, () => curriculumAt(rng, 0.17).pool);
   const alphabet = pools.filter((p) => p !== "permuted-reference").length;
   assert.ok(alphabet > 60 && alphabet < 140, `alphabet documents: ${alphabet}/1000`);
+  assert.ok(Array.from({ length: 200 }, () => curriculumAt(rng, 0.3)).every((c) => c.pool === "permuted-reference" && c.maxSize === 4));
+  assert.equal(curriculumAt(rng, 0.5).maxSize, 6);
+  assert.equal(curriculumAt(rng, 0.9).maxSize, 9);
 });
 
 test("the warm-up curriculum still spreads roles over the whole alphabet across documents", () => {
@@ -80,8 +85,9 @@ test("the warm-up curriculum still spreads roles over the whole alphabet across 
 
 test("rule-play rulebooks are correct and complete for their episode's letters", () => {
   const rng = new Rng(11);
-  for (let i = 0; i < 200; i++) {
-    const doc = i % 2 ? rulePlayDoc(rng, FULL) : secondPlayDoc(rng, FULL);
+  for (let i = 0; i < 400; i++) {
+    const cur = i % 4 < 2 ? FULL : TABLE;
+    const doc = i % 2 ? rulePlayDoc(rng, cur) : secondPlayDoc(rng, cur);
     const system = doc.messages[0]!;
     assert.equal(system.role, "system");
     const check = checkClaims(system.content, doc.meta.symbols);
@@ -138,7 +144,7 @@ test("reflections claim only what their trace supports, and every claim is true"
   const rng = new Rng(13);
   let elimination = 0;
   for (let i = 0; i < 300; i++) {
-    const doc = reflectionDoc(rng, FULL);
+    const doc = reflectionDoc(rng, i % 2 ? FULL : TABLE);
     const sym = doc.meta.symbols;
     const claims = doc.meta.claims!;
     const user = doc.messages[1]!.content;
@@ -172,4 +178,17 @@ test("shards are a function of (seed, index): the same spec gives the same lines
   assert.deepEqual(a, b);
   assert.notDeepEqual(a, c);
   assert.ok(drawTask(new Rng(1), 9).size <= 9);
+});
+
+test("table rulebooks put each letter as its board-cell token before its role word; claims parse in both shapes", () => {
+  const sym = { agent: "B", goal: "D", hole: "A", frozen: "C", agentInHole: "√", agentOnGoal: "X" };
+  const table = tableRulebookText({ roles: { agent: "B", goal: "D", hole: "A", frozen: "C" }, notes: ["n"] });
+  assert.match(table, /^ B \tyou - /m);
+  assert.match(table, /^ A \thole - /m);
+  assert.match(table, /\n- n$/);
+  assert.deepEqual(checkClaims(table, sym), { claims: 4, correct: 4, complete: true });
+  const wrong = tableRulebookText({ roles: { agent: "A", goal: "D" }, notes: [] });
+  assert.deepEqual(checkClaims(wrong, sym), { claims: 2, correct: 1, complete: false });
+  const prose = rulebookText({ roles: { agent: "B", hole: "C" }, notes: [] });
+  assert.deepEqual(checkClaims(prose, sym), { claims: 2, correct: 1, complete: false });
 });

@@ -69,7 +69,15 @@ export interface Curriculum {
   pool: readonly string[] | "permuted-reference";
   /** Largest board side (smallest is 2). */
   maxSize: number;
+  /**
+   * How rulebooks name the letters: "prose" ("B is the goal", the environment's reference shape, or
+   * that reference rulebook itself) or "table" (one line per letter: the letter as a board cell,
+   * then its role word). Default "prose".
+   */
+  rulebook?: RulebookStyle;
 }
+
+export type RulebookStyle = "prose" | "table";
 
 /** Role words used in thinks and drills (one short word each). */
 export const ROLE_WORD: Readonly<Record<FlRole, string>> = {
@@ -159,7 +167,8 @@ const ROLE_PHRASE: Readonly<Record<"agent" | "goal" | "hole" | "frozen", string>
  * A rulebook in the same shape as the environment's reference rulebook, with only the lines its
  * facts support. With all roles known and no notes it is the reference rulebook, word for word.
  */
-export function rulebookText(facts: RulebookFacts, budget = 8): string {
+export function rulebookText(facts: RulebookFacts, budget = 8, style: RulebookStyle = "prose"): string {
+  if (style === "table") return tableRulebookText(facts, budget);
   const r = facts.roles;
   const lines = ["FrozenLake rules:"];
   const known = (["agent", "goal", "hole", "frozen"] as const)
@@ -179,6 +188,35 @@ export function rulebookText(facts: RulebookFacts, budget = 8): string {
     const avoid = r.hole !== undefined ? `avoids every ${r.hole}` : "avoids every hole";
     lines.push(`- Strategy: find ${r.agent} and ${r.goal}, plan the shortest path that ${avoid}, then follow it.`);
   }
+  for (const note of facts.notes) lines.push(`- ${note}`);
+  return lines.join("\n");
+}
+
+const TABLE_LINES: readonly [FlRole, string][] = [
+  ["agent", "the agent you move"],
+  ["goal", "reach it to win"],
+  ["hole", "stepping on it loses"],
+  ["frozen", "safe to walk on"],
+  ["agentOnGoal", "you on the goal"],
+  ["agentInHole", "you in a hole"],
+];
+
+/**
+ * The "table" rulebook: one line per known letter, written exactly as a board cell (` B ⇥`) and
+ * followed by its role word (`you`, `goal`, `hole`, `ice`, `won`, `lost`). A board cell is the same
+ * token as its rulebook line's first token, so reading a cell's role is the plainest look-up a
+ * transformer learns (find the same token earlier, copy what followed it).
+ */
+export function tableRulebookText(facts: RulebookFacts, budget = 8): string {
+  const r = facts.roles;
+  const lines = ["FrozenLake rules. Symbols:"];
+  for (const [role, what] of TABLE_LINES) {
+    const letter = r[role];
+    if (letter !== undefined) lines.push(`${cell(letter)}${ROLE_WORD[role]} - ${what}`);
+  }
+  lines.push("- up/down/left/right move one cell; a move off the edge of the board does nothing.");
+  lines.push(`- The game ends at the goal (reward 1), in a hole (reward 0) or after ${budget} moves (reward 0).`);
+  lines.push("- Strategy: take the shortest path to the goal that avoids every hole.");
   for (const note of facts.notes) lines.push(`- ${note}`);
   return lines.join("\n");
 }
@@ -299,7 +337,12 @@ export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   // Half the time the environment's reference rulebook (what diagnostics use), otherwise the shape a
   // reflection writes (sometimes without the end-of-game marks, which a failed trace never shows).
   const facts = allFacts(sym, rng.next() < 0.5);
-  const rulebook = rng.next() < 0.5 ? (parts.referenceRulebook ?? rulebookText(facts)) : rulebookText(facts);
+  const rulebook =
+    cur.rulebook === "table"
+      ? tableRulebookText(facts)
+      : rng.next() < 0.5
+        ? (parts.referenceRulebook ?? rulebookText(facts))
+        : rulebookText(facts);
   const dist = goalDistances(task);
   const played = play(task, sym, rulebookSystemPrompt(rulebook, parts), (pos) =>
     reply(ruleThink(task, pos, sym, facts.roles), teacherMove(task, pos, dist)),
@@ -399,7 +442,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
     const dist = goalDistances(task);
     const facts = allFacts(sym, rng.next() < 0.5);
     const shown = underRules
-      ? rulebookSystemPrompt(rulebookText(facts), parts)
+      ? rulebookSystemPrompt(rulebookText(facts, 8, cur.rulebook), parts)
       : compactProfile.initialSystemPrompt(parts);
     const played = play(task, sym, shown, (pos) =>
       underRules
@@ -422,7 +465,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
     }
     const roles: Partial<Record<FlRole, string>> = {};
     for (const c of claims) roles[c.role] = c.letter;
-    const rulebook = rulebookText({ roles, notes: note ? [note] : [] });
+    const rulebook = rulebookText({ roles, notes: note ? [note] : [] }, 8, cur.rulebook);
     const delta = rulebookSystemPrompt(rulebook, parts);
     const messages = compactProfile.reflectionMessages(parts, shown, {
       trace,
@@ -454,7 +497,7 @@ export function secondPlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
     );
   const facts = { roles, notes };
   const dist = goalDistances(task);
-  const played = play(task, sym, rulebookSystemPrompt(rulebookText(facts), parts), (pos) =>
+  const played = play(task, sym, rulebookSystemPrompt(rulebookText(facts, 8, cur.rulebook), parts), (pos) =>
     reply(ruleThink(task, pos, sym, roles), teacherMove(task, pos, dist)),
   );
   return { kind: "rule-play", messages: played.messages, observationWeight: 0.1, meta: { symbols: sym, task } };
@@ -463,17 +506,26 @@ export function secondPlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 // ---------------------------------------------------------------------------------------------
 // Binding drills
 
-function drillRulebook(rng: Rng, sym: FrozenLakeSymbols): { system: string; roles: Partial<Record<FlRole, string>> } {
+function drillRulebook(
+  rng: Rng,
+  sym: FrozenLakeSymbols,
+  style: RulebookStyle | undefined,
+): { system: string; roles: Partial<Record<FlRole, string>> } {
   const parts = frozenLakePrompt(sym);
   const facts = allFacts(sym, rng.next() < 0.7);
-  const text = rng.next() < 0.5 ? (parts.referenceRulebook ?? rulebookText(facts)) : rulebookText(facts);
+  const text =
+    style === "table"
+      ? tableRulebookText(facts)
+      : rng.next() < 0.5
+        ? (parts.referenceRulebook ?? rulebookText(facts))
+        : rulebookText(facts);
   const roles = text === parts.referenceRulebook ? allFacts(sym, true).roles : facts.roles;
   return { system: rulebookSystemPrompt(text, parts), roles };
 }
 
 export function lookupDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const { system, roles } = drillRulebook(rng, sym);
+  const { system, roles } = drillRulebook(rng, sym, cur.rulebook);
   // Ask about the rulebook's letters and a few letters it does not mention ("?").
   const extra = cur.pool === "permuted-reference" ? [] : rng.shuffle(cur.pool).slice(0, 2);
   const asked = rng.shuffle([...Object.values(roles), ...extra]);
@@ -493,7 +545,7 @@ export function lookupDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 export function translateDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
   const task = drawTask(rng, cur.maxSize);
-  const { system, roles } = drillRulebook(rng, sym);
+  const { system, roles } = drillRulebook(rng, sym, cur.rulebook);
   const episode = new FrozenLakeEpisode(task, sym);
   const rows: string[] = [];
   for (let r = 0; r < task.size; r++) {

@@ -50,13 +50,32 @@ const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
 };
 
 /**
- * The curriculum at `progress` ∈ [0, 1] of the planned corpus: boards ≤ 4 for the first 5%, ≤ 6
- * until 15%, then up to 9. Letters: with probability `alphabetShare` the roles are drawn from the
- * whole alphabet (an 8-letter warm-up pool, drawn per document, in the first 15%); otherwise they are
- * a random permutation of the reference letters (see `drawPermutedReference` and docs/erl-tiny.md
- * for why the shipped recipe hides the roles among 4 letters rather than 53).
+ * The curriculum at `progress` ∈ [0, 1] of the planned corpus.
+ *
+ * Phase 1 (progress < REFOCUS_AT): boards ≤ 4 for the first 5%, ≤ 6 until 15%, then up to 9.
+ * Letters: with probability `alphabetShare` the roles are drawn from the whole alphabet (an 8-letter
+ * warm-up pool, drawn per document, in the first 15%); otherwise they are a random permutation of
+ * the reference letters (see `drawPermutedReference` and docs/erl-tiny.md for why the shipped recipe
+ * hides the roles among 4 letters rather than 53).
+ *
+ * Phase 2 (from REFOCUS_AT, the point where the shipped run's losses had plateaued with the
+ * rulebook still unread): back to small boards — side ≤ 4 until 40%, ≤ 6 until 55%, then up to 9 —
+ * and only permuted reference letters, so that the look-ups and the board geometry are learned
+ * where they are easiest (short boards, 4 candidate letters) before they have to scale.
  */
+export const REFOCUS_AT = 44 / 240;
+/**
+ * From here on rulebooks are written as "table" rulebooks (see `tableRulebookText`): the letters
+ * appear as the very tokens the board uses, followed by their role word. The shipped run switched at
+ * this point because, after ~1,800 steps, it still had not learned to read the prose rulebooks.
+ */
+export const TABLE_RULEBOOKS_AT = 50 / 240;
+
 export function curriculumAt(rng: Rng, progress: number, alphabetShare = 0.1): Curriculum {
+  if (progress >= REFOCUS_AT) {
+    const maxSize = progress < 0.4 ? 4 : progress < 0.55 ? 6 : 9;
+    return { pool: "permuted-reference", maxSize, rulebook: progress >= TABLE_RULEBOOKS_AT ? "table" : "prose" };
+  }
   const maxSize = progress < 0.05 ? 4 : progress < 0.15 ? 6 : 9;
   if (rng.next() >= alphabetShare) return { pool: "permuted-reference", maxSize };
   return { pool: progress < 0.15 ? drawPool(rng, 8) : SYMBOL_POOL, maxSize };

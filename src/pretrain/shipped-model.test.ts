@@ -1,0 +1,55 @@
+// The shipped erl-tiny checkpoint loads through the engine, tokenises a board cell as one token,
+// and a fixed-seed greedy episode on a fixed reference task gives the recorded action sequence.
+// A change to the model files, the tokenizer, the chat template, the prompts or the sampler that
+// alters what the model does shows up here.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { EngineBackend } from "../agent/backend.ts";
+import { runEpisodes } from "../agent/loop.ts";
+import { parseDirection } from "../envs/common.ts";
+import { FrozenLakeFamily } from "../envs/frozenlake.ts";
+import { startEngine } from "../engine/client.ts";
+import { Rng } from "../util/rng.ts";
+import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
+
+const MODEL = fileURLToPath(new URL("../../models/erl-tiny/", import.meta.url));
+
+/** Recorded with the shipped checkpoint: test task 0 (8×8), the correct table rulebook, temperature 0. */
+const TASK_INDEX = 0;
+const RECORDED_ACTIONS: readonly string[] = ["RECORD"];
+
+test("shipped erl-tiny: loads through the engine and replays the recorded greedy episode", async () => {
+  const engine = await startEngine({ env: { OMP_NUM_THREADS: "1" } });
+  try {
+    const info = await engine.loadModel({ path: MODEL, dtype: "bfloat16", device: "cpu", seed: 0 });
+    assert.ok(info.model);
+    assert.ok(info.parameters.total > 1_000_000 && info.parameters.total < 15_000_000);
+    const cells = await engine.encode(" A \t B \t C \t D \t X \t √ \t", { addSpecialTokens: false });
+    assert.equal(cells.length, 6, "one token per board cell");
+
+    const env = new FrozenLakeFamily();
+    const task = env.loadSplit("test")[TASK_INDEX]!;
+    const parts = env.prompt();
+    const [outcome] = await runEpisodes(
+      [
+        {
+          id: "golden",
+          task,
+          system: rulebookSystemPrompt(tableRulebookText({ roles: { ...env.symbols }, notes: [] }), parts),
+          sampling: { temperature: 0 },
+        },
+      ],
+      {
+        env,
+        model: await EngineBackend.create(engine),
+        rng: new Rng(0),
+        settings: { maxTokensPerTurn: 64, maxContextTokens: 2048, contextOverflow: "stop", turnTokenLimit: "step" },
+      },
+    );
+    const actions = outcome!.turns.map((t) => parseDirection(t.text) ?? "invalid");
+    assert.deepEqual(actions, RECORDED_ACTIONS);
+  } finally {
+    await engine.close();
+  }
+});
