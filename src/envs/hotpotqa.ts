@@ -1,6 +1,7 @@
 /**
  * HotpotQA as a multi-turn tool-use task: the question is the first user message; the agent may
- * call a `search` tool over a local paragraph corpus (BM25+, src/envs/search.ts) for at most 5
+ * call a `search` tool over a local paragraph corpus (BM25+ with title-match and linked-name
+ * re-ranking, src/envs/search.ts) for at most 5
  * turns; the first turn without a tool call is the answer, read from `\boxed{…}` and scored by
  * EM → 1, else F1 ≥ 0.3 → F1, else 0. Loaders read the shipped subset, the official HotpotQA JSON
  * format and any JSONL corpus, so the environment can be pointed at the full data set.
