@@ -38,7 +38,8 @@ Options:
 function int(name: string, v: string | undefined, dflt: number): number {
   if (v === undefined) return dflt;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new UserError(`--${name}: expected a non-negative integer, got "${v}"`);
+  if (!Number.isInteger(n) || n < 0)
+    throw new UserError(`--${name}: expected a non-negative integer, got "${v}"`);
   return n;
 }
 
@@ -68,7 +69,8 @@ export async function run(args: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  if (values.recipe !== "tiny") throw new UserError(`--recipe: expected "tiny", got ${JSON.stringify(values.recipe)}`);
+  if (values.recipe !== "tiny")
+    throw new UserError(`--recipe: expected "tiny", got ${JSON.stringify(values.recipe)}`);
   const stages = ["corpus", "tokenizer", "train", "export", "all", "eval"];
   if (!stages.includes(values.stage)) throw new UserError(`--stage: expected one of ${stages.join(", ")}`);
   const ci = values.ci;
@@ -98,26 +100,41 @@ export async function run(args: string[]): Promise<number> {
       stdio: "inherit",
       env: { ...process.env, PYTHONPATH: resolve("engine") },
     });
-    if (r.status !== 0) throw new UserError(`pretraining step failed: erl_engine.pretrain ${argv[0]} (exit ${r.status})`);
+    if (r.status !== 0)
+      throw new UserError(`pretraining step failed: erl_engine.pretrain ${argv[0]} (exit ${r.status})`);
   };
   if (want("tokenizer") && !existsSync(join(tokDir, "tokenizer.json"))) {
-    if (!existsSync(corpus) || readdirSync(corpus).length === 0) throw new UserError(`${corpus}: no corpus yet (run --stage corpus)`);
-    py(["tokenizer", "--corpus", corpus, "--out", tokDir, "--vocab", ci ? "600" : "2048", "--shards", ci ? "2" : "4"]);
+    if (!existsSync(corpus) || readdirSync(corpus).length === 0)
+      throw new UserError(`${corpus}: no corpus yet (run --stage corpus)`);
+    py([
+      "tokenizer",
+      "--corpus",
+      corpus,
+      "--out",
+      tokDir,
+      "--vocab",
+      ci ? "600" : "2048",
+      "--shards",
+      ci ? "2" : "4",
+    ]);
   }
   if (want("train")) {
     const argv = ["train", "--corpus", corpus, "--work", work, "--tokenizer", tokDir, "--seed", String(seed)];
     argv.push("--preset", ci ? "ci" : "tiny", "--total-steps", String(steps));
-    if (ci) argv.push("--max-steps", String(steps), "--warmup", "1", "--batch-tokens", "4096", "--log-every", "1");
+    if (ci)
+      argv.push("--max-steps", String(steps), "--warmup", "1", "--batch-tokens", "4096", "--log-every", "1");
     if (values.resume) argv.push("--resume");
     if (values.minutes) argv.push("--minutes", values.minutes);
     py(argv);
   }
   if (want("export")) py(["export", "--work", work, "--tokenizer", tokDir, "--out", out]);
   if (values.stage === "eval") {
-    if (!existsSync(join(out, "config.json"))) throw new UserError(`${out}: no exported model (config.json) to evaluate`);
+    if (!existsSync(join(out, "config.json")))
+      throw new UserError(`${out}: no exported model (config.json) to evaluate`);
     const modes = (values.modes ?? "greedy,sampled").split(",");
     for (const m of modes)
-      if (m !== "greedy" && m !== "sampled") throw new UserError(`--modes: expected greedy and/or sampled, got "${m}"`);
+      if (m !== "greedy" && m !== "sampled")
+        throw new UserError(`--modes: expected greedy and/or sampled, got "${m}"`);
     const report = await measureAcceptance({
       modelDir: out,
       limit: values.limit === undefined ? undefined : int("limit", values.limit, 100),
@@ -125,7 +142,8 @@ export async function run(args: string[]): Promise<number> {
       modes: modes as ("greedy" | "sampled")[],
       log: (line) => console.log(line),
     });
-    const file = values.limit === undefined ? join(out, "acceptance.json") : join(work, "acceptance-quick.json");
+    const file =
+      values.limit === undefined ? join(out, "acceptance.json") : join(work, "acceptance-quick.json");
     writeFileSync(file, JSON.stringify(report, null, 1) + "\n");
     console.log(`wrote ${file}`);
   }

@@ -101,7 +101,8 @@ const LOOP: LoopSettings = {
   turnTokenLimit: "step",
 };
 
-const rate = (xs: readonly boolean[]): number => (xs.length === 0 ? 0 : xs.filter(Boolean).length / xs.length);
+const rate = (xs: readonly boolean[]): number =>
+  xs.length === 0 ? 0 : xs.filter(Boolean).length / xs.length;
 
 async function measureMode(
   mode: "greedy" | "sampled",
@@ -116,7 +117,8 @@ async function measureMode(
   // rulebooks); `referenceRule` below is the environment's own prose rulebook, for comparison.
   const ruled = rulebookSystemPrompt(tableRulebookText({ roles: { ...env.symbols }, notes: [] }), parts);
   const referenceRuled = rulebookSystemPrompt(parts.referenceRulebook ?? "", parts);
-  const attempt: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.7, topP: 0.8, topK: 20 };
+  const attempt: SamplingSettings =
+    mode === "greedy" ? { temperature: 0 } : { temperature: 0.7, topP: 0.8, topK: 20 };
   const reflect: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.5, topP: 0.9 };
   const deps = { env, model, rng, settings: LOOP };
   const first = await runEpisodes(

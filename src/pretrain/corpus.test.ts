@@ -6,6 +6,7 @@ import { compactProfile } from "../agent/prompts.ts";
 import { parseDirection } from "../envs/common.ts";
 import { drawFlSymbols, drawPermutedReference, FL_ROLES, SYMBOL_POOL } from "./symbols.ts";
 import {
+  copyDoc,
   drawTask,
   freePlayDoc,
   goalDistances,
@@ -31,7 +32,8 @@ test("roles are re-drawn per episode: every letter takes every role about equall
   for (let i = 0; i < N; i++) {
     const s = drawFlSymbols(rng);
     assert.equal(new Set(Object.values(s)).size, FL_ROLES.length, "letters are distinct");
-    for (const role of FL_ROLES) counts.set(`${role}:${s[role]}`, (counts.get(`${role}:${s[role]}`) ?? 0) + 1);
+    for (const role of FL_ROLES)
+      counts.set(`${role}:${s[role]}`, (counts.get(`${role}:${s[role]}`) ?? 0) + 1);
   }
   // Expected 400 per (role, letter); a binomial sd is ~20, so ±120 is a 6-sigma band.
   for (const role of FL_ROLES)
@@ -52,7 +54,8 @@ test("the reduced-hiding draw gives each of A, B, C, D every board role equally 
   const counts = new Map<string, number>();
   for (let i = 0; i < N; i++) {
     const s = drawPermutedReference(rng);
-    for (const role of FL_ROLES) counts.set(`${role}:${s[role]}`, (counts.get(`${role}:${s[role]}`) ?? 0) + 1);
+    for (const role of FL_ROLES)
+      counts.set(`${role}:${s[role]}`, (counts.get(`${role}:${s[role]}`) ?? 0) + 1);
   }
   for (const role of ["agent", "goal", "hole", "frozen"] as const)
     for (const letter of ["A", "B", "C", "D"]) {
@@ -60,12 +63,17 @@ test("the reduced-hiding draw gives each of A, B, C, D every board role equally 
       assert.ok(Math.abs(n - N / 4) < 6 * Math.sqrt((N * 3) / 16), `${role}:${letter} drawn ${n} times`);
     }
   for (const role of ["agentInHole", "agentOnGoal"] as const)
-    for (const letter of ["X", "√"]) assert.ok(Math.abs((counts.get(`${role}:${letter}`) ?? 0) - N / 2) < 300);
+    for (const letter of ["X", "√"])
+      assert.ok(Math.abs((counts.get(`${role}:${letter}`) ?? 0) - N / 2) < 300);
   // Phase 1 uses this draw for most documents and the full alphabet for the rest; phase 2 only this.
   const pools = Array.from({ length: 1000 }, () => curriculumAt(rng, 0.17).pool);
   const alphabet = pools.filter((p) => p !== "permuted-reference").length;
   assert.ok(alphabet > 60 && alphabet < 140, `alphabet documents: ${alphabet}/1000`);
-  assert.ok(Array.from({ length: 200 }, () => curriculumAt(rng, 0.3)).every((c) => c.pool === "permuted-reference" && c.maxSize === 4));
+  assert.ok(
+    Array.from({ length: 200 }, () => curriculumAt(rng, 0.3)).every(
+      (c) => c.pool === "permuted-reference" && c.maxSize === 4,
+    ),
+  );
   assert.equal(curriculumAt(rng, 0.5).maxSize, 6);
   assert.equal(curriculumAt(rng, 0.9).maxSize, 9);
 });
@@ -113,7 +121,10 @@ test("free play never depends on the roles: same task, different letters → sam
   const rng = new Rng(9);
   for (let i = 0; i < 50; i++) {
     const doc = freePlayDoc(rng, FULL);
-    assert.equal(doc.messages[0]!.content, compactProfile.initialSystemPrompt(frozenLakePrompt(doc.meta.symbols)));
+    assert.equal(
+      doc.messages[0]!.content,
+      compactProfile.initialSystemPrompt(frozenLakePrompt(doc.meta.symbols)),
+    );
     for (const m of doc.messages.filter((x) => x.role === "assistant")) {
       const letters = Object.values(doc.meta.symbols);
       // The reply mentions no board letter as a cell and states nothing about roles.
@@ -148,7 +159,9 @@ test("reflections claim only what their trace supports, and every claim is true"
     const sym = doc.meta.symbols;
     const claims = doc.meta.claims!;
     const user = doc.messages[1]!.content;
-    const shownRules = !user.startsWith(`Prompt:\n${compactProfile.initialSystemPrompt(frozenLakePrompt(sym))}`);
+    const shownRules = !user.startsWith(
+      `Prompt:\n${compactProfile.initialSystemPrompt(frozenLakePrompt(sym))}`,
+    );
     for (const c of claims) {
       assert.equal(c.letter, sym[c.role], `claim ${c.role}=${c.letter} is false`);
       if (c.basis === "moved" || c.basis === "left-behind") assert.match(user, /= changed the state: moved/);
@@ -191,4 +204,17 @@ test("table rulebooks put each letter as its board-cell token before its role wo
   assert.deepEqual(checkClaims(wrong, sym), { claims: 2, correct: 1, complete: false });
   const prose = rulebookText({ roles: { agent: "B", hole: "C" }, notes: [] });
   assert.deepEqual(checkClaims(prose, sym), { claims: 2, correct: 1, complete: false });
+});
+
+test("copy drills repeat the user's cells verbatim, and later shards mix them in", () => {
+  const rng = new Rng(4);
+  for (let i = 0; i < 20; i++) {
+    const doc = copyDoc(rng, { pool: "permuted-reference", maxSize: 4 });
+    const user = doc.messages[0]!.content;
+    assert.ok(user.startsWith("Copy:"));
+    assert.equal(doc.messages[1]!.content, user.slice("Copy:".length));
+  }
+  const kinds = shardDocs({ seed: 1, index: 200, total: 240, docs: 200 }).map((d) => d.kind);
+  assert.ok(kinds.includes("copy"));
+  assert.ok(!shardDocs({ seed: 1, index: 10, total: 240, docs: 200 }).some((d) => d.kind === "copy"));
 });

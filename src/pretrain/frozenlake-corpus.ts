@@ -35,7 +35,7 @@ function drawSymbols(rng: Rng, cur: Curriculum): FlSymbols {
   return cur.pool === "permuted-reference" ? drawPermutedReference(rng) : drawFlSymbols(rng, cur.pool);
 }
 
-export type DocKind = "rule-play" | "free-play" | "reflection" | "lookup" | "translate";
+export type DocKind = "rule-play" | "free-play" | "reflection" | "lookup" | "translate" | "copy";
 
 /** One corpus document: a chat plus how much its non-assistant turns weigh in the loss. */
 export interface CorpusDoc {
@@ -186,7 +186,9 @@ export function rulebookText(facts: RulebookFacts, budget = 8, style: RulebookSt
   lines.push("- Invalid replies do nothing but still use a move.");
   if (r.agent !== undefined && r.goal !== undefined) {
     const avoid = r.hole !== undefined ? `avoids every ${r.hole}` : "avoids every hole";
-    lines.push(`- Strategy: find ${r.agent} and ${r.goal}, plan the shortest path that ${avoid}, then follow it.`);
+    lines.push(
+      `- Strategy: find ${r.agent} and ${r.goal}, plan the shortest path that ${avoid}, then follow it.`,
+    );
   }
   for (const note of facts.notes) lines.push(`- ${note}`);
   return lines.join("\n");
@@ -215,7 +217,9 @@ export function tableRulebookText(facts: RulebookFacts, budget = 8): string {
     if (letter !== undefined) lines.push(`${cell(letter)}${ROLE_WORD[role]} - ${what}`);
   }
   lines.push("- up/down/left/right move one cell; a move off the edge of the board does nothing.");
-  lines.push(`- The game ends at the goal (reward 1), in a hole (reward 0) or after ${budget} moves (reward 0).`);
+  lines.push(
+    `- The game ends at the goal (reward 1), in a hole (reward 0) or after ${budget} moves (reward 0).`,
+  );
   lines.push("- Strategy: take the shortest path to the goal that avoids every hole.");
   for (const note of facts.notes) lines.push(`- ${note}`);
   return lines.join("\n");
@@ -230,7 +234,8 @@ export function rulebookSystemPrompt(rulebook: string, parts: EnvPromptParts): s
 // Thinks
 
 function roleOfLetter(letter: string, roles: Partial<Record<FlRole, string>>): string {
-  for (const [role, l] of Object.entries(roles) as [FlRole, string][]) if (l === letter) return ROLE_WORD[role];
+  for (const [role, l] of Object.entries(roles) as [FlRole, string][])
+    if (l === letter) return ROLE_WORD[role];
   return "?";
 }
 
@@ -347,7 +352,12 @@ export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const played = play(task, sym, rulebookSystemPrompt(rulebook, parts), (pos) =>
     reply(ruleThink(task, pos, sym, facts.roles), teacherMove(task, pos, dist)),
   );
-  return { kind: "rule-play", messages: played.messages, observationWeight: 0.1, meta: { symbols: sym, task } };
+  return {
+    kind: "rule-play",
+    messages: played.messages,
+    observationWeight: 0.1,
+    meta: { symbols: sym, task },
+  };
 }
 
 export function freePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
@@ -357,7 +367,12 @@ export function freePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const played = play(task, sym, compactProfile.initialSystemPrompt(parts), () =>
     reply(FREE_THINK, randomMove(rng)),
   );
-  return { kind: "free-play", messages: played.messages, observationWeight: 0.1, meta: { symbols: sym, task } };
+  return {
+    kind: "free-play",
+    messages: played.messages,
+    observationWeight: 0.1,
+    meta: { symbols: sym, task },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,7 +461,10 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
       : compactProfile.initialSystemPrompt(parts);
     const played = play(task, sym, shown, (pos) =>
       underRules
-        ? reply(ruleThink(task, pos, sym, facts.roles), rng.next() < 0.4 ? randomMove(rng) : teacherMove(task, pos, dist))
+        ? reply(
+            ruleThink(task, pos, sym, facts.roles),
+            rng.next() < 0.4 ? randomMove(rng) : teacherMove(task, pos, dist),
+          )
         : reply(FREE_THINK, randomMove(rng)),
     );
     if (played.episode.success) continue;
@@ -500,7 +518,12 @@ export function secondPlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const played = play(task, sym, rulebookSystemPrompt(rulebookText(facts, 8, cur.rulebook), parts), (pos) =>
     reply(ruleThink(task, pos, sym, roles), teacherMove(task, pos, dist)),
   );
-  return { kind: "rule-play", messages: played.messages, observationWeight: 0.1, meta: { symbols: sym, task } };
+  return {
+    kind: "rule-play",
+    messages: played.messages,
+    observationWeight: 0.1,
+    meta: { symbols: sym, task },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -565,5 +588,26 @@ export function translateDoc(rng: Rng, cur: Curriculum): CorpusDoc {
     ],
     observationWeight: 0,
     meta: { symbols: sym, task },
+  };
+}
+
+/**
+ * Copy drill: a random row of board cells to repeat verbatim. Repeating what came earlier (find the
+ * token after the one just written) is the mechanism every look-up above is built from; this drill
+ * gives it dense, role-free signal.
+ */
+export function copyDoc(rng: Rng, cur: Curriculum): CorpusDoc {
+  const sym = drawSymbols(rng, cur);
+  const letters = Object.values(sym);
+  const n = rng.intBetween(4, 24);
+  const cells = Array.from({ length: n }, () => cell(rng.pick(letters))).join("");
+  return {
+    kind: "copy",
+    messages: [
+      { role: "user", content: `Copy:${cells}` },
+      { role: "assistant", content: cells },
+    ],
+    observationWeight: 0,
+    meta: { symbols: sym },
   };
 }

@@ -14,6 +14,7 @@ import {
   rulePlayDoc,
   secondPlayDoc,
   translateDoc,
+  copyDoc,
   type CorpusDoc,
   type Curriculum,
 } from "./frozenlake-corpus.ts";
@@ -29,6 +30,7 @@ export interface Mix {
   reflection: number;
   lookup: number;
   translate: number;
+  copy: number;
 }
 
 export const DEFAULT_MIX: Mix = {
@@ -38,6 +40,23 @@ export const DEFAULT_MIX: Mix = {
   reflection: 0.2,
   lookup: 0.14,
   translate: 0.18,
+  copy: 0,
+};
+
+/**
+ * From DRILL_MIX_AT on, a mix heavy in short drills (copy and look-up): the shipped run's per-token
+ * losses showed that after ~2,700 steps it still could not copy a cell from earlier in its context,
+ * the mechanism every look-up needs.
+ */
+export const DRILL_MIX_AT = 68 / 240;
+export const DRILL_MIX: Mix = {
+  rulePlay: 0.22,
+  secondPlay: 0.05,
+  freePlay: 0.06,
+  reflection: 0.14,
+  lookup: 0.2,
+  translate: 0.13,
+  copy: 0.2,
 };
 
 const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
@@ -47,6 +66,7 @@ const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
   reflection: reflectionDoc,
   lookup: lookupDoc,
   translate: translateDoc,
+  copy: copyDoc,
 };
 
 /**
@@ -74,7 +94,11 @@ export const TABLE_RULEBOOKS_AT = 50 / 240;
 export function curriculumAt(rng: Rng, progress: number, alphabetShare = 0.1): Curriculum {
   if (progress >= REFOCUS_AT) {
     const maxSize = progress < 0.4 ? 4 : progress < 0.55 ? 6 : 9;
-    return { pool: "permuted-reference", maxSize, rulebook: progress >= TABLE_RULEBOOKS_AT ? "table" : "prose" };
+    return {
+      pool: "permuted-reference",
+      maxSize,
+      rulebook: progress >= TABLE_RULEBOOKS_AT ? "table" : "prose",
+    };
   }
   const maxSize = progress < 0.05 ? 4 : progress < 0.15 ? 6 : 9;
   if (rng.next() >= alphabetShare) return { pool: "permuted-reference", maxSize };
@@ -108,7 +132,8 @@ export function shardDocs(spec: ShardSpec): CorpusDoc[] {
   for (let i = 0; i < spec.docs; i++) {
     const progress = (spec.index + i / spec.docs) / Math.max(1, spec.total);
     const cur = curriculumAt(rng, progress);
-    out.push(MAKERS[pickKind(rng, spec.mix ?? DEFAULT_MIX)](rng, cur));
+    const mix = spec.mix ?? (progress >= DRILL_MIX_AT ? DRILL_MIX : DEFAULT_MIX);
+    out.push(MAKERS[pickKind(rng, mix)](rng, cur));
   }
   return out;
 }

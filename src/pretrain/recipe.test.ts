@@ -11,9 +11,13 @@ import { startEngine } from "../engine/client.ts";
 test("erl pretrain --recipe tiny --ci runs end to end and the export loads through the engine", async () => {
   const work = mkdtempSync(join(tmpdir(), "erl-tiny-ci-"));
   try {
-    const r = spawnSync(process.execPath, ["bin/erl.mjs", "pretrain", "--recipe", "tiny", "--ci", "--work", work], {
-      encoding: "utf8",
-    });
+    const r = spawnSync(
+      process.execPath,
+      ["bin/erl.mjs", "pretrain", "--recipe", "tiny", "--ci", "--work", work],
+      {
+        encoding: "utf8",
+      },
+    );
     assert.equal(r.status, 0, r.stderr + r.stdout);
     const log = readFileSync(join(work, "train-log.jsonl"), "utf8").trim().split("\n");
     assert.equal(log.length, 3, "three optimizer steps");

@@ -17,7 +17,7 @@ const MODEL = fileURLToPath(new URL("../../models/erl-tiny/", import.meta.url));
 
 /** Recorded with the shipped checkpoint: test task 0 (8×8), the correct table rulebook, temperature 0. */
 const TASK_INDEX = 0;
-const RECORDED_ACTIONS: readonly string[] = ["RECORD"];
+const RECORDED_ACTIONS: readonly string[] = ["left", "up", "up", "up", "up", "left"];
 
 test("shipped erl-tiny: loads through the engine and replays the recorded greedy episode", async () => {
   const engine = await startEngine({ env: { OMP_NUM_THREADS: "1" } });
@@ -44,7 +44,12 @@ test("shipped erl-tiny: loads through the engine and replays the recorded greedy
         env,
         model: await EngineBackend.create(engine),
         rng: new Rng(0),
-        settings: { maxTokensPerTurn: 64, maxContextTokens: 2048, contextOverflow: "stop", turnTokenLimit: "step" },
+        settings: {
+          maxTokensPerTurn: 64,
+          maxContextTokens: 2048,
+          contextOverflow: "stop",
+          turnTokenLimit: "step",
+        },
       },
     );
     const actions = outcome!.turns.map((t) => parseDirection(t.text) ?? "invalid");
