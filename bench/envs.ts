@@ -46,5 +46,7 @@ const questions = hq.loadSplit("train").map((t) => t.question);
 time(`${questions.length} searches, top 5`, () => questions.forEach((q) => index.search(q, 5)));
 
 const w = Math.max(...rows.map((r) => r[0].length));
-console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}; load average ${loadavg()[0]!.toFixed(1)}`);
+console.log(
+  `machine: ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}; load average ${loadavg()[0]!.toFixed(1)}`,
+);
 for (const [label, value] of rows) console.log(`${label.padEnd(w)}  ${value}`);

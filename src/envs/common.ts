@@ -159,3 +159,19 @@ export function asRecord(value: unknown, file: string, line: number): Record<str
     throw inputError({ file, line }, "expected a JSON object");
   return value as Record<string, unknown>;
 }
+
+/** How moves may be written, as the games' prompts say it. */
+export const MOVE_HELP = "up, down, left or right (or 1 = left, 2 = down, 3 = right, 4 = up)";
+
+/** The sentence on moves and the budget that both games' task descriptions end with. */
+export function movesSentence(budget: number): string {
+  return (
+    `Each turn you make one move: up, down, left or right. You have ${budget} moves; every reply uses one, ` +
+    "even if it has no valid move."
+  );
+}
+
+/** The action-format reminder both games' system prompts end with. */
+export const GAME_FORMAT_REMINDER =
+  "End every reply with exactly one move in a fenced code block, for example:\n```\nup\n```\n" +
+  `Allowed moves: ${MOVE_HELP}.`;

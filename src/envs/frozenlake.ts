@@ -21,6 +21,9 @@ import {
   TracedEpisode,
   validateSymbols,
   type Direction,
+  GAME_FORMAT_REMINDER,
+  MOVE_HELP,
+  movesSentence,
 } from "./common.ts";
 
 /** Board letters in the data files (never shown to the model): S start, F frozen, H hole, G goal. */
@@ -348,8 +351,6 @@ export interface FrozenLakeOptions {
   dataDir?: string;
 }
 
-const ACTION_HELP = "up, down, left or right (or 1 = left, 2 = down, 3 = right, 4 = up)";
-
 export class FrozenLakeEpisode extends TracedEpisode {
   readonly initialObservation: string;
   private state: FrozenLakeState;
@@ -396,7 +397,7 @@ export class FrozenLakeEpisode extends TracedEpisode {
     const reward = status === "goal" ? 1 : 0;
     const what =
       dir === null
-        ? `No valid action found (expected ${ACTION_HELP} in a fenced block); nothing changed.`
+        ? `No valid action found (expected ${MOVE_HELP} in a fenced block); nothing changed.`
         : moved
           ? `You moved ${dir}.`
           : `You tried ${dir}; nothing changed.`;
@@ -468,11 +469,8 @@ export function frozenLakePrompt(
       "You are playing FrozenLake on a square grid of letters. You control an agent that must reach " +
       "the goal cell without falling into a hole. The board does not say which letter is which: " +
       "work it out from how the board changes after your moves. " +
-      `Each turn you make one move: up, down, left or right. You have ${budget} moves; every reply uses one, ` +
-      "even if it has no valid move.",
-    formatReminder:
-      "End every reply with exactly one move in a fenced code block, for example:\n```\nup\n```\n" +
-      `Allowed moves: ${ACTION_HELP}.`,
+      movesSentence(budget),
+    formatReminder: GAME_FORMAT_REMINDER,
     referenceRulebook: [
       "FrozenLake rules:",
       `- ${s.agent} is you (the agent); ${s.goal} is the goal; ${s.hole} is a hole; ${s.frozen} is safe frozen ice.`,

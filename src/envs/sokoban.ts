@@ -21,6 +21,9 @@ import {
   TracedEpisode,
   validateSymbols,
   type Direction,
+  GAME_FORMAT_REMINDER,
+  MOVE_HELP,
+  movesSentence,
 } from "./common.ts";
 
 export type Pos = [number, number];
@@ -315,8 +318,6 @@ export interface SokobanOptions {
   dataDir?: string;
 }
 
-const ACTION_HELP = "up, down, left or right (or 1 = left, 2 = down, 3 = right, 4 = up)";
-
 export class SokobanEpisode extends TracedEpisode {
   readonly initialObservation: string;
   private state: SokobanState;
@@ -364,7 +365,7 @@ export class SokobanEpisode extends TracedEpisode {
     const done = this.solved || outOfSteps;
     const what =
       dir === null
-        ? `No valid action found (expected ${ACTION_HELP} in a fenced block); nothing changed.`
+        ? `No valid action found (expected ${MOVE_HELP} in a fenced block); nothing changed.`
         : moved
           ? `You moved ${dir}.`
           : `You tried ${dir}; nothing changed.`;
@@ -425,11 +426,8 @@ export function sokobanPrompt(
       "You are playing Sokoban on a square grid of letters. You control a player in a walled room " +
       "with one box and one goal; you win by pushing the box onto the goal. The board does not say " +
       "which letter is which: work it out from how the board changes after your moves. " +
-      `Each turn you make one move: up, down, left or right. You have ${budget} moves; every reply uses one, ` +
-      "even if it has no valid move.",
-    formatReminder:
-      "End every reply with exactly one move in a fenced code block, for example:\n```\nup\n```\n" +
-      `Allowed moves: ${ACTION_HELP}.`,
+      movesSentence(budget),
+    formatReminder: GAME_FORMAT_REMINDER,
     referenceRulebook: [
       "Sokoban rules:",
       `- ${s.player} is you (the player); ${s.playerOnGoal} is you standing on the goal.`,

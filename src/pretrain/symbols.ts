@@ -4,6 +4,7 @@
  * the model has to read the roles from a rulebook in its context, or infer them from what it sees.
  */
 import type { Rng } from "../util/rng.ts";
+import { FROZENLAKE_SYMBOLS } from "../envs/frozenlake.ts";
 
 /** Everything a board may show: A–Z, a–z and √ (the reference "agent on goal" mark). */
 export const SYMBOL_POOL: readonly string[] = [
@@ -18,14 +19,7 @@ export type FlRole = (typeof FL_ROLES)[number];
 export type FlSymbols = Readonly<Record<FlRole, string>>;
 
 /** The reference FrozenLake letters (the evaluation environment's own symbol map). */
-export const REFERENCE_FL_SYMBOLS: FlSymbols = {
-  agent: "A",
-  goal: "B",
-  hole: "C",
-  frozen: "D",
-  agentInHole: "X",
-  agentOnGoal: "√",
-};
+export const REFERENCE_FL_SYMBOLS: FlSymbols = FROZENLAKE_SYMBOLS;
 
 /**
  * Draws distinct letters for the FrozenLake roles from `pool` (the whole alphabet by default;
