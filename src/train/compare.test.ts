@@ -83,6 +83,10 @@ test("curves average over seeds at each step; the band spans the seeds", () => {
 
 test("the SVG chart is well-formed and escapes text", () => {
   assert.deepEqual(niceTicks(0, 1), [0, 0.2, 0.4, 0.6, 0.8, 1]);
+  // Step axes: whole numbers only.
+  assert.deepEqual(niceTicks(1, 12, 5, true), [3, 6, 9, 12]);
+  assert.deepEqual(niceTicks(0, 3, 5, true), [0, 1, 2, 3]);
+  assert.deepEqual(niceTicks(1, 12), [2.5, 5, 7.5, 10]);
   const svg = lineChart({
     title: "a < b & c",
     xLabel: "x",

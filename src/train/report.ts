@@ -192,6 +192,7 @@ export function writeReport(dir: string, meta: ReportMeta, runs: readonly RunDat
       lineChart({
         title: "Evaluation reward (first attempt, no memory)",
         xLabel,
+        integerX: x === "step",
         yLabel: "eval reward",
         series: evalSeries,
         yRange: [0, 1],
@@ -222,6 +223,7 @@ export function writeReport(dir: string, meta: ReportMeta, runs: readonly RunDat
       lineChart({
         title: "Training reward: pre- (dashed) vs post-reflection (solid)",
         xLabel,
+        integerX: x === "step",
         yLabel: "mean reward in the batch",
         series: trainSeries,
         yRange: [0, 1],

@@ -23,6 +23,8 @@ export interface ChartOptions {
   height?: number;
   /** Fixed y range (e.g. [0, 1] for rewards); otherwise from the data. */
   yRange?: readonly [number, number];
+  /** Only whole-number x ticks (e.g. training steps). */
+  integerX?: boolean;
 }
 
 export const PALETTE = [
@@ -41,11 +43,12 @@ function esc(text: string): string {
 }
 
 /** About `count` round tick values covering [lo, hi]. */
-export function niceTicks(lo: number, hi: number, count = 5): number[] {
+export function niceTicks(lo: number, hi: number, count = 5, integer = false): number[] {
   if (!(hi > lo)) return [lo];
-  const raw = (hi - lo) / count;
+  const raw = integer ? Math.max(1, (hi - lo) / count) : (hi - lo) / count;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = ([1, 2, 2.5, 5, 10].find((m) => m * mag >= raw) ?? 10) * mag;
+  const steps = integer && mag <= 1 ? [1, 2, 3, 5, 10] : [1, 2, 2.5, 5, 10];
+  const step = (steps.find((m) => m * mag >= raw) ?? 10) * mag;
   const out: number[] = [];
   for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step)
     out.push(Number(v.toPrecision(12)));
@@ -79,7 +82,7 @@ export function lineChart(o: ChartOptions): string {
     y0 -= 0.5;
     y1 += 0.5;
   }
-  const xTicks = niceTicks(x0, x1);
+  const xTicks = niceTicks(x0, x1, 5, o.integerX);
   const yTicks = niceTicks(y0, y1);
   x0 = Math.min(x0, xTicks[0] ?? x0);
   x1 = Math.max(x1, xTicks[xTicks.length - 1] ?? x1);
