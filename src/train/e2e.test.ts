@@ -169,8 +169,12 @@ test(
       "--out",
       out,
     ];
+    // Where to kill: right after the n-th occurrence of a progress line, plus a short random delay.
+    // Anchoring on output rather than on wall-clock time keeps the kill inside the compare however
+    // fast or slow the machine is.
+    type KillPoint = { marker: string; occurrence: number; delayMs: number };
     const runCompare = (
-      killAfterMs: number | null,
+      kill: KillPoint | null,
     ): Promise<{ code: number | null; signal: string | null; text: string }> =>
       new Promise((resolve, reject) => {
         const p = spawn(process.execPath, args, {
@@ -182,9 +186,8 @@ test(
         let timer: NodeJS.Timeout | undefined;
         const onData = (d: Buffer): void => {
           text += d.toString();
-          // Arm once the first run is training (start-up time varies a lot on a busy machine).
-          if (killAfterMs !== null && timer === undefined && text.includes("starting the engine"))
-            timer = setTimeout(() => p.kill("SIGKILL"), killAfterMs);
+          if (kill !== null && timer === undefined && text.split(kill.marker).length - 1 >= kill.occurrence)
+            timer = setTimeout(() => p.kill("SIGKILL"), kill.delayMs);
         };
         p.stdout.on("data", onData);
         p.stderr.on("data", onData);
@@ -201,7 +204,15 @@ test(
         });
       });
 
-    const killed = await runCompare(rng.intBetween(1_000, 12_000));
+    const points: Omit<KillPoint, "delayMs">[] = [
+      { marker: "starting the engine", occurrence: 1 },
+      { marker: "step 1/2", occurrence: 1 },
+      { marker: "step 2/2", occurrence: 1 },
+      { marker: "eval @2", occurrence: 1 },
+      { marker: "starting the engine", occurrence: 2 },
+      { marker: "step 1/2", occurrence: 2 },
+    ];
+    const killed = await runCompare({ ...rng.pick(points), delayMs: rng.intBetween(0, 40) });
     assert.equal(
       killed.signal,
       "SIGKILL",
