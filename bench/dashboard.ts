@@ -15,6 +15,7 @@ import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { chromium, type Page } from "playwright-core";
+import { CHROMIUM_ARGS, CHROMIUM_PATH } from "../src/dashboard/chromium.ts";
 import { writeLargeRuns } from "../test/fixtures/runs/generate.ts";
 
 const { values } = parseArgs({
@@ -74,18 +75,9 @@ async function main(): Promise<void> {
   const rssIdle = rssMiB(pid);
 
   const ctx = await chromium.launchPersistentContext(join(base, "profile"), {
-    executablePath: "/usr/bin/chromium",
+    executablePath: CHROMIUM_PATH,
     headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--no-first-run",
-      "--disable-quic",
-      "--disable-sync",
-    ],
+    args: [...CHROMIUM_ARGS],
     viewport: { width: 1500, height: 950 },
   });
   const runs = ["large/erl-s1", "large/erl-s2", "large/rlvr-s1", "large/rlvr-s2"].join(",");

@@ -37,6 +37,10 @@ import torch  # noqa: E402
 from .engine import token_logprobs  # noqa: E402
 from .losses import LossSpec, compute_loss  # noqa: E402
 
+# The chat template of the engine's test fixture: `<|role|>content<|end|>` with nothing between
+# messages, so a conversation rendered message by message gives the ids of a one-shot render.
+from .make_fixture import CHAT_TEMPLATE  # noqa: E402
+
 # ---------------------------------------------------------------------------------------------------
 # Tokenizer
 
@@ -46,18 +50,6 @@ ROLES = ("system", "user", "assistant", "tool")
 # Everything a board may show; each board cell ` s ` + TAB is one token.
 SYMBOLS = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["√"]
 CELL_TOKENS = [f" {s} \t" for s in SYMBOLS]
-
-# Same shape as the engine's test fixture: `<|role|>content<|end|>`, nothing between messages, so a
-# conversation rendered message by message gives the ids of a one-shot render.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 
 
 def shard_files(corpus: str) -> list[str]:
