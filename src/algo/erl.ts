@@ -56,6 +56,8 @@ import {
   checkSampling,
   envStopStrings,
   episodeId,
+  expandAttempts,
+  type Attempt,
   groupKey,
   makeDistillSample,
   makeSample,
@@ -84,15 +86,6 @@ export function validateErlOptions(o: ErlOptions): void {
   checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
   checkLoopOptions(o);
   checkProfile(o.profile);
-}
-
-/** One attempt slot of the batch: task × attempt index. */
-interface Attempt {
-  task: Task;
-  taskIndex: number;
-  attempt: number;
-  /** Position in the batch, which picks the perWorker memory slot. */
-  position: number;
 }
 
 /** What a retried attempt carries from reflection to the second attempt. */
@@ -126,14 +119,7 @@ export async function erlStep(
   const perWorker = options.memory.kind === "perWorker";
 
   // 1. First attempts.
-  const attempts: Attempt[] = tasks.flatMap((task, taskIndex) =>
-    Array.from({ length: options.n }, (_, attempt) => ({
-      task,
-      taskIndex,
-      attempt,
-      position: taskIndex * options.n + attempt,
-    })),
-  );
+  const attempts = expandAttempts(tasks, options.n);
   const firsts = await runEpisodes(
     attempts.map((a) => ({
       id: episodeId(step, a.taskIndex, a.attempt, "first"),

@@ -14,6 +14,7 @@ import {
   checkSampling,
   envStopStrings,
   episodeId,
+  expandAttempts,
   mean,
   rolloutRecord,
 } from "./samples.ts";
@@ -34,9 +35,7 @@ export async function evaluate(
   validateEvalOptions(options);
   const { env, model, step } = ctx;
   const system = getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
-  const attempts = tasks.flatMap((task, taskIndex) =>
-    Array.from({ length: options.n }, (_, attempt) => ({ task, taskIndex, attempt })),
-  );
+  const attempts = expandAttempts(tasks, options.n);
   const outcomes = await runEpisodes(
     attempts.map((a) => ({
       id: `eval-${episodeId(step, a.taskIndex, a.attempt, "eval")}`,

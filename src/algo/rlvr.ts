@@ -14,6 +14,7 @@ import {
   checkSampling,
   envStopStrings,
   episodeId,
+  expandAttempts,
   groupKey,
   makeSample,
   mean,
@@ -41,9 +42,7 @@ export async function rlvrStep(
   const { env, model, step } = ctx;
   const system = getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
 
-  const attempts = tasks.flatMap((task, taskIndex) =>
-    Array.from({ length: options.n }, (_, attempt) => ({ task, taskIndex, attempt })),
-  );
+  const attempts = expandAttempts(tasks, options.n);
   const outcomes = await runEpisodes(
     attempts.map((a) => ({
       id: episodeId(step, a.taskIndex, a.attempt, "first"),

@@ -241,3 +241,24 @@ export function checkProfile(p: unknown): void {
   if (p !== "paper" && p !== "compact")
     fail("profile", `expected "paper" or "compact", got ${JSON.stringify(p)}`);
 }
+
+/** One attempt slot of a batch: task × attempt index, and its position in the batch. */
+export interface Attempt {
+  task: Task;
+  taskIndex: number;
+  attempt: number;
+  /** Position in the batch (taskIndex × n + attempt); picks the perWorker memory slot. */
+  position: number;
+}
+
+/** The batch's attempt slots: `n` per task, task-major. */
+export function expandAttempts(tasks: readonly Task[], n: number): Attempt[] {
+  return tasks.flatMap((task, taskIndex) =>
+    Array.from({ length: n }, (_, attempt) => ({
+      task,
+      taskIndex,
+      attempt,
+      position: taskIndex * n + attempt,
+    })),
+  );
+}
