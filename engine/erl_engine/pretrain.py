@@ -7,7 +7,7 @@ docs/decisions/tiny-pretraining.md for why the loop runs inside the engine packa
 the protocol.
 
 Subcommands (python -m erl_engine.pretrain ...):
-  tokenizer --corpus DIR --out DIR [--vocab N]          fit the tokenizer on the first shards
+  tokenizer --corpus DIR --out DIR [--vocab N]          fit the tokenizer on the last shards
   train --corpus DIR --work DIR [--preset tiny|ci] ...   train (resumes from WORK/ckpt when present)
   export --work DIR --out DIR                            write the HF model directory
 
@@ -77,7 +77,7 @@ def fit_tokenizer(corpus: str, out: str, vocab: int, shards: int = 4, max_len: i
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    files = shard_files(corpus)[:shards]
+    files = shard_files(corpus)[-shards:]  # the last shards: every document kind, every board size
     if not files:
         raise SystemExit(f"{corpus}: no shard-*.jsonl files to fit the tokenizer on")
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--resume", action="store_true")
-    r.add_argument("--lr", type=float, default=3e-3)
+    r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--min-lr-frac", type=float, default=0.1)
     r.add_argument("--warmup", type=int, default=60)
     r.add_argument("--total-steps", type=int, default=8000)

@@ -32,6 +32,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "export a run's policy as an HF directory or LoRA adapter",
     load: () => import("./export.ts"),
   },
+  reflections: {
+    summary: "summarise a run's reflections, retries and memory",
+    load: () => import("./reflections.ts"),
+  },
   dashboard: {
     summary: "serve the read-only dashboard over run directories",
     load: () => import("./dashboard.ts"),

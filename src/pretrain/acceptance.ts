@@ -73,6 +73,12 @@ export interface ModeFigures {
   sRule: number;
   /** S_rule with the environment's own prose reference rulebook instead. */
   sRuleReferenceProse: number;
+  /** Successes and tasks by board side, for S0, S_rule (table rulebook) and S_refl. */
+  bySize: {
+    s0: Record<string, [number, number]>;
+    sRule: Record<string, [number, number]>;
+    sRefl: Record<string, [number, number]>;
+  };
   /** Retries after a failed S0 attempt. */
   retries: number;
   sRefl: number;
@@ -103,6 +109,19 @@ const LOOP: LoopSettings = {
 
 const rate = (xs: readonly boolean[]): number =>
   xs.length === 0 ? 0 : xs.filter(Boolean).length / xs.length;
+
+/** Success by board side: `{ "4": [successes, tasks], ... }`. */
+export function bySize(
+  outcomes: readonly { success: boolean; request: { task: unknown } }[],
+): Record<string, [number, number]> {
+  const out: Record<string, [number, number]> = {};
+  for (const o of outcomes) {
+    const e = (out[String((o.request.task as FrozenLakeTask).size)] ??= [0, 0]);
+    e[0] += o.success ? 1 : 0;
+    e[1]++;
+  }
+  return out;
+}
 
 async function measureMode(
   mode: "greedy" | "sampled",
@@ -174,6 +193,7 @@ async function measureMode(
     s0: rate(first.map((o) => o.success)),
     sRule: rate(withRules.map((o) => o.success)),
     sRuleReferenceProse: rate(withReference.map((o) => o.success)),
+    bySize: { s0: bySize(first), sRule: bySize(withRules), sRefl: bySize(second) },
     retries: failed.length,
     sRefl: rate(second.map((o) => o.success)),
     rulebookFound: replies.filter((r) => findRulebook(r.text) !== null).length,

@@ -20,7 +20,7 @@ import {
   type Curriculum,
 } from "./frozenlake-corpus.ts";
 import { checkClaims } from "./acceptance.ts";
-import { curriculumAt, docLine, shardDocs } from "./generate.ts";
+import { docLine, phaseAt, shardDocs } from "./generate.ts";
 
 const FULL: Curriculum = { pool: SYMBOL_POOL, maxSize: 9 };
 const TABLE: Curriculum = { pool: "permuted-reference", maxSize: 9, rulebook: "table" };
@@ -65,30 +65,22 @@ test("the reduced-hiding draw gives each of A, B, C, D every board role equally 
   for (const role of ["agentInHole", "agentOnGoal"] as const)
     for (const letter of ["X", "√"])
       assert.ok(Math.abs((counts.get(`${role}:${letter}`) ?? 0) - N / 2) < 300);
-  // Phase 1 uses this draw for most documents and the full alphabet for the rest; phase 2 only this.
-  const pools = Array.from({ length: 1000 }, () => curriculumAt(rng, 0.17).pool);
-  const alphabet = pools.filter((p) => p !== "permuted-reference").length;
-  assert.ok(alphabet > 60 && alphabet < 140, `alphabet documents: ${alphabet}/1000`);
-  assert.ok(
-    Array.from({ length: 200 }, () => curriculumAt(rng, 0.3)).every(
-      (c) => c.pool === "permuted-reference" && c.maxSize === 4,
-    ),
-  );
-  assert.equal(curriculumAt(rng, 0.5).maxSize, 6);
-  assert.equal(curriculumAt(rng, 0.9).maxSize, 9);
-});
-
-test("the warm-up curriculum still spreads roles over the whole alphabet across documents", () => {
-  const rng = new Rng(3);
-  const seen = new Set<string>();
-  for (let i = 0; i < 2000; i++) {
-    const cur = curriculumAt(rng, 0.01, 1);
-    assert.equal(cur.maxSize, 4);
-    if (cur.pool === "permuted-reference") assert.fail("alphabetShare 1 must draw from the alphabet");
-    assert.equal(cur.pool.length, 8);
-    seen.add(drawFlSymbols(rng, cur.pool).agent);
+  // Every phase of the recipe uses this draw, with table rulebooks, and boards grow only in the games.
+  for (const p of [0, 0.3, 0.55, 0.7, 0.99]) {
+    const ph = phaseAt(p);
+    assert.equal(ph.curriculum.pool, "permuted-reference");
+    assert.equal(ph.curriculum.rulebook, "table");
   }
-  assert.equal(seen.size, SYMBOL_POOL.length);
+  assert.deepEqual(
+    [0.1, 0.3, 0.55, 0.7, 0.99].map((p) => [phaseAt(p).name, phaseAt(p).curriculum.maxSize]),
+    [
+      ["copy", 4],
+      ["lookup", 4],
+      ["games", 4],
+      ["games", 6],
+      ["games", 9],
+    ],
+  );
 });
 
 test("rule-play rulebooks are correct and complete for their episode's letters", () => {
@@ -206,7 +198,7 @@ test("table rulebooks put each letter as its board-cell token before its role wo
   assert.deepEqual(checkClaims(prose, sym), { claims: 2, correct: 1, complete: false });
 });
 
-test("copy drills repeat the user's cells verbatim, and later shards mix them in", () => {
+test("copy drills repeat the user's cells verbatim; the phases hold the documented kinds", () => {
   const rng = new Rng(4);
   for (let i = 0; i < 20; i++) {
     const doc = copyDoc(rng, { pool: "permuted-reference", maxSize: 4 });
@@ -214,7 +206,11 @@ test("copy drills repeat the user's cells verbatim, and later shards mix them in
     assert.ok(user.startsWith("Copy:"));
     assert.equal(doc.messages[1]!.content, user.slice("Copy:".length));
   }
-  const kinds = shardDocs({ seed: 1, index: 200, total: 240, docs: 200 }).map((d) => d.kind);
-  assert.ok(kinds.includes("copy"));
-  assert.ok(!shardDocs({ seed: 1, index: 10, total: 240, docs: 200 }).some((d) => d.kind === "copy"));
+  const kinds = (index: number) =>
+    new Set<string>(shardDocs({ seed: 1, index, total: 400, docs: 200 }).map((d) => d.kind));
+  assert.deepEqual([...kinds(10)], ["copy"]);
+  assert.deepEqual([...kinds(150)].sort(), ["copy", "lookup", "translate"]);
+  const games = kinds(300);
+  for (const k of ["copy", "lookup", "translate", "rule-play", "reflection", "free-play"])
+    assert.ok(games.has(k), k);
 });

@@ -1,7 +1,7 @@
 /**
  * The corpus writer: shards of JSONL documents (one chat per line) drawn from the FrozenLake
- * document makers with a curriculum — few letters and small boards first, then the whole alphabet
- * and boards up to 9×9. Shard `i` depends only on (seed, i), so shards can be written ahead of a
+ * document makers in three phases — copy drills, look-up drills, then the games on boards growing
+ * from 4×4 to 9×9. Shard `i` depends only on (seed, i), so shards can be written ahead of a
  * training run or on demand while it runs, and any shard can be regenerated identically.
  */
 import { mkdirSync, renameSync, writeFileSync } from "node:fs";
@@ -18,7 +18,6 @@ import {
   type CorpusDoc,
   type Curriculum,
 } from "./frozenlake-corpus.ts";
-import { drawPool, SYMBOL_POOL } from "./symbols.ts";
 
 type Maker = (rng: Rng, cur: Curriculum) => CorpusDoc;
 
@@ -33,23 +32,26 @@ export interface Mix {
   copy: number;
 }
 
-export const DEFAULT_MIX: Mix = {
-  rulePlay: 0.3,
-  secondPlay: 0.08,
-  freePlay: 0.1,
-  reflection: 0.2,
-  lookup: 0.14,
-  translate: 0.18,
-  copy: 0,
-};
+/** A mix of only the given kinds (the rest weigh 0). */
+function only(weights: Partial<Mix>): Mix {
+  return {
+    rulePlay: 0,
+    secondPlay: 0,
+    freePlay: 0,
+    reflection: 0,
+    lookup: 0,
+    translate: 0,
+    copy: 0,
+    ...weights,
+  };
+}
 
-/**
- * From DRILL_MIX_AT on, a mix heavy in short drills (copy and look-up): the shipped run's per-token
- * losses showed that after ~2,700 steps it still could not copy a cell from earlier in its context,
- * the mechanism every look-up needs.
- */
-export const DRILL_MIX_AT = 68 / 240;
-export const DRILL_MIX: Mix = {
+/** Phase 1: copy drills alone — the mechanism every look-up needs, learned in minutes when alone. */
+export const COPY_MIX: Mix = only({ copy: 1 });
+/** Phase 2: look-up and translation drills, with copy drills kept so copying is not forgotten. */
+export const LOOKUP_MIX: Mix = only({ lookup: 0.5, translate: 0.3, copy: 0.2 });
+/** Phase 3: the games (play, reflection) with the drills still a third of the documents. */
+export const GAME_MIX: Mix = {
   rulePlay: 0.22,
   secondPlay: 0.05,
   freePlay: 0.06,
@@ -58,6 +60,32 @@ export const DRILL_MIX: Mix = {
   translate: 0.13,
   copy: 0.2,
 };
+
+/** Where phases 2 and 3 begin, as fractions of the planned shards. */
+export const LOOKUP_AT = 1 / 4;
+export const GAMES_AT = 1 / 2;
+
+export interface Phase {
+  name: "copy" | "lookup" | "games";
+  mix: Mix;
+  curriculum: Curriculum;
+}
+
+/**
+ * The recipe's phase and curriculum at `progress` ∈ [0, 1] of the planned corpus ("drill-first",
+ * see docs/erl-tiny.md and the experiment log for why). Letters are always a random permutation of
+ * the reference letters, drawn per document (`drawPermutedReference`), and rulebooks are "table"
+ * rulebooks (`tableRulebookText`). Boards stay at side ≤ 4 through the drills and the first 30% of
+ * the games, then ≤ 6 until 55% of the games, then up to 9 (the test split's largest).
+ */
+export function phaseAt(progress: number): Phase {
+  const small: Curriculum = { pool: "permuted-reference", maxSize: 4, rulebook: "table" };
+  if (progress < LOOKUP_AT) return { name: "copy", mix: COPY_MIX, curriculum: small };
+  if (progress < GAMES_AT) return { name: "lookup", mix: LOOKUP_MIX, curriculum: small };
+  const g = (progress - GAMES_AT) / (1 - GAMES_AT);
+  const maxSize = g < 0.3 ? 4 : g < 0.55 ? 6 : 9;
+  return { name: "games", mix: GAME_MIX, curriculum: { ...small, maxSize } };
+}
 
 const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
   rulePlay: rulePlayDoc,
@@ -68,42 +96,6 @@ const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
   translate: translateDoc,
   copy: copyDoc,
 };
-
-/**
- * The curriculum at `progress` ∈ [0, 1] of the planned corpus.
- *
- * Phase 1 (progress < REFOCUS_AT): boards ≤ 4 for the first 5%, ≤ 6 until 15%, then up to 9.
- * Letters: with probability `alphabetShare` the roles are drawn from the whole alphabet (an 8-letter
- * warm-up pool, drawn per document, in the first 15%); otherwise they are a random permutation of
- * the reference letters (see `drawPermutedReference` and docs/erl-tiny.md for why the shipped recipe
- * hides the roles among 4 letters rather than 53).
- *
- * Phase 2 (from REFOCUS_AT, the point where the shipped run's losses had plateaued with the
- * rulebook still unread): back to small boards — side ≤ 4 until 40%, ≤ 6 until 55%, then up to 9 —
- * and only permuted reference letters, so that the look-ups and the board geometry are learned
- * where they are easiest (short boards, 4 candidate letters) before they have to scale.
- */
-export const REFOCUS_AT = 44 / 240;
-/**
- * From here on rulebooks are written as "table" rulebooks (see `tableRulebookText`): the letters
- * appear as the very tokens the board uses, followed by their role word. The shipped run switched at
- * this point because, after ~1,800 steps, it still had not learned to read the prose rulebooks.
- */
-export const TABLE_RULEBOOKS_AT = 50 / 240;
-
-export function curriculumAt(rng: Rng, progress: number, alphabetShare = 0.1): Curriculum {
-  if (progress >= REFOCUS_AT) {
-    const maxSize = progress < 0.4 ? 4 : progress < 0.55 ? 6 : 9;
-    return {
-      pool: "permuted-reference",
-      maxSize,
-      rulebook: progress >= TABLE_RULEBOOKS_AT ? "table" : "prose",
-    };
-  }
-  const maxSize = progress < 0.05 ? 4 : progress < 0.15 ? 6 : 9;
-  if (rng.next() >= alphabetShare) return { pool: "permuted-reference", maxSize };
-  return { pool: progress < 0.15 ? drawPool(rng, 8) : SYMBOL_POOL, maxSize };
-}
 
 function pickKind(rng: Rng, mix: Mix): keyof Mix {
   const entries = Object.entries(mix) as [keyof Mix, number][];
@@ -130,10 +122,8 @@ export function shardDocs(spec: ShardSpec): CorpusDoc[] {
   const rng = new Rng(`erl-tiny/${spec.seed}/shard/${spec.index}`);
   const out: CorpusDoc[] = [];
   for (let i = 0; i < spec.docs; i++) {
-    const progress = (spec.index + i / spec.docs) / Math.max(1, spec.total);
-    const cur = curriculumAt(rng, progress);
-    const mix = spec.mix ?? (progress >= DRILL_MIX_AT ? DRILL_MIX : DEFAULT_MIX);
-    out.push(MAKERS[pickKind(rng, mix)](rng, cur));
+    const phase = phaseAt((spec.index + i / spec.docs) / Math.max(1, spec.total));
+    out.push(MAKERS[pickKind(rng, spec.mix ?? phase.mix)](rng, phase.curriculum));
   }
   return out;
 }
