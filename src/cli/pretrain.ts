@@ -122,8 +122,10 @@ export async function run(args: string[]): Promise<number> {
   }
   if (want("train")) {
     const argv = ["train", "--corpus", corpus, "--work", work, "--tokenizer", tokDir, "--seed", String(seed)];
-    argv.push("--preset", ci ? "ci" : "tiny", "--total-steps", String(steps), "--lr", "1e-3");
-    argv.push("--threads", String(int("threads", values.threads, 1)));
+    argv.push("--preset", ci ? "ci" : "tiny", "--total-steps", String(steps));
+    const threads = int("threads", values.threads, 1);
+    if (threads < 1) throw new UserError(`--threads: expected at least 1, got ${threads}`);
+    argv.push("--threads", String(threads));
     if (ci)
       argv.push("--max-steps", String(steps), "--warmup", "1", "--batch-tokens", "4096", "--log-every", "1");
     if (values.resume) argv.push("--resume");

@@ -19,7 +19,7 @@ import {
   teacherMove,
   type Curriculum,
 } from "./frozenlake-corpus.ts";
-import { checkClaims } from "./acceptance.ts";
+import { bySize, checkClaims } from "./acceptance.ts";
 import { docLine, phaseAt, shardDocs } from "./generate.ts";
 
 const FULL: Curriculum = { pool: SYMBOL_POOL, maxSize: 9 };
@@ -213,4 +213,13 @@ test("copy drills repeat the user's cells verbatim; the phases hold the document
   const games = kinds(300);
   for (const k of ["copy", "lookup", "translate", "rule-play", "reflection", "free-play"])
     assert.ok(games.has(k), k);
+});
+
+test("acceptance figures split by board side count successes and tasks per side", () => {
+  const at = (size: number, success: boolean) => ({ success, request: { task: { size } } });
+  assert.deepEqual(bySize([at(2, true), at(2, false), at(9, true), at(2, true)]), {
+    "2": [2, 3],
+    "9": [1, 1],
+  });
+  assert.deepEqual(bySize([]), {});
 });

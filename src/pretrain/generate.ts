@@ -50,7 +50,7 @@ function only(weights: Partial<Mix>): Mix {
 export const COPY_MIX: Mix = only({ copy: 1 });
 /** Phase 2: look-up and translation drills, with copy drills kept so copying is not forgotten. */
 export const LOOKUP_MIX: Mix = only({ lookup: 0.5, translate: 0.3, copy: 0.2 });
-/** Phase 3: the games (play, reflection) with the drills still a third of the documents. */
+/** Phase 3: the games (play, reflection), with the drills still 53% of the documents. */
 export const GAME_MIX: Mix = {
   rulePlay: 0.22,
   secondPlay: 0.05,

@@ -48,8 +48,3 @@ export function drawPermutedReference(rng: Rng): FlSymbols {
   const [agentInHole, agentOnGoal] = rng.shuffle(["X", "√"]) as [string, string];
   return { agent, goal, hole, frozen, agentInHole, agentOnGoal };
 }
-
-/** A random sub-pool of `size` letters (curriculum warm-up: fewer letters to tell apart). */
-export function drawPool(rng: Rng, size: number): string[] {
-  return rng.shuffle(SYMBOL_POOL).slice(0, Math.max(FL_ROLES.length, Math.min(size, SYMBOL_POOL.length)));
-}

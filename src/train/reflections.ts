@@ -200,7 +200,7 @@ export function reflectionsMarkdown(s: ReflectionSummary, runDir: string): strin
     );
   out.push("", "## Reflections that helped (failed first attempt, successful retry)", "");
   out.push(s.helped.length ? s.helped.map(exampleMd).join("\n") : "None.", "");
-  out.push("## Reflections that misled (wrong claims, failed retry)", "");
+  out.push("## Reflections that misled (failed retry; on FrozenLake, with a wrong role claim)", "");
   out.push(s.misled.length ? s.misled.map(exampleMd).join("\n") : "None.", "");
   out.push("## Memory", "");
   if (s.memory.length === 0) out.push("No memory writes (memory disabled, or no retry succeeded).");
