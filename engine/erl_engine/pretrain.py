@@ -72,12 +72,14 @@ def read_docs(path: str) -> list[dict[str, Any]]:
     return docs
 
 
-def fit_tokenizer(corpus: str, out: str, vocab: int, shards: int = 4, max_len: int = 2048) -> None:
-    """Byte-level BPE fitted to the corpus text, plus one atomic token per board cell."""
+def fit_tokenizer(corpus: str, out: str, vocab: int, shards: int = 4, max_len: int = 2048, end: int = 0) -> None:
+    """Byte-level BPE fitted to the corpus text, plus one atomic token per board cell. Fitted on the
+    `shards` shards before shard `end` (0: the corpus's last shards)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    files = shard_files(corpus)[-shards:]  # the last shards: every document kind, every board size
+    files = shard_files(corpus)
+    files = (files[:end] if end > 0 else files)[-shards:]  # late shards: every document kind, every board size
     if not files:
         raise SystemExit(f"{corpus}: no shard-*.jsonl files to fit the tokenizer on")
 
@@ -215,11 +217,22 @@ def batches_of(rows: list[tuple[list[int], list[float], str]], budget: int, rng:
     return out
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    frac = min(1.0, (step - args.warmup) / max(1, args.total_steps - args.warmup))
-    return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+def warmup_cosine(step: int, peak: float, warmup: int, total: int, min_frac: float) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine down to `peak * min_frac` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def lr_at(step: int, args: argparse.Namespace, restart_step: int | None = None) -> float:
+    """The schedule: one warm-up + cosine over `total_steps`; from `restart_step` on (the step at which
+    training first read shard `--restart-shard`), a second warm-up + cosine peaking at `--restart-lr`
+    over `--restart-steps`. The restart is tied to a shard, not a step count, so a run resumed from a
+    checkpoint taken before the new phase and a run from scratch get the same schedule."""
+    if restart_step is not None and step >= restart_step:
+        return warmup_cosine(step - restart_step, args.restart_lr, args.warmup, args.restart_steps, args.min_lr_frac)
+    return warmup_cosine(step, args.lr, args.warmup, args.total_steps, args.min_lr_frac)
 
 
 def save_ckpt(path: str, state: dict[str, Any]) -> None:
@@ -289,7 +302,10 @@ def train(args: argparse.Namespace) -> None:
                 inp[b, :n] = torch.tensor(ids[:-1])
                 tgt[b, :n] = torch.tensor(ids[1:])
                 w[b, :n] = torch.tensor(ws[1:])
-            lr = lr_at(st["step"], args)
+            if args.restart_shard > 0 and st["shard"] >= args.restart_shard and st.get("restart_step") is None:
+                st["restart_step"] = st["step"]
+                print(json.dumps({"restart": st["step"], "shard": st["shard"], "lr": args.restart_lr}), flush=True)
+            lr = lr_at(st["step"], args, st.get("restart_step"))
             for g in opt.param_groups:
                 g["lr"] = lr
             logp, _ = token_logprobs(model, inp, tgt, autocast)
@@ -364,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out", required=True)
     t.add_argument("--vocab", type=int, default=2048)
     t.add_argument("--shards", type=int, default=4)
+    t.add_argument("--end", type=int, default=0, help="fit on the shards before this one (0: the last ones)")
     r = sub.add_parser("train")
     r.add_argument("--corpus", required=True)
     r.add_argument("--work", required=True)
@@ -376,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--warmup", type=int, default=60)
     r.add_argument("--total-steps", type=int, default=8000)
     r.add_argument("--max-steps", type=int, default=10**9)
+    r.add_argument("--restart-shard", type=int, default=0, help="start a second warm-up + cosine when this shard is first read (0: never)")
+    r.add_argument("--restart-lr", type=float, default=3e-4)
+    r.add_argument("--restart-steps", type=int, default=4000)
     r.add_argument("--minutes", type=float, default=0.0)
     r.add_argument("--batch-tokens", type=int, default=4096)
     r.add_argument("--max-len", type=int, default=1700)
@@ -391,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--bf16-weights", type=int, default=0)
     args = ap.parse_args(argv)
     if args.cmd == "tokenizer":
-        fit_tokenizer(args.corpus, args.out, args.vocab, args.shards)
+        fit_tokenizer(args.corpus, args.out, args.vocab, args.shards, end=args.end)
     elif args.cmd == "train":
         train(args)
     else:

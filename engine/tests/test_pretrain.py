@@ -85,3 +85,17 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert pretrain.lr_at(60, a) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
     assert pretrain.lr_at(110, a) == pytest.approx(1e-4)
     assert pretrain.lr_at(500, a) == pytest.approx(1e-4)
+
+
+def test_lr_schedule_restarts_at_the_recorded_step():
+    a = argparse.Namespace(
+        lr=1e-3, warmup=10, total_steps=110, min_lr_frac=0.1, restart_lr=3e-4, restart_steps=210
+    )
+    # Before the restart (or with none recorded) the first schedule holds.
+    assert pretrain.lr_at(150, a, restart_step=200) == pytest.approx(1e-4)
+    assert pretrain.lr_at(250, a) == pytest.approx(1e-4)
+    # From the restart step: a second warm-up to the new peak, then its own cosine to the floor.
+    assert pretrain.lr_at(200, a, restart_step=200) == pytest.approx(3e-5)
+    assert pretrain.lr_at(209, a, restart_step=200) == pytest.approx(3e-4)
+    assert pretrain.lr_at(310, a, restart_step=200) == pytest.approx(3e-4 * (0.1 + 0.9 * 0.5))
+    assert pretrain.lr_at(410, a, restart_step=200) == pytest.approx(3e-5)

@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { UserError } from "../util/errors.ts";
-import { shardPath, writeShard } from "../pretrain/generate.ts";
+import { CONSOLIDATE_AT, DEFAULT_SHARDS, shardPath, writeShard } from "../pretrain/generate.ts";
 import { measureAcceptance } from "../pretrain/acceptance.ts";
 
 const HELP = `erl pretrain --recipe tiny [options]
@@ -28,11 +28,13 @@ Options:
                         through the engine and write <out>/acceptance.json
   --limit N             eval: only the first N test tasks
   --modes LIST          eval: greedy,sampled (default both)
-  --shards N            corpus shards (default 400; --ci 2)
+  --shards N            corpus shards (default ${DEFAULT_SHARDS}; --ci 2); the last fifth is the
+                        consolidation phase, which restarts the LR schedule
   --docs-per-shard N    documents per shard (default 400; --ci 40)
   --minutes M           stop training after M minutes (a checkpoint is written; resume later)
-  --steps N             total optimizer steps planned (sets the LR schedule; default 9000; --ci 3)
-  --threads N           torch threads for training (default 1; 2 is faster on an otherwise idle 2-core machine)
+  --steps N             optimizer steps planned before consolidation (the first cosine; default 9000; --ci 3)
+  --consolidate-steps N steps of the consolidation's cosine (default 5000, about its 100 shards)
+  --threads N           torch threads for training and eval (default 1; 2 is faster on an otherwise idle 2-core machine)
   --python PATH         Python with torch + transformers (default .venv/bin/python)
 `;
 
@@ -59,6 +61,7 @@ export async function run(args: string[]): Promise<number> {
       "docs-per-shard": { type: "string" },
       minutes: { type: "string" },
       steps: { type: "string" },
+      "consolidate-steps": { type: "string" },
       threads: { type: "string" },
       python: { type: "string" },
       limit: { type: "string" },
@@ -79,7 +82,7 @@ export async function run(args: string[]): Promise<number> {
   const seed = int("seed", values.seed, 1);
   const work = resolve(values.work ?? (ci ? "runs/pretrain-tiny-ci" : "runs/pretrain-tiny"));
   const out = resolve(values.out ?? (ci ? join(work, "model") : "models/erl-tiny"));
-  const shards = int("shards", values.shards, ci ? 2 : 400);
+  const shards = int("shards", values.shards, ci ? 2 : DEFAULT_SHARDS);
   const docs = int("docs-per-shard", values["docs-per-shard"], ci ? 40 : 400);
   const steps = int("steps", values.steps, ci ? 3 : 9000);
   const python = values.python ?? ".venv/bin/python";
@@ -118,11 +121,26 @@ export async function run(args: string[]): Promise<number> {
       ci ? "600" : "2048",
       "--shards",
       ci ? "2" : "4",
+      // The last shards before consolidation, so that adding consolidation shards left the shipped
+      // tokenizer (fitted on shards 396–399) unchanged.
+      "--end",
+      String(Math.round(shards * CONSOLIDATE_AT)),
     ]);
   }
   if (want("train")) {
     const argv = ["train", "--corpus", corpus, "--work", work, "--tokenizer", tokDir, "--seed", String(seed)];
     argv.push("--preset", ci ? "ci" : "tiny", "--total-steps", String(steps));
+    // Consolidation restarts the LR schedule when its first shard is read (peak 3e-4, a third of the first).
+    const restartShard = Math.round(shards * CONSOLIDATE_AT);
+    if (restartShard > 0 && restartShard < shards)
+      argv.push(
+        "--restart-shard",
+        String(restartShard),
+        "--restart-lr",
+        "3e-4",
+        "--restart-steps",
+        String(int("consolidate-steps", values["consolidate-steps"], 5000)),
+      );
     const threads = int("threads", values.threads, 1);
     if (threads < 1) throw new UserError(`--threads: expected at least 1, got ${threads}`);
     argv.push("--threads", String(threads));
@@ -145,6 +163,7 @@ export async function run(args: string[]): Promise<number> {
       limit: values.limit === undefined ? undefined : int("limit", values.limit, 100),
       seed,
       modes: modes as ("greedy" | "sampled")[],
+      threads: Math.max(1, int("threads", values.threads, 1)),
       log: (line) => console.log(line),
     });
     const file =

@@ -265,7 +265,9 @@ export class Run {
     const rawState = str(status.state);
     const pid = num(status.pid);
     let state: RunState =
-      rawState === "running" || rawState === "finished" || rawState === "failed" ? rawState : "unknown";
+      rawState === "running" || rawState === "finished" || rawState === "failed" || rawState === "stopped"
+        ? rawState
+        : "unknown";
     let error = typeof status.error === "string" ? status.error : null;
     if (state === "running" && pid !== null && !processAlive(pid)) {
       state = "stopped";

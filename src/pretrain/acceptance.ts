@@ -7,7 +7,8 @@
  *   trace, reward, feedback) → a second attempt under the extracted rulebook; success on those
  *   retries, and how often the reflection's role claims are correct.
  * Each figure is measured greedily and sampled (attempts at temperature 0.7, top-p 0.8, top-k 20;
- * reflections at 0.5, top-p 0.9, as in the spec).
+ * reflections at 0.5, top-p 0.9, as in the spec). Sokoban's S0 and S_rule (the environment's own
+ * reference rulebook) are measured the same way on its test split.
  */
 import { EngineBackend, type ModelBackend } from "../agent/backend.ts";
 import { runEpisodes, sampleReplies, type LoopSettings, type SamplingSettings } from "../agent/loop.ts";
@@ -15,6 +16,7 @@ import { compactProfile, findRulebook, rulebookFromReflection } from "../agent/p
 import { startEngine } from "../engine/client.ts";
 import type { ChatMessage } from "../engine/api.ts";
 import { FROZENLAKE_SYMBOLS, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
+import { SokobanFamily, type SokobanTask } from "../envs/sokoban.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
 
@@ -91,6 +93,15 @@ export interface ModeFigures {
   examples: { kind: string; messages: ChatMessage[] }[];
 }
 
+/** Sokoban: first attempts without and with the environment's reference rulebook. */
+export interface SokobanFigures {
+  mode: "greedy" | "sampled";
+  tasks: number;
+  s0: number;
+  sRule: number;
+  bySize: { s0: Record<string, [number, number]>; sRule: Record<string, [number, number]> };
+}
+
 export interface AcceptanceReport {
   model: string;
   split: "test";
@@ -98,6 +109,7 @@ export interface AcceptanceReport {
   seed: number;
   seconds: number;
   modes: ModeFigures[];
+  sokoban: SokobanFigures[];
 }
 
 const LOOP: LoopSettings = {
@@ -116,7 +128,7 @@ export function bySize(
 ): Record<string, [number, number]> {
   const out: Record<string, [number, number]> = {};
   for (const o of outcomes) {
-    const e = (out[String((o.request.task as FrozenLakeTask).size)] ??= [0, 0]);
+    const e = (out[String((o.request.task as { size: number }).size)] ??= [0, 0]);
     e[0] += o.success ? 1 : 0;
     e[1]++;
   }
@@ -136,8 +148,7 @@ async function measureMode(
   // rulebooks); `referenceRule` below is the environment's own prose rulebook, for comparison.
   const ruled = rulebookSystemPrompt(tableRulebookText({ roles: { ...env.symbols }, notes: [] }), parts);
   const referenceRuled = rulebookSystemPrompt(parts.referenceRulebook ?? "", parts);
-  const attempt: SamplingSettings =
-    mode === "greedy" ? { temperature: 0 } : { temperature: 0.7, topP: 0.8, topK: 20 };
+  const attempt = samplingFor(mode);
   const reflect: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.5, topP: 0.9 };
   const deps = { env, model, rng, settings: LOOP };
   const first = await runEpisodes(
@@ -204,6 +215,34 @@ async function measureMode(
   };
 }
 
+const samplingFor = (mode: "greedy" | "sampled"): SamplingSettings =>
+  mode === "greedy" ? { temperature: 0 } : { temperature: 0.7, topP: 0.8, topK: 20 };
+
+async function measureSokoban(
+  mode: "greedy" | "sampled",
+  model: ModelBackend,
+  env: SokobanFamily,
+  tasks: readonly SokobanTask[],
+  rng: Rng,
+): Promise<SokobanFigures> {
+  const parts = env.prompt();
+  const deps = { env, model, rng, settings: LOOP };
+  const run = (kind: string, system: string) =>
+    runEpisodes(
+      tasks.map((task, i) => ({ id: `${kind}-${i}`, task, system, sampling: samplingFor(mode) })),
+      deps,
+    );
+  const first = await run("sokoban-s0", compactProfile.initialSystemPrompt(parts));
+  const withRules = await run("sokoban-rule", rulebookSystemPrompt(parts.referenceRulebook ?? "", parts));
+  return {
+    mode,
+    tasks: tasks.length,
+    s0: rate(first.map((o) => o.success)),
+    sRule: rate(withRules.map((o) => o.success)),
+    bySize: { s0: bySize(first), sRule: bySize(withRules) },
+  };
+}
+
 export async function measureAcceptance(opts: {
   modelDir: string;
   limit?: number;
@@ -223,11 +262,24 @@ export async function measureAcceptance(opts: {
     const env = new FrozenLakeFamily();
     const all = env.loadSplit("test");
     const tasks = all.slice(0, opts.limit ?? all.length);
+    const sokobanEnv = new SokobanFamily();
+    const sokobanAll = sokobanEnv.loadSplit("test");
+    const sokobanTasks = sokobanAll.slice(0, opts.limit ?? sokobanAll.length);
     const modes: ModeFigures[] = [];
+    const sokoban: SokobanFigures[] = [];
     for (const mode of opts.modes ?? ["greedy", "sampled"]) {
       const figures = await measureMode(mode, model, env, tasks, new Rng(`acceptance/${seed}/${mode}`));
       opts.log?.(JSON.stringify({ ...figures, examples: figures.examples.length }));
       modes.push(figures);
+      const sk = await measureSokoban(
+        mode,
+        model,
+        sokobanEnv,
+        sokobanTasks,
+        new Rng(`acceptance/${seed}/sokoban/${mode}`),
+      );
+      opts.log?.(JSON.stringify({ sokoban: sk }));
+      sokoban.push(sk);
     }
     return {
       model: opts.modelDir,
@@ -236,6 +288,7 @@ export async function measureAcceptance(opts: {
       seed,
       seconds: Math.round((Date.now() - t0) / 1000),
       modes,
+      sokoban,
     };
   } finally {
     await engine.close();

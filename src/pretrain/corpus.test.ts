@@ -1,4 +1,5 @@
 import { test } from "node:test";
+import { createHash } from "node:crypto";
 import assert from "node:assert/strict";
 import { Rng } from "../util/rng.ts";
 import { frozenLakePrompt, FROZENLAKE_SYMBOLS, type FrozenLakeTask } from "../envs/frozenlake.ts";
@@ -21,6 +22,16 @@ import {
 } from "./frozenlake-corpus.ts";
 import { bySize, checkClaims } from "./acceptance.ts";
 import { docLine, phaseAt, shardDocs } from "./generate.ts";
+
+/** Fingerprints of shards 0, 150, 260, 310, 399 and 450 (seed 1, 500 planned, 400 docs each). */
+const FINGERPRINTS = [
+  "b0540f9c6d887690",
+  "694f8c3febf479eb",
+  "ec0bed452d7b94bb",
+  "931b47018b510ec4",
+  "6598ab24b6d64b5f",
+  "6439c1541ac57dd3",
+];
 
 const FULL: Curriculum = { pool: SYMBOL_POOL, maxSize: 9 };
 const TABLE: Curriculum = { pool: "permuted-reference", maxSize: 9, rulebook: "table" };
@@ -66,19 +77,27 @@ test("the reduced-hiding draw gives each of A, B, C, D every board role equally 
     for (const letter of ["X", "√"])
       assert.ok(Math.abs((counts.get(`${role}:${letter}`) ?? 0) - N / 2) < 300);
   // Every phase of the recipe uses this draw, with table rulebooks, and boards grow only in the games.
-  for (const p of [0, 0.3, 0.55, 0.7, 0.99]) {
+  for (const p of [0, 0.3, 0.55, 0.7, 0.9]) {
     const ph = phaseAt(p);
     assert.equal(ph.curriculum.pool, "permuted-reference");
     assert.equal(ph.curriculum.rulebook, "table");
   }
+  // Shard index / 500 planned shards: copy 0–99, look-up 100–199, games 200–399 (boards ≤ 4 to 259,
+  // ≤ 6 to 309, then ≤ 9), consolidation 400–499.
   assert.deepEqual(
-    [0.1, 0.3, 0.55, 0.7, 0.99].map((p) => [phaseAt(p).name, phaseAt(p).curriculum.maxSize]),
+    [50, 150, 259, 260, 309, 310, 399, 400].map((i) => [
+      phaseAt(i / 500).name,
+      phaseAt(i / 500).curriculum.maxSize,
+    ]),
     [
       ["copy", 4],
       ["lookup", 4],
       ["games", 4],
       ["games", 6],
+      ["games", 6],
       ["games", 9],
+      ["games", 9],
+      ["consolidate", 9],
     ],
   );
 });
@@ -207,12 +226,47 @@ test("copy drills repeat the user's cells verbatim; the phases hold the document
     assert.equal(doc.messages[1]!.content, user.slice("Copy:".length));
   }
   const kinds = (index: number) =>
-    new Set<string>(shardDocs({ seed: 1, index, total: 400, docs: 200 }).map((d) => d.kind));
+    new Set<string>(shardDocs({ seed: 1, index, total: 500, docs: 200 }).map((d) => d.kind));
   assert.deepEqual([...kinds(10)], ["copy"]);
   assert.deepEqual([...kinds(150)].sort(), ["copy", "lookup", "translate"]);
-  const games = kinds(300);
-  for (const k of ["copy", "lookup", "translate", "rule-play", "reflection", "free-play"])
-    assert.ok(games.has(k), k);
+  for (const index of [300, 450]) {
+    const games = kinds(index);
+    for (const k of ["copy", "lookup", "translate", "rule-play", "reflection", "free-play"])
+      assert.ok(games.has(k), `${k} in shard ${index}`);
+  }
+});
+
+test("consolidation draws about 80% of its boards at side 5–9 and labels its translation drills", () => {
+  const docs = shardDocs({ seed: 1, index: 450, total: 500, docs: 400 });
+  const boards = docs.filter((d) => d.meta.task !== undefined).map((d) => d.meta.task!.size);
+  const large = boards.filter((n) => n >= 5).length / boards.length;
+  assert.ok(Math.abs(large - 0.8) < 0.08, `large-board share ${large.toFixed(2)}`);
+  assert.ok(boards.every((n) => n >= 2 && n <= 9));
+  const translations = docs.filter((d) => d.kind === "translate");
+  assert.ok(translations.length > 20);
+  for (const d of translations) {
+    const user = d.messages[1]!.content;
+    assert.ok(user.startsWith("Translate:\n"), user);
+    // The drill's user turn no longer looks like a game's first turn (which opens with the step count).
+    assert.ok(!/steps?/i.test(user.split("\n")[0]!));
+  }
+  // Earlier phases keep the bare board (the shards the shipped model was first trained on).
+  const early = shardDocs({ seed: 1, index: 150, total: 500, docs: 200 }).find(
+    (d) => d.kind === "translate",
+  )!;
+  assert.ok(!early.messages[1]!.content.startsWith("Translate:"));
+});
+
+test("the shipped model's corpus is unchanged: fingerprints of shards from every phase", () => {
+  // sha256 of the shard lines for seed 1 in the default 500-shard plan. Any change to the document
+  // makers, the draws or the phase boundaries moves these; the shipped erl-tiny was trained on them
+  // (docs/erl-tiny.md), so such a change needs a new recipe version and a retrained model.
+  const fingerprint = (index: number) =>
+    createHash("sha256")
+      .update(shardDocs({ seed: 1, index, total: 500, docs: 400 }).map(docLine).join("\n"))
+      .digest("hex")
+      .slice(0, 16);
+  assert.deepEqual([0, 150, 260, 310, 399, 450].map(fingerprint), FINGERPRINTS);
 });
 
 test("acceptance figures split by board side count successes and tasks per side", () => {

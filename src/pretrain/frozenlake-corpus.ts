@@ -67,8 +67,18 @@ export interface RoleClaim {
 export interface Curriculum {
   /** Letters to draw roles from, or "permuted-reference" for a random permutation of A–D (and X/√). */
   pool: readonly string[] | "permuted-reference";
-  /** Largest board side (smallest is 2). */
+  /** Largest board side. */
   maxSize: number;
+  /** Smallest board side (default 2). */
+  minSize?: number;
+  /** Share of documents drawn on boards of side 5–9 (the rest 2–4); resolved per document by the shard writer. */
+  large?: number;
+  /**
+   * Translation drills ask with "Translate:" and the board instead of the bare board. The bare form
+   * opens exactly like a game's first turn under a rulebook, which taught the model to answer a
+   * game's first board with a translation.
+   */
+  labelledTranslate?: boolean;
   /**
    * How rulebooks name the letters: "prose" ("B is the goal", the environment's reference shape, or
    * that reference rulebook itself) or "table" (one line per letter: the letter as a board cell,
@@ -94,9 +104,10 @@ const cell = (letter: string): string => ` ${letter} \t`;
 // ---------------------------------------------------------------------------------------------
 // Tasks and the teacher
 
-/** A fresh task (reference generator, own seed) with side in [2, maxSize]. */
-export function drawTask(rng: Rng, maxSize: number): FrozenLakeTask {
-  const size = rng.intBetween(2, Math.max(2, Math.min(9, maxSize)));
+/** A fresh task (reference generator, own seed) with side in [minSize, maxSize] (within 2–9). */
+export function drawTask(rng: Rng, maxSize: number, minSize = 2): FrozenLakeTask {
+  const hi = Math.max(2, Math.min(9, maxSize));
+  const size = rng.intBetween(Math.min(hi, Math.max(2, minSize)), hi);
   const p = rng.uniform(0.6, 0.85);
   const { map, start, goal } = generateFrozenLakeMap(rng, size, p);
   return { id: `corpus-${size}`, env: "frozenlake", size, map, start, goal };
@@ -337,7 +348,7 @@ function allFacts(sym: FrozenLakeSymbols, withMarks: boolean): RulebookFacts {
 
 export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize);
   const parts = frozenLakePrompt(sym);
   // Half the time the environment's reference rulebook (what diagnostics use), otherwise the shape a
   // reflection writes (sometimes without the end-of-game marks, which a failed trace never shows).
@@ -362,7 +373,7 @@ export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 
 export function freePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize);
   const parts = frozenLakePrompt(sym);
   const played = play(task, sym, compactProfile.initialSystemPrompt(parts), () =>
     reply(FREE_THINK, randomMove(rng)),
@@ -453,7 +464,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   // rulebook. Retry until the attempt fails (reflections only follow failures).
   const underRules = rng.next() < 0.3;
   for (;;) {
-    const task = drawTask(rng, cur.maxSize);
+    const task = drawTask(rng, cur.maxSize, cur.minSize);
     const dist = goalDistances(task);
     const facts = allFacts(sym, rng.next() < 0.5);
     const shown = underRules
@@ -504,7 +515,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
  */
 export function secondPlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize);
   const parts = frozenLakePrompt(sym);
   const roles: Partial<Record<FlRole, string>> = { agent: sym.agent, goal: sym.goal, frozen: sym.frozen };
   if (rng.next() < 0.8) roles.hole = sym.hole;
@@ -567,7 +578,7 @@ export function lookupDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 
 export function translateDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize);
   const { system, roles } = drillRulebook(rng, sym, cur.rulebook);
   const episode = new FrozenLakeEpisode(task, sym);
   const rows: string[] = [];
@@ -583,7 +594,10 @@ export function translateDoc(rng: Rng, cur: Curriculum): CorpusDoc {
     kind: "translate",
     messages: [
       { role: "system", content: system },
-      { role: "user", content: episode.initialObservation },
+      {
+        role: "user",
+        content: cur.labelledTranslate ? `Translate:\n${episode.board()}` : episode.initialObservation,
+      },
       { role: "assistant", content: rows.join("\n") },
     ],
     observationWeight: 0,

@@ -1,8 +1,9 @@
 /**
  * The corpus writer: shards of JSONL documents (one chat per line) drawn from the FrozenLake
- * document makers in three phases — copy drills, look-up drills, then the games on boards growing
- * from 4×4 to 9×9. Shard `i` depends only on (seed, i), so shards can be written ahead of a
- * training run or on demand while it runs, and any shard can be regenerated identically.
+ * document makers in four phases — copy drills, look-up drills, the games on boards growing from
+ * 4×4 to 9×9, then a consolidation on mostly large boards. Shard `i` depends only on (seed, i,
+ * planned shards), so shards can be written ahead of a training run or on demand while it runs, and
+ * any shard can be regenerated identically.
  */
 import { mkdirSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -61,12 +62,32 @@ export const GAME_MIX: Mix = {
   copy: 0.2,
 };
 
-/** Where phases 2 and 3 begin, as fractions of the planned shards. */
-export const LOOKUP_AT = 1 / 4;
-export const GAMES_AT = 1 / 2;
+/**
+ * Phase 4: the games again with fewer drills (copy and look-up are learned by then; the relabelled
+ * translation drill stays), mostly on boards of side 5–9, where phase 3 left the model weakest.
+ */
+export const CONSOLIDATE_MIX: Mix = {
+  rulePlay: 0.34,
+  secondPlay: 0.08,
+  freePlay: 0.06,
+  reflection: 0.2,
+  lookup: 0.08,
+  translate: 0.14,
+  copy: 0.1,
+};
+/** Phase 4's share of documents on boards of side 5–9 (the rest are 2–4). */
+export const CONSOLIDATE_LARGE = 0.8;
+
+/** Where phases 2, 3 and 4 begin, as fractions of the planned shards. */
+export const LOOKUP_AT = 1 / 5;
+export const GAMES_AT = 2 / 5;
+export const CONSOLIDATE_AT = 4 / 5;
+
+/** Planned shards by default: 100 per drill phase, 200 of games, 100 of consolidation. */
+export const DEFAULT_SHARDS = 500;
 
 export interface Phase {
-  name: "copy" | "lookup" | "games";
+  name: "copy" | "lookup" | "games" | "consolidate";
   mix: Mix;
   curriculum: Curriculum;
 }
@@ -76,15 +97,29 @@ export interface Phase {
  * see docs/erl-tiny.md and the experiment log for why). Letters are always a random permutation of
  * the reference letters, drawn per document (`drawPermutedReference`), and rulebooks are "table"
  * rulebooks (`tableRulebookText`). Boards stay at side ≤ 4 through the drills and the first 30% of
- * the games, then ≤ 6 until 55% of the games, then up to 9 (the test split's largest).
+ * the games, then ≤ 6 until 55% of the games, then up to 9 (the test split's largest). The
+ * consolidation phase draws 80% of its boards at side 5–9 (`large`), and its translation drills
+ * ask with a "Translate:" line so that they no longer open like a game (`labelledTranslate`).
+ *
+ * The first three phases occupy the same shards of the 500-shard plan as they did of the earlier
+ * 400-shard plan (boundaries scaled by 4/5), so a model trained on those 400 shards continues into
+ * phase 4 on the very corpus a from-scratch run would see.
  */
 export function phaseAt(progress: number): Phase {
   const small: Curriculum = { pool: "permuted-reference", maxSize: 4, rulebook: "table" };
   if (progress < LOOKUP_AT) return { name: "copy", mix: COPY_MIX, curriculum: small };
   if (progress < GAMES_AT) return { name: "lookup", mix: LOOKUP_MIX, curriculum: small };
-  const g = (progress - GAMES_AT) / (1 - GAMES_AT);
-  const maxSize = g < 0.3 ? 4 : g < 0.55 ? 6 : 9;
-  return { name: "games", mix: GAME_MIX, curriculum: { ...small, maxSize } };
+  if (progress < CONSOLIDATE_AT) {
+    // Rounded so that shards on a size boundary fall on the same side in any plan length.
+    const g = Math.round(((progress - GAMES_AT) / (CONSOLIDATE_AT - GAMES_AT)) * 1e9) / 1e9;
+    const maxSize = g < 0.3 ? 4 : g < 0.55 ? 6 : 9;
+    return { name: "games", mix: GAME_MIX, curriculum: { ...small, maxSize } };
+  }
+  return {
+    name: "consolidate",
+    mix: CONSOLIDATE_MIX,
+    curriculum: { ...small, maxSize: 9, large: CONSOLIDATE_LARGE, labelledTranslate: true },
+  };
 }
 
 const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
@@ -117,13 +152,23 @@ export interface ShardSpec {
   mix?: Mix;
 }
 
+/**
+ * A phase with a `large` share draws, per document, either a large board (side 5–9) or a small one
+ * (2–4); other phases pass through untouched (and draw nothing, so their shards are unchanged).
+ */
+function sizedCurriculum(rng: Rng, cur: Curriculum): Curriculum {
+  if (cur.large === undefined) return cur;
+  return rng.next() < cur.large ? { ...cur, minSize: 5, maxSize: 9 } : { ...cur, maxSize: 4 };
+}
+
 /** The documents of one shard. */
 export function shardDocs(spec: ShardSpec): CorpusDoc[] {
   const rng = new Rng(`erl-tiny/${spec.seed}/shard/${spec.index}`);
   const out: CorpusDoc[] = [];
   for (let i = 0; i < spec.docs; i++) {
     const phase = phaseAt((spec.index + i / spec.docs) / Math.max(1, spec.total));
-    out.push(MAKERS[pickKind(rng, spec.mix ?? phase.mix)](rng, phase.curriculum));
+    const kind = pickKind(rng, spec.mix ?? phase.mix);
+    out.push(MAKERS[kind](rng, sizedCurriculum(rng, phase.curriculum)));
   }
   return out;
 }

@@ -56,6 +56,48 @@ test("erl pretrain --recipe tiny --ci runs end to end and the export loads throu
     } finally {
       await engine.close();
     }
+
+    // The acceptance stage runs on the toy model and writes every figure (FrozenLake and Sokoban).
+    const evalRun = spawnSync(
+      process.execPath,
+      [
+        "bin/erl.mjs",
+        "pretrain",
+        "--recipe",
+        "tiny",
+        "--ci",
+        "--work",
+        work,
+        "--stage",
+        "eval",
+        "--limit",
+        "2",
+        "--modes",
+        "greedy",
+      ],
+      { encoding: "utf8" },
+    );
+    assert.equal(evalRun.status, 0, evalRun.stderr + evalRun.stdout);
+    const report = JSON.parse(readFileSync(join(work, "acceptance-quick.json"), "utf8")) as {
+      modes: { mode: string; tasks: number; s0: number; sRule: number; retries: number }[];
+      sokoban: { mode: string; tasks: number; s0: number; sRule: number; bySize: { sRule: object } }[];
+    };
+    assert.deepEqual(
+      report.modes.map((m) => [m.mode, m.tasks]),
+      [["greedy", 2]],
+    );
+    assert.deepEqual(
+      report.sokoban.map((m) => [m.mode, m.tasks]),
+      [["greedy", 2]],
+    );
+    for (const f of [...report.modes, ...report.sokoban])
+      for (const x of [f.s0, f.sRule]) assert.ok(x >= 0 && x <= 1);
+    const sizes = Object.values(report.sokoban[0]!.bySize.sRule as Record<string, [number, number]>);
+    assert.equal(
+      sizes.reduce((n, [, tasks]) => n + tasks, 0),
+      2,
+      "every Sokoban task counted once by size",
+    );
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -16,12 +16,11 @@ import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts"
 const MODEL = fileURLToPath(new URL("../../models/erl-tiny/", import.meta.url));
 
 /**
- * Recorded with the shipped checkpoint: test task 28 (4×4), the correct table rulebook, temperature 0.
- * The first reply is a translation of the board, not a move (the recipe's translation drill shows the
- * same first board under the same rulebook: see models/erl-tiny/README.md), hence "invalid".
+ * Recorded with the shipped checkpoint (step 14,210): test task 28 (4×4), the correct table
+ * rulebook, temperature 0. Five moves: the episode ends on the goal.
  */
 const TASK_INDEX = 28;
-const RECORDED_ACTIONS: readonly string[] = ["invalid", "down", "down", "right", "right", "right"];
+const RECORDED_ACTIONS: readonly string[] = ["down", "down", "right", "right", "up"];
 
 test("shipped erl-tiny: loads through the engine and replays the recorded greedy episode", async () => {
   const engine = await startEngine({ env: { OMP_NUM_THREADS: "1" } });
@@ -58,6 +57,7 @@ test("shipped erl-tiny: loads through the engine and replays the recorded greedy
     );
     const actions = outcome!.turns.map((t) => parseDirection(t.text) ?? "invalid");
     assert.deepEqual(actions, RECORDED_ACTIONS);
+    assert.equal(outcome!.success, true);
   } finally {
     await engine.close();
   }

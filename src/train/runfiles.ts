@@ -21,7 +21,8 @@ export const JSONL_FILES = ["metrics", "rollouts", "memory"] as const;
 export type JsonlName = (typeof JSONL_FILES)[number];
 export type Offsets = Record<JsonlName, number>;
 
-export type RunState = "running" | "finished" | "failed";
+/** "stopped": interrupted by SIGINT or SIGTERM (Ctrl-C); the last checkpoint stands and --resume continues. */
+export type RunState = "running" | "finished" | "failed" | "stopped";
 
 export interface RunStatus {
   state: RunState;

@@ -266,30 +266,37 @@ test("a run directory shorter than its checkpoint says is reported as damaged", 
   );
 });
 
+/**
+ * A counter-model run config in a fresh directory, its uninterrupted reference run (with the child's
+ * step delays, timed), where the interrupted run goes, and the child script that trains it.
+ */
+async function childRunFixture(steps: number) {
+  const root = tmp();
+  const config = counterConfig({ steps, batchSize: 2 });
+  const configFile = join(root, "config.json");
+  writeFileSync(configFile, JSON.stringify(config));
+  const ref = join(root, "ref");
+  const t0 = performance.now();
+  await runTraining({
+    config,
+    runDir: ref,
+    resume: false,
+    deps: counterDeps({ delayMs: 10 }),
+    progress: quiet(),
+  });
+  const refMs = performance.now() - t0;
+  const child = fileURLToPath(new URL("./testkit-child.ts", import.meta.url));
+  return { root, config, configFile, ref, refMs, dir: join(root, "run"), child };
+}
+
 test(
   "kill -9 at random moments: the resumed run equals an uninterrupted one",
   { timeout: 120_000 },
   async () => {
     const seed = Date.now() % 100_000;
     const rng = new Rng(seed);
-    const root = tmp();
-    const config = counterConfig({ steps: 8, batchSize: 2 });
-    const configFile = join(root, "config.json");
-    writeFileSync(configFile, JSON.stringify(config));
-    const ref = join(root, "ref");
     // The reference uses the child's delays, so its duration tells how long a child run takes.
-    const t0 = performance.now();
-    await runTraining({
-      config,
-      runDir: ref,
-      resume: false,
-      deps: counterDeps({ delayMs: 10 }),
-      progress: quiet(),
-    });
-    const runMs = performance.now() - t0;
-
-    const dir = join(root, "run");
-    const child = fileURLToPath(new URL("./testkit-child.ts", import.meta.url));
+    const { root, configFile, ref, refMs: runMs, dir, child } = await childRunFixture(8);
     const runChild = (
       killAfterMs: number | null,
     ): Promise<{ code: number | null; signal: string | null; out: string }> =>
@@ -330,6 +337,55 @@ test(
     const status = JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as { state: string };
     assert.equal(status.state, "finished");
     assert.ok(new RunFiles(dir).exists());
+    rmSync(root, { recursive: true, force: true });
+  },
+);
+
+test(
+  "Ctrl-C (SIGINT) marks the run stopped, says how to resume, and the resumed run equals an uninterrupted one",
+  {
+    timeout: 60_000,
+  },
+  async () => {
+    const { root, config, configFile, ref, dir, child } = await childRunFixture(12);
+    const first = await new Promise<{ code: number | null; out: string }>((done, reject) => {
+      const p = spawn(process.execPath, ["--import", "tsx", child, configFile, dir], {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      let sent = false;
+      const onData = (d: Buffer): void => {
+        out += d.toString();
+        // Interrupt once the second step has been reported (a step is under way, none is final).
+        if (!sent && /step {2}2\/12/.test(out)) {
+          sent = true;
+          p.kill("SIGINT");
+        }
+      };
+      p.stdout.on("data", onData);
+      p.stderr.on("data", onData);
+      p.on("error", reject);
+      p.on("close", (code) => done({ code, out }));
+    });
+    assert.equal(first.code, 130, first.out);
+    assert.match(
+      first.out,
+      /SIGINT: .* stopped after step \d+\/12 \(last checkpoint: step \d+\); continue with: erl train --resume /,
+    );
+    const stopped = JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as {
+      state: string;
+      error: string;
+    };
+    assert.equal(stopped.state, "stopped");
+    assert.match(stopped.error, /interrupted by SIGINT/);
+    await runTraining({
+      config,
+      runDir: dir,
+      resume: true,
+      deps: counterDeps({ delayMs: 10 }),
+      progress: quiet(),
+    });
+    assert.deepEqual(normalised(dir), normalised(ref));
     rmSync(root, { recursive: true, force: true });
   },
 );

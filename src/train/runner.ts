@@ -38,7 +38,7 @@ import {
   CHECKPOINT_VERSION,
 } from "./checkpoint.ts";
 import { TaskCursor } from "./data.ts";
-import { processAlive, RunFiles } from "./runfiles.ts";
+import { processAlive, RunFiles, type RunState } from "./runfiles.ts";
 import { evalSummary, Progress, stepSummary } from "./progress.ts";
 
 export interface Algorithms {
@@ -220,7 +220,7 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
   const t0 = clock();
   const elapsed = (): number => elapsedBefore + (clock() - t0);
 
-  const status = (state: "running" | "finished" | "failed", step: number, error?: string): void =>
+  const status = (state: RunState, step: number, error?: string): void =>
     files.writeStatus({ state, step, totalSteps: cfg.steps, pid: process.pid, ...(error ? { error } : {}) });
   status("running", startStep);
   progress.line(
@@ -235,6 +235,20 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
   let step = startStep;
   let finalEval: RunSummary["finalEval"] = null;
   let finishedAt = startStep;
+  let checkpointed = startStep;
+  // Ctrl-C (or a polite kill): say so in status.json and how to go on, then exit. Files are appended
+  // whole and checkpoints written atomically, so the directory is consistent at any instant;
+  // --resume rolls back to the last checkpoint.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    status("stopped", finishedAt, `interrupted by ${signal} during step ${finishedAt + 1}`);
+    progress.clear();
+    process.stderr.write(
+      `\n${signal}: ${opts.runDir} stopped after step ${finishedAt}/${cfg.steps} (last checkpoint: step ${checkpointed}); continue with: erl train --resume ${opts.runDir}\n`,
+    );
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
   try {
     progress.line(`starting the engine and loading ${cfg.model.path}`);
     engine = await deps.startEngine(cfg, resolve(cfg.model.path));
@@ -331,6 +345,7 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
           (dir) => eng.saveState(dir),
           cfg.checkpoint.keep,
         );
+        checkpointed = step;
       }
       finishedAt = step;
       if (last) break;
@@ -348,6 +363,8 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
     (err as Error & { cause?: unknown }).cause = e;
     throw err;
   } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
     if (engine) await engine.close().catch(() => undefined);
   }
   return {
