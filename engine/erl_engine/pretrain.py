@@ -225,14 +225,39 @@ def warmup_cosine(step: int, peak: float, warmup: int, total: int, min_frac: flo
     return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def lr_at(step: int, args: argparse.Namespace, restart_step: int | None = None) -> float:
-    """The schedule: one warm-up + cosine over `total_steps`; from `restart_step` on (the step at which
-    training first read shard `--restart-shard`), a second warm-up + cosine peaking at `--restart-lr`
-    over `--restart-steps`. The restart is tied to a shard, not a step count, so a run resumed from a
-    checkpoint taken before the new phase and a run from scratch get the same schedule."""
-    if restart_step is not None and step >= restart_step:
-        return warmup_cosine(step - restart_step, args.restart_lr, args.warmup, args.restart_steps, args.min_lr_frac)
+def lr_at(step: int, args: argparse.Namespace, restart_step: int | list[int] | None = None) -> float:
+    """The schedule: one warm-up + cosine over `total_steps`; from each restart step on (the step at
+    which training first read one of the `--restart-shard` shards), a fresh warm-up + cosine peaking
+    at `--restart-lr` over `--restart-steps`, counted from the latest restart reached. Restarts are
+    tied to shards, not step counts, so a run resumed from a checkpoint taken before a new phase and a
+    run from scratch get the same schedule."""
+    starts = [restart_step] if isinstance(restart_step, int) else list(restart_step or [])
+    reached = [r for r in starts if step >= r]
+    if reached:
+        return warmup_cosine(step - max(reached), args.restart_lr, args.warmup, args.restart_steps, args.min_lr_frac)
     return warmup_cosine(step, args.lr, args.warmup, args.total_steps, args.min_lr_frac)
+
+
+def restart_shards(arg: str) -> list[int]:
+    """`--restart-shard`: comma-separated shard numbers ("400,500"); 0 or empty for none."""
+    try:
+        shards = sorted({int(x) for x in arg.split(",") if x.strip() != ""})
+    except ValueError:
+        raise SystemExit(f"--restart-shard: expected comma-separated shard numbers, got {arg!r}") from None
+    return [x for x in shards if x > 0]
+
+
+def record_restarts(st: dict[str, Any], shards: list[int]) -> None:
+    """Records in the state, once, the step at which each restart shard is first read. A state from
+    before restarts were a list (one `restart_step`) counts it as the first restart shard's."""
+    done: dict[str, int] = st.setdefault("restarts", {})
+    legacy = st.pop("restart_step", None)
+    if legacy is not None and shards and str(shards[0]) not in done:
+        done[str(shards[0])] = legacy
+    for sh in shards:
+        if st["shard"] >= sh and str(sh) not in done:
+            done[str(sh)] = st["step"]
+            print(json.dumps({"restart": st["step"], "shard": sh}), flush=True)
 
 
 def save_ckpt(path: str, state: dict[str, Any]) -> None:
@@ -277,6 +302,8 @@ def train(args: argparse.Namespace) -> None:
         save_ckpt(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "state": dict(st), "config": cfg.to_dict()})
 
     while st["step"] < args.max_steps:
+        if args.until_shard > 0 and st["shard"] >= args.until_shard:
+            break
         files = shard_files(args.corpus)
         if st["shard"] >= len(files):
             if args.wait_for_shards > 0:
@@ -302,10 +329,8 @@ def train(args: argparse.Namespace) -> None:
                 inp[b, :n] = torch.tensor(ids[:-1])
                 tgt[b, :n] = torch.tensor(ids[1:])
                 w[b, :n] = torch.tensor(ws[1:])
-            if args.restart_shard > 0 and st["shard"] >= args.restart_shard and st.get("restart_step") is None:
-                st["restart_step"] = st["step"]
-                print(json.dumps({"restart": st["step"], "shard": st["shard"], "lr": args.restart_lr}), flush=True)
-            lr = lr_at(st["step"], args, st.get("restart_step"))
+            record_restarts(st, restart_shards(args.restart_shard))
+            lr = lr_at(st["step"], args, list(st["restarts"].values()))
             for g in opt.param_groups:
                 g["lr"] = lr
             logp, _ = token_logprobs(model, inp, tgt, autocast)
@@ -393,10 +418,11 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--warmup", type=int, default=60)
     r.add_argument("--total-steps", type=int, default=8000)
     r.add_argument("--max-steps", type=int, default=10**9)
-    r.add_argument("--restart-shard", type=int, default=0, help="start a second warm-up + cosine when this shard is first read (0: never)")
+    r.add_argument("--restart-shard", default="", help="comma-separated shards; a fresh warm-up + cosine starts when each is first read")
     r.add_argument("--restart-lr", type=float, default=3e-4)
     r.add_argument("--restart-steps", type=int, default=4000)
     r.add_argument("--minutes", type=float, default=0.0)
+    r.add_argument("--until-shard", type=int, default=0, help="stop (with a checkpoint) before reading this shard (0: read them all)")
     r.add_argument("--batch-tokens", type=int, default=4096)
     r.add_argument("--max-len", type=int, default=1700)
     r.add_argument("--threads", type=int, default=1, help="1 is far faster than 2 on a busy 2-core machine (no OpenMP spin-waiting)")

@@ -99,3 +99,60 @@ def test_lr_schedule_restarts_at_the_recorded_step():
     assert pretrain.lr_at(209, a, restart_step=200) == pytest.approx(3e-4)
     assert pretrain.lr_at(310, a, restart_step=200) == pytest.approx(3e-4 * (0.1 + 0.9 * 0.5))
     assert pretrain.lr_at(410, a, restart_step=200) == pytest.approx(3e-5)
+
+
+def test_lr_schedule_counts_from_the_latest_restart_reached():
+    a = argparse.Namespace(
+        lr=1e-3, warmup=10, total_steps=110, min_lr_frac=0.1, restart_lr=3e-4, restart_steps=210
+    )
+    # Two restarts (consolidation at step 200, Sokoban at 600): each starts its own warm-up.
+    assert pretrain.lr_at(410, a, restart_step=[200, 600]) == pytest.approx(3e-5)
+    assert pretrain.lr_at(600, a, restart_step=[600, 200]) == pytest.approx(3e-5)
+    assert pretrain.lr_at(609, a, restart_step=[200, 600]) == pytest.approx(3e-4)
+    assert pretrain.lr_at(150, a, restart_step=[200, 600]) == pytest.approx(1e-4)
+
+
+def test_restarts_are_recorded_once_per_shard_and_a_single_legacy_restart_is_kept():
+    # A state written when only one restart existed (consolidation at step 9089), now at shard 500.
+    st = {"step": 14210, "shard": 500, "restart_step": 9089}
+    pretrain.record_restarts(st, pretrain.restart_shards("400,500"))
+    assert st["restarts"] == {"400": 9089, "500": 14210}
+    assert "restart_step" not in st
+    st["step"], st["shard"] = 15000, 520
+    pretrain.record_restarts(st, [400, 500])
+    assert st["restarts"] == {"400": 9089, "500": 14210}
+    # A fresh run records each restart when it first reaches the shard.
+    fresh = {"step": 30, "shard": 1}
+    pretrain.record_restarts(fresh, [1, 2])
+    assert fresh["restarts"] == {"1": 30}
+    assert pretrain.restart_shards("0") == [] and pretrain.restart_shards("") == []
+    with pytest.raises(SystemExit, match="--restart-shard"):
+        pretrain.restart_shards("4x")
+
+
+def test_training_stops_before_the_until_shard_and_resumes_past_it(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i in range(3):
+        with open(d / f"shard-{i:05d}.jsonl", "w", encoding="utf-8") as f:
+            for _ in range(4):
+                f.write(json.dumps(DOC) + "\n")
+    tok_dir = str(tmp_path / "tok")
+    pretrain.fit_tokenizer(str(d), tok_dir, vocab=400)
+    work = str(tmp_path / "work")
+    base = ["train", "--corpus", str(d), "--work", work, "--tokenizer", tok_dir, "--preset", "ci"]
+    base += ["--warmup", "1", "--log-every", "1", "--batch-tokens", "4096"]
+
+    def state():
+        import torch
+
+        return torch.load(f"{work}/ckpt/state.pt", map_location="cpu", weights_only=False)["state"]
+
+    pretrain.main(base + ["--until-shard", "2"])
+    assert state()["shard"] == 2 and state()["batch"] == 0
+    with open(f"{work}/train-log.jsonl", encoding="utf-8") as f:
+        shards = {json.loads(line)["shard"] for line in f}
+    assert shards == {0, 1}
+    steps = state()["step"]
+    pretrain.main(base + ["--resume"])
+    assert state()["shard"] == 3 and state()["step"] > steps

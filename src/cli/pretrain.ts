@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { UserError } from "../util/errors.ts";
-import { CONSOLIDATE_AT, DEFAULT_SHARDS, shardPath, writeShard } from "../pretrain/generate.ts";
+import { CONSOLIDATE_AT, DEFAULT_SHARDS, SOKOBAN_AT, shardPath, writeShard } from "../pretrain/generate.ts";
 import { measureAcceptance } from "../pretrain/acceptance.ts";
 
 const HELP = `erl pretrain --recipe tiny [options]
@@ -25,15 +25,19 @@ Options:
   --ci                  toy size: a few shards, a 2-layer model, a few steps (seconds)
   --stage NAME          corpus | tokenizer | train | export | all (default all), or
                         eval: measure S0 / S_rule / S_refl of --out on the FrozenLake test split
-                        through the engine and write <out>/acceptance.json
+                        and S0 / S_rule on Sokoban's, through the engine; writes <out>/acceptance.json
   --limit N             eval: only the first N test tasks
   --modes LIST          eval: greedy,sampled (default both)
-  --shards N            corpus shards (default ${DEFAULT_SHARDS}; --ci 2); the last fifth is the
-                        consolidation phase, which restarts the LR schedule
+  --shards N            corpus shards (default ${DEFAULT_SHARDS}; --ci 2), split 1:1:2:1:1 into copy,
+                        look-up, games, consolidation and Sokoban; the last two restart the LR schedule
   --docs-per-shard N    documents per shard (default 400; --ci 40)
   --minutes M           stop training after M minutes (a checkpoint is written; resume later)
+  --until-shard N       stop training before shard N, with a checkpoint (default: the start of
+                        the Sokoban phase, shard 500 of 600 — the shipped models/erl-tiny; 0: every
+                        shard — continue with --resume --until-shard 0 --out models/erl-tiny-sokoban)
   --steps N             optimizer steps planned before consolidation (the first cosine; default 9000; --ci 3)
-  --consolidate-steps N steps of the consolidation's cosine (default 5000, about its 100 shards)
+  --phase-steps N       steps of the LR cosine restarted at consolidation and at Sokoban
+                        (default 5000 each, about a phase's 100 shards)
   --threads N           torch threads for training and eval (default 1; 2 is faster on an otherwise idle 2-core machine)
   --python PATH         Python with torch + transformers (default .venv/bin/python)
 `;
@@ -61,7 +65,8 @@ export async function run(args: string[]): Promise<number> {
       "docs-per-shard": { type: "string" },
       minutes: { type: "string" },
       steps: { type: "string" },
-      "consolidate-steps": { type: "string" },
+      "phase-steps": { type: "string" },
+      "until-shard": { type: "string" },
       threads: { type: "string" },
       python: { type: "string" },
       limit: { type: "string" },
@@ -130,16 +135,19 @@ export async function run(args: string[]): Promise<number> {
   if (want("train")) {
     const argv = ["train", "--corpus", corpus, "--work", work, "--tokenizer", tokDir, "--seed", String(seed)];
     argv.push("--preset", ci ? "ci" : "tiny", "--total-steps", String(steps));
-    // Consolidation restarts the LR schedule when its first shard is read (peak 3e-4, a third of the first).
-    const restartShard = Math.round(shards * CONSOLIDATE_AT);
-    if (restartShard > 0 && restartShard < shards)
+    // Consolidation and Sokoban each restart the LR schedule when their first shard is read (peak
+    // 3e-4, a third of the first).
+    const restarts = [CONSOLIDATE_AT, SOKOBAN_AT]
+      .map((f) => Math.round(shards * f))
+      .filter((s) => s > 0 && s < shards);
+    if (restarts.length > 0)
       argv.push(
         "--restart-shard",
-        String(restartShard),
+        restarts.join(","),
         "--restart-lr",
         "3e-4",
         "--restart-steps",
-        String(int("consolidate-steps", values["consolidate-steps"], 5000)),
+        String(int("phase-steps", values["phase-steps"], 5000)),
       );
     const threads = int("threads", values.threads, 1);
     if (threads < 1) throw new UserError(`--threads: expected at least 1, got ${threads}`);
@@ -148,6 +156,10 @@ export async function run(args: string[]): Promise<number> {
       argv.push("--max-steps", String(steps), "--warmup", "1", "--batch-tokens", "4096", "--log-every", "1");
     if (values.resume) argv.push("--resume");
     if (values.minutes) argv.push("--minutes", values.minutes);
+    // By default the run stops where the shipped models/erl-tiny stopped, before the Sokoban phase
+    // (decision 0005); --until-shard 0 trains through it.
+    const until = int("until-shard", values["until-shard"], Math.round(shards * SOKOBAN_AT));
+    if (until > 0 && until < shards) argv.push("--until-shard", String(until));
     py(argv);
   }
   if (want("export")) py(["export", "--work", work, "--tokenizer", tokDir, "--out", out]);

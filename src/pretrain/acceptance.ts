@@ -7,8 +7,9 @@
  *   trace, reward, feedback) → a second attempt under the extracted rulebook; success on those
  *   retries, and how often the reflection's role claims are correct.
  * Each figure is measured greedily and sampled (attempts at temperature 0.7, top-p 0.8, top-k 20;
- * reflections at 0.5, top-p 0.9, as in the spec). Sokoban's S0 and S_rule (the environment's own
- * reference rulebook) are measured the same way on its test split.
+ * reflections at 0.5, top-p 0.9, as in the spec). Sokoban's S0 and S_rule (with the table rulebook
+ * the recipe trains on, and with the environment's own reference rulebook) are measured the same
+ * way on its test split.
  */
 import { EngineBackend, type ModelBackend } from "../agent/backend.ts";
 import { runEpisodes, sampleReplies, type LoopSettings, type SamplingSettings } from "../agent/loop.ts";
@@ -20,6 +21,7 @@ import { defaultEvalOptions } from "../algo/types.ts";
 import { SokobanFamily, type SokobanTask } from "../envs/sokoban.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
+import { sokobanTableRulebook } from "./sokoban-corpus.ts";
 
 export interface ClaimCheck {
   /** Role claims found in the rulebook ("X is you", "X is the goal", "X is a hole", "X is safe frozen ice"). */
@@ -94,13 +96,21 @@ export interface ModeFigures {
   examples: { kind: string; messages: ChatMessage[] }[];
 }
 
-/** Sokoban: first attempts without and with the environment's reference rulebook. */
+/**
+ * Sokoban: first attempts without a rulebook, with the correct rulebook in the shape the recipe
+ * trains on (the "table" rulebook), and with the environment's own prose reference rulebook.
+ */
 export interface SokobanFigures {
   mode: "greedy" | "sampled";
   tasks: number;
   s0: number;
   sRule: number;
-  bySize: { s0: Record<string, [number, number]>; sRule: Record<string, [number, number]> };
+  sRuleReference: number;
+  bySize: {
+    s0: Record<string, [number, number]>;
+    sRule: Record<string, [number, number]>;
+    sRuleReference: Record<string, [number, number]>;
+  };
 }
 
 export interface AcceptanceReport {
@@ -234,13 +244,21 @@ async function measureSokoban(
       deps,
     );
   const first = await run("sokoban-s0", compactProfile.initialSystemPrompt(parts));
-  const withRules = await run("sokoban-rule", rulebookSystemPrompt(parts.referenceRulebook ?? "", parts));
+  const withRules = await run(
+    "sokoban-rule",
+    rulebookSystemPrompt(sokobanTableRulebook({ ...env.symbols }, env.budget), parts),
+  );
+  const withReference = await run(
+    "sokoban-reference-rule",
+    rulebookSystemPrompt(parts.referenceRulebook ?? "", parts),
+  );
   return {
     mode,
     tasks: tasks.length,
     s0: rate(first.map((o) => o.success)),
     sRule: rate(withRules.map((o) => o.success)),
-    bySize: { s0: bySize(first), sRule: bySize(withRules) },
+    sRuleReference: rate(withReference.map((o) => o.success)),
+    bySize: { s0: bySize(first), sRule: bySize(withRules), sRuleReference: bySize(withReference) },
   };
 }
 

@@ -1,7 +1,8 @@
 /**
  * The corpus writer: shards of JSONL documents (one chat per line) drawn from the FrozenLake
- * document makers in four phases — copy drills, look-up drills, the games on boards growing from
- * 4×4 to 9×9, then a consolidation on mostly large boards. Shard `i` depends only on (seed, i,
+ * and Sokoban document makers in five phases — copy drills, look-up drills, the FrozenLake games on
+ * boards growing from 4×4 to 9×9, a consolidation on mostly large boards, then Sokoban with FrozenLake
+ * kept in the mix. Shard `i` depends only on (seed, i,
  * planned shards), so shards can be written ahead of a training run or on demand while it runs, and
  * any shard can be regenerated identically.
  */
@@ -19,8 +20,18 @@ import {
   type CorpusDoc,
   type Curriculum,
 } from "./frozenlake-corpus.ts";
+import {
+  sokobanFreeDoc,
+  sokobanLookupDoc,
+  sokobanPlayDoc,
+  sokobanReflectionDoc,
+  type SokobanDoc,
+} from "./sokoban-corpus.ts";
 
-type Maker = (rng: Rng, cur: Curriculum) => CorpusDoc;
+/** Any corpus document: FrozenLake or Sokoban. */
+export type AnyDoc = CorpusDoc | SokobanDoc;
+
+type Maker = (rng: Rng, cur: Curriculum) => AnyDoc;
 
 /** Document mix (relative weights by document count). */
 export interface Mix {
@@ -31,6 +42,11 @@ export interface Mix {
   lookup: number;
   translate: number;
   copy: number;
+  /** Sokoban kinds (see sokoban-corpus.ts); listed last so that mixes without them draw as before. */
+  sokobanPlay: number;
+  sokobanFree: number;
+  sokobanReflection: number;
+  sokobanLookup: number;
 }
 
 /** A mix of only the given kinds (the rest weigh 0). */
@@ -43,8 +59,19 @@ function only(weights: Partial<Mix>): Mix {
     lookup: 0,
     translate: 0,
     copy: 0,
+    sokobanPlay: 0,
+    sokobanFree: 0,
+    sokobanReflection: 0,
+    sokobanLookup: 0,
     ...weights,
   };
+}
+
+/** Every weight of `mix` times `f`. */
+function scaled(mix: Mix, f: number): Mix {
+  const out = { ...mix };
+  for (const k of Object.keys(out) as (keyof Mix)[]) out[k] *= f;
+  return out;
 }
 
 /** Phase 1: copy drills alone — the mechanism every look-up needs, learned in minutes when alone. */
@@ -52,7 +79,7 @@ export const COPY_MIX: Mix = only({ copy: 1 });
 /** Phase 2: look-up and translation drills, with copy drills kept so copying is not forgotten. */
 export const LOOKUP_MIX: Mix = only({ lookup: 0.5, translate: 0.3, copy: 0.2 });
 /** Phase 3: the games (play, reflection), with the drills still 53% of the documents. */
-export const GAME_MIX: Mix = {
+export const GAME_MIX: Mix = only({
   rulePlay: 0.22,
   secondPlay: 0.05,
   freePlay: 0.06,
@@ -60,13 +87,13 @@ export const GAME_MIX: Mix = {
   lookup: 0.2,
   translate: 0.13,
   copy: 0.2,
-};
+});
 
 /**
  * Phase 4: the games again with fewer drills (copy and look-up are learned by then; the relabelled
  * translation drill stays), mostly on boards of side 5–9, where phase 3 left the model weakest.
  */
-export const CONSOLIDATE_MIX: Mix = {
+export const CONSOLIDATE_MIX: Mix = only({
   rulePlay: 0.34,
   secondPlay: 0.08,
   freePlay: 0.06,
@@ -74,20 +101,33 @@ export const CONSOLIDATE_MIX: Mix = {
   lookup: 0.08,
   translate: 0.14,
   copy: 0.1,
+});
+/**
+ * Phase 5: Sokoban (60% of the documents: mostly play under a correct rulebook, plus rule-free play,
+ * reflections and the look-up drill for its seven letters), with phase 4's FrozenLake mix as the
+ * other 40% so that FrozenLake is not forgotten.
+ */
+export const SOKOBAN_MIX: Mix = {
+  ...scaled(CONSOLIDATE_MIX, 0.4),
+  sokobanPlay: 0.38,
+  sokobanFree: 0.04,
+  sokobanReflection: 0.12,
+  sokobanLookup: 0.06,
 };
 /** Phase 4's share of documents on boards of side 5–9 (the rest are 2–4). */
 export const CONSOLIDATE_LARGE = 0.8;
 
-/** Where phases 2, 3 and 4 begin, as fractions of the planned shards. */
-export const LOOKUP_AT = 1 / 5;
-export const GAMES_AT = 2 / 5;
-export const CONSOLIDATE_AT = 4 / 5;
+/** Where phases 2–5 begin, as fractions of the planned shards. */
+export const LOOKUP_AT = 1 / 6;
+export const GAMES_AT = 2 / 6;
+export const CONSOLIDATE_AT = 4 / 6;
+export const SOKOBAN_AT = 5 / 6;
 
-/** Planned shards by default: 100 per drill phase, 200 of games, 100 of consolidation. */
-export const DEFAULT_SHARDS = 500;
+/** Planned shards by default: 100 per drill phase, 200 of games, 100 of consolidation, 100 of Sokoban. */
+export const DEFAULT_SHARDS = 600;
 
 export interface Phase {
-  name: "copy" | "lookup" | "games" | "consolidate";
+  name: "copy" | "lookup" | "games" | "consolidate" | "sokoban";
   mix: Mix;
   curriculum: Curriculum;
 }
@@ -101,9 +141,12 @@ export interface Phase {
  * consolidation phase draws 80% of its boards at side 5–9 (`large`), and its translation drills
  * ask with a "Translate:" line so that they no longer open like a game (`labelledTranslate`).
  *
- * The first three phases occupy the same shards of the 500-shard plan as they did of the earlier
- * 400-shard plan (boundaries scaled by 4/5), so a model trained on those 400 shards continues into
- * phase 4 on the very corpus a from-scratch run would see.
+ * Phase 5 draws Sokoban documents (`SOKOBAN_MIX`) and keeps phase 4's FrozenLake curriculum for
+ * its FrozenLake share.
+ *
+ * Each phase added later keeps the earlier phases on the same shard numbers (boundaries scaled with
+ * the plan: 400 → 500 → 600 shards), so a model trained on the earlier shards continues into the new
+ * phase on the very corpus a from-scratch run would see.
  */
 export function phaseAt(progress: number): Phase {
   const small: Curriculum = { pool: "permuted-reference", maxSize: 4, rulebook: "table" };
@@ -115,11 +158,9 @@ export function phaseAt(progress: number): Phase {
     const maxSize = g < 0.3 ? 4 : g < 0.55 ? 6 : 9;
     return { name: "games", mix: GAME_MIX, curriculum: { ...small, maxSize } };
   }
-  return {
-    name: "consolidate",
-    mix: CONSOLIDATE_MIX,
-    curriculum: { ...small, maxSize: 9, large: CONSOLIDATE_LARGE, labelledTranslate: true },
-  };
+  const consolidate: Curriculum = { ...small, maxSize: 9, large: CONSOLIDATE_LARGE, labelledTranslate: true };
+  if (progress < SOKOBAN_AT) return { name: "consolidate", mix: CONSOLIDATE_MIX, curriculum: consolidate };
+  return { name: "sokoban", mix: SOKOBAN_MIX, curriculum: consolidate };
 }
 
 const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
@@ -130,6 +171,10 @@ const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
   lookup: lookupDoc,
   translate: translateDoc,
   copy: copyDoc,
+  sokobanPlay: (rng) => sokobanPlayDoc(rng),
+  sokobanFree: (rng) => sokobanFreeDoc(rng),
+  sokobanReflection: (rng) => sokobanReflectionDoc(rng),
+  sokobanLookup: (rng) => sokobanLookupDoc(rng),
 };
 
 function pickKind(rng: Rng, mix: Mix): keyof Mix {
@@ -162,9 +207,9 @@ function sizedCurriculum(rng: Rng, cur: Curriculum): Curriculum {
 }
 
 /** The documents of one shard. */
-export function shardDocs(spec: ShardSpec): CorpusDoc[] {
+export function shardDocs(spec: ShardSpec): AnyDoc[] {
   const rng = new Rng(`erl-tiny/${spec.seed}/shard/${spec.index}`);
-  const out: CorpusDoc[] = [];
+  const out: AnyDoc[] = [];
   for (let i = 0; i < spec.docs; i++) {
     const phase = phaseAt((spec.index + i / spec.docs) / Math.max(1, spec.total));
     const kind = pickKind(rng, spec.mix ?? phase.mix);
@@ -174,7 +219,7 @@ export function shardDocs(spec: ShardSpec): CorpusDoc[] {
 }
 
 /** The JSONL line the Python trainer reads: kind, messages, observation weight (meta stays here). */
-export function docLine(doc: CorpusDoc): string {
+export function docLine(doc: AnyDoc): string {
   return JSON.stringify({ kind: doc.kind, messages: doc.messages, observationWeight: doc.observationWeight });
 }
 

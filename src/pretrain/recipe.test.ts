@@ -80,7 +80,14 @@ test("erl pretrain --recipe tiny --ci runs end to end and the export loads throu
     assert.equal(evalRun.status, 0, evalRun.stderr + evalRun.stdout);
     const report = JSON.parse(readFileSync(join(work, "acceptance-quick.json"), "utf8")) as {
       modes: { mode: string; tasks: number; s0: number; sRule: number; retries: number }[];
-      sokoban: { mode: string; tasks: number; s0: number; sRule: number; bySize: { sRule: object } }[];
+      sokoban: {
+        mode: string;
+        tasks: number;
+        s0: number;
+        sRule: number;
+        sRuleReference: number;
+        bySize: { sRule: object; sRuleReference: object };
+      }[];
     };
     assert.deepEqual(
       report.modes.map((m) => [m.mode, m.tasks]),
@@ -92,12 +99,16 @@ test("erl pretrain --recipe tiny --ci runs end to end and the export loads throu
     );
     for (const f of [...report.modes, ...report.sokoban])
       for (const x of [f.s0, f.sRule]) assert.ok(x >= 0 && x <= 1);
-    const sizes = Object.values(report.sokoban[0]!.bySize.sRule as Record<string, [number, number]>);
-    assert.equal(
-      sizes.reduce((n, [, tasks]) => n + tasks, 0),
-      2,
-      "every Sokoban task counted once by size",
-    );
+    const sk = report.sokoban[0]!;
+    assert.ok(sk.sRuleReference >= 0 && sk.sRuleReference <= 1);
+    for (const split of [sk.bySize.sRule, sk.bySize.sRuleReference]) {
+      const sizes = Object.values(split as Record<string, [number, number]>);
+      assert.equal(
+        sizes.reduce((n, [, tasks]) => n + tasks, 0),
+        2,
+        "every Sokoban task counted once by size",
+      );
+    }
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

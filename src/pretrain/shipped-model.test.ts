@@ -9,11 +9,14 @@ import { EngineBackend } from "../agent/backend.ts";
 import { runEpisodes } from "../agent/loop.ts";
 import { parseDirection } from "../envs/common.ts";
 import { FrozenLakeFamily } from "../envs/frozenlake.ts";
+import { SokobanFamily } from "../envs/sokoban.ts";
 import { startEngine } from "../engine/client.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
+import { sokobanTableRulebook } from "./sokoban-corpus.ts";
 
 const MODEL = fileURLToPath(new URL("../../models/erl-tiny/", import.meta.url));
+const SOKOBAN_MODEL = fileURLToPath(new URL("../../models/erl-tiny-sokoban/", import.meta.url));
 
 /**
  * Recorded with the shipped checkpoint (step 14,210): test task 28 (4×4), the correct table
@@ -57,6 +60,52 @@ test("shipped erl-tiny: loads through the engine and replays the recorded greedy
     );
     const actions = outcome!.turns.map((t) => parseDirection(t.text) ?? "invalid");
     assert.deepEqual(actions, RECORDED_ACTIONS);
+    assert.equal(outcome!.success, true);
+  } finally {
+    await engine.close();
+  }
+});
+
+/**
+ * Recorded with erl-tiny-sokoban (step 19,564): Sokoban test task 71 (8×8: player, box and goal in
+ * one row), the correct table rulebook, temperature 0. One push solves it.
+ */
+const SOKOBAN_TASK_INDEX = 71;
+const SOKOBAN_RECORDED_ACTIONS: readonly string[] = ["right"];
+
+test("shipped erl-tiny-sokoban: loads through the engine and replays the recorded greedy episode", async () => {
+  const engine = await startEngine({ env: { OMP_NUM_THREADS: "1" } });
+  try {
+    await engine.loadModel({ path: SOKOBAN_MODEL, dtype: "bfloat16", device: "cpu", seed: 0 });
+    const cells = await engine.encode(" A \t a \t B \t b \t C \t D \t E \t", { addSpecialTokens: false });
+    assert.equal(cells.length, 7, "one token per board cell");
+    const env = new SokobanFamily();
+    const task = env.loadSplit("test")[SOKOBAN_TASK_INDEX]!;
+    const [outcome] = await runEpisodes(
+      [
+        {
+          id: "golden-sokoban",
+          task,
+          system: rulebookSystemPrompt(sokobanTableRulebook({ ...env.symbols }), env.prompt()),
+          sampling: { temperature: 0 },
+        },
+      ],
+      {
+        env,
+        model: await EngineBackend.create(engine),
+        rng: new Rng(0),
+        settings: {
+          maxTokensPerTurn: 64,
+          maxContextTokens: 2048,
+          contextOverflow: "stop",
+          turnTokenLimit: "step",
+        },
+      },
+    );
+    assert.deepEqual(
+      outcome!.turns.map((t) => parseDirection(t.text) ?? "invalid"),
+      SOKOBAN_RECORDED_ACTIONS,
+    );
     assert.equal(outcome!.success, true);
   } finally {
     await engine.close();
