@@ -161,7 +161,14 @@ test(
 
     await assert.rejects(
       runComparison({ ...opts, base: validateConfig({ ...base(), steps: 4 }), deps: counterDeps() }),
-      /different config/,
+      /different config than this comparison asks for \(steps: 3 in the run, 4 asked\)/,
     );
+    // A new description is not a different experiment: the finished runs are still reused.
+    const r3 = await runComparison({
+      ...opts,
+      base: validateConfig({ ...base(), description: "edited" }),
+      deps: counterDeps(),
+    });
+    assert.equal(r3.ran.length, 0);
   },
 );

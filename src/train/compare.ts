@@ -119,9 +119,12 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
       let resume = false;
       if (files.exists()) {
         const stored = validateConfig(files.readConfig(), { file: files.configFile });
-        if (JSON.stringify(stored) !== JSON.stringify(cfg))
+        const differ = configDifferences(stored, cfg);
+        if (differ.length > 0)
           throw new UserError(
-            `${runDir} was trained with a different config than this comparison asks for; use a new --out directory (or delete that run)`,
+            `${runDir} was trained with a different config than this comparison asks for (${differ
+              .slice(0, 3)
+              .join(", ")}); use a new --out directory (or delete that run)`,
           );
         if (files.readStatus()?.state === "finished") {
           progress.line(`[${k}/${total}] ${algo} seed ${seed}: finished before, skipped`);
@@ -163,4 +166,22 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
   const summaries = writeReport(dir, meta, runs);
   const table = terminalTable(summaries);
   return { dir, report: join(dir, "report.md"), summaries, table, ran, skipped };
+}
+
+/**
+ * Keys (dotted paths) whose values differ between two configs, with both values. The free-text
+ * `description` is not a setting and is ignored, so editing a preset's description does not orphan
+ * finished runs.
+ */
+export function configDifferences(a: unknown, b: unknown, path = ""): string[] {
+  if (path === "description") return [];
+  const isObj = (x: unknown): x is Record<string, unknown> =>
+    typeof x === "object" && x !== null && !Array.isArray(x);
+  if (isObj(a) && isObj(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => configDifferences(a[k], b[k], path ? `${path}.${k}` : k));
+  }
+  return JSON.stringify(a) === JSON.stringify(b)
+    ? []
+    : [`${path || "(config)"}: ${JSON.stringify(a)} in the run, ${JSON.stringify(b)} asked`];
 }
