@@ -10,6 +10,7 @@ import { runEpisodes } from "../agent/loop.ts";
 import { parseDirection } from "../envs/common.ts";
 import { FrozenLakeFamily } from "../envs/frozenlake.ts";
 import { SokobanFamily } from "../envs/sokoban.ts";
+import type { EnvFamily, Task } from "../envs/types.ts";
 import { startEngine } from "../engine/client.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
@@ -17,6 +18,27 @@ import { sokobanTableRulebook } from "./sokoban-corpus.ts";
 
 const MODEL = fileURLToPath(new URL("../../models/erl-tiny/", import.meta.url));
 const SOKOBAN_MODEL = fileURLToPath(new URL("../../models/erl-tiny-sokoban/", import.meta.url));
+
+/** One temperature-0 episode of `task` under `system`, through the agent loop. */
+async function greedyEpisode<T extends Task>(
+  engine: Awaited<ReturnType<typeof startEngine>>,
+  env: EnvFamily<T>,
+  task: T,
+  system: string,
+) {
+  const [outcome] = await runEpisodes([{ id: "golden", task, system, sampling: { temperature: 0 } }], {
+    env,
+    model: await EngineBackend.create(engine),
+    rng: new Rng(0),
+    settings: {
+      maxTokensPerTurn: 64,
+      maxContextTokens: 2048,
+      contextOverflow: "stop",
+      turnTokenLimit: "step",
+    },
+  });
+  return outcome!;
+}
 
 /**
  * Recorded with the shipped checkpoint (step 14,210): test task 28 (4×4), the correct table
@@ -37,30 +59,15 @@ test("shipped erl-tiny: loads through the engine and replays the recorded greedy
     const env = new FrozenLakeFamily();
     const task = env.loadSplit("test")[TASK_INDEX]!;
     const parts = env.prompt();
-    const [outcome] = await runEpisodes(
-      [
-        {
-          id: "golden",
-          task,
-          system: rulebookSystemPrompt(tableRulebookText({ roles: { ...env.symbols }, notes: [] }), parts),
-          sampling: { temperature: 0 },
-        },
-      ],
-      {
-        env,
-        model: await EngineBackend.create(engine),
-        rng: new Rng(0),
-        settings: {
-          maxTokensPerTurn: 64,
-          maxContextTokens: 2048,
-          contextOverflow: "stop",
-          turnTokenLimit: "step",
-        },
-      },
+    const outcome = await greedyEpisode(
+      engine,
+      env,
+      task,
+      rulebookSystemPrompt(tableRulebookText({ roles: { ...env.symbols }, notes: [] }), parts),
     );
-    const actions = outcome!.turns.map((t) => parseDirection(t.text) ?? "invalid");
+    const actions = outcome.turns.map((t) => parseDirection(t.text) ?? "invalid");
     assert.deepEqual(actions, RECORDED_ACTIONS);
-    assert.equal(outcome!.success, true);
+    assert.equal(outcome.success, true);
   } finally {
     await engine.close();
   }
@@ -81,32 +88,17 @@ test("shipped erl-tiny-sokoban: loads through the engine and replays the recorde
     assert.equal(cells.length, 7, "one token per board cell");
     const env = new SokobanFamily();
     const task = env.loadSplit("test")[SOKOBAN_TASK_INDEX]!;
-    const [outcome] = await runEpisodes(
-      [
-        {
-          id: "golden-sokoban",
-          task,
-          system: rulebookSystemPrompt(sokobanTableRulebook({ ...env.symbols }), env.prompt()),
-          sampling: { temperature: 0 },
-        },
-      ],
-      {
-        env,
-        model: await EngineBackend.create(engine),
-        rng: new Rng(0),
-        settings: {
-          maxTokensPerTurn: 64,
-          maxContextTokens: 2048,
-          contextOverflow: "stop",
-          turnTokenLimit: "step",
-        },
-      },
+    const outcome = await greedyEpisode(
+      engine,
+      env,
+      task,
+      rulebookSystemPrompt(sokobanTableRulebook({ ...env.symbols }), env.prompt()),
     );
     assert.deepEqual(
-      outcome!.turns.map((t) => parseDirection(t.text) ?? "invalid"),
+      outcome.turns.map((t) => parseDirection(t.text) ?? "invalid"),
       SOKOBAN_RECORDED_ACTIONS,
     );
-    assert.equal(outcome!.success, true);
+    assert.equal(outcome.success, true);
   } finally {
     await engine.close();
   }
