@@ -192,9 +192,10 @@ test("reflections claim only what their trace supports, and every claim is true"
 });
 
 test("known flaw, pinned: after a fall on the first move the trace shows one board, yet the agent is claimed", () => {
-  // docs/erl-tiny.md ("What is hidden"): the letter that moved is not visible in a one-board trace,
-  // so these claims are guesses the shipped corpus teaches. A fix changes the shipped shards; when it
-  // lands, this test and that paragraph change together.
+  // docs/erl-tiny.md ("What is hidden"): a one-board trace does not show the letter that moved; the
+  // agent is visible only as the single letter with a hole on the side it moved to, and when the
+  // goal has one there too the claim is a guess. A fix changes the shipped shards; when it lands,
+  // this test and that paragraph change together.
   const rng = new Rng(5);
   let oneBoard = 0;
   for (let i = 0; i < 400; i++) {
