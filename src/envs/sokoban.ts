@@ -467,10 +467,14 @@ export class SokobanFamily implements EnvFamily<SokobanTask> {
 
   /** Fresh layouts; the shipped test layouts are never drawn, so a fresh training set cannot leak them. */
   generate(rng: Rng, count: number): SokobanTask[] {
-    const exclude = new Set<string>();
-    for (const t of this.loadSplit("test"))
-      exclude.add(t.layoutName ?? sokobanLayoutName(t.size, t.goal, t.box, t.player));
-    return generateSokobanTasks(rng, count, { exclude });
+    return generateSokobanTasks(rng, count, { exclude: this.testLayoutNames() });
+  }
+
+  /** The reference names of the test split's layouts (what a fresh training set must not reuse). */
+  testLayoutNames(): Set<string> {
+    return new Set(
+      this.loadSplit("test").map((t) => t.layoutName ?? sokobanLayoutName(t.size, t.goal, t.box, t.player)),
+    );
   }
 
   makeEpisode(task: SokobanTask): SokobanEpisode {

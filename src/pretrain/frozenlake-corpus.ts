@@ -99,7 +99,8 @@ export const ROLE_WORD: Readonly<Record<FlRole, string>> = {
   agentOnGoal: "won",
 };
 
-const cell = (letter: string): string => ` ${letter} \t`;
+/** A letter written as a board cell (one token: ` X ⇥`). */
+export const cell = (letter: string): string => ` ${letter} \t`;
 
 // ---------------------------------------------------------------------------------------------
 // Tasks and the teacher
@@ -327,7 +328,7 @@ function play(
   return { messages, episode, positions };
 }
 
-function randomMove(rng: Rng): Direction {
+export function randomMove(rng: Rng): Direction {
   return rng.pick(["up", "down", "left", "right"] as const);
 }
 

@@ -9,6 +9,7 @@ import {
   sokobanPrompt,
   solveSokoban,
   SOKOBAN_SYMBOLS,
+  SokobanFamily,
 } from "../envs/sokoban.ts";
 import { compactProfile, findRulebook } from "../agent/prompts.ts";
 import {
@@ -57,6 +58,10 @@ test("corpus layouts follow the reference rules and never repeat a test layout",
     assert.ok(path !== null && path.length >= 1 && path.length <= 8);
     assert.ok(!isTestLayout(t));
   }
+  // The exclusion list is the real test split: every test layout is recognised.
+  const test = new SokobanFamily().loadSplit("test");
+  assert.equal(test.length, 100);
+  for (const t of test) assert.ok(isTestLayout(t), t.id);
 });
 
 test("play under a correct rulebook: the rulebook is right, the think locates the pieces, the teacher solves", () => {

@@ -19,7 +19,7 @@
  */
 import { compactProfile, RULEBOOK_CLOSE, RULEBOOK_OPEN } from "../agent/prompts.ts";
 import type { ChatMessage } from "../engine/api.ts";
-import { defaultDataDir, type Direction } from "../envs/common.ts";
+import type { Direction } from "../envs/common.ts";
 import {
   generateSokobanTasks,
   isWall,
@@ -29,16 +29,15 @@ import {
   sokobanPrompt,
   solveSokoban,
   SokobanEpisode,
+  SokobanFamily,
   SOKOBAN_SYMBOLS,
   type Pos,
   type SokobanState,
   type SokobanSymbols,
   type SokobanTask,
 } from "../envs/sokoban.ts";
-import { readJsonl } from "../util/jsonl.ts";
-import { join } from "node:path";
 import type { Rng } from "../util/rng.ts";
-import { FREE_THINK, reply, rulebookSystemPrompt } from "./frozenlake-corpus.ts";
+import { cell, FREE_THINK, randomMove, reply, rulebookSystemPrompt } from "./frozenlake-corpus.ts";
 
 export const SK_ROLES = ["player", "playerOnGoal", "box", "boxOnGoal", "goal", "wall", "floor"] as const;
 export type SkRole = (typeof SK_ROLES)[number];
@@ -74,8 +73,6 @@ const SK_ROLE_WHAT: Readonly<Record<SkRole, string>> = {
   floor: "empty, walk on it",
 };
 
-const cell = (letter: string): string => ` ${letter} \t`;
-
 /**
  * The Sokoban "table" rulebook: one line per known letter, written as a board cell then its role
  * word, then the rules. With every role known it is the correct rulebook for the episode's letters.
@@ -100,10 +97,7 @@ let testNames: Set<string> | null = null;
 
 /** The shipped test layouts' names (never drawn for the corpus). */
 function testLayoutNames(): Set<string> {
-  if (testNames) return testNames;
-  const file = join(defaultDataDir(), "sokoban", "test.jsonl");
-  const names = readJsonl(file, (v) => (v as { layout_name?: string }).layout_name ?? "");
-  testNames = new Set(names.filter((n) => n !== ""));
+  testNames ??= new SokobanFamily().testLayoutNames();
   return testNames;
 }
 
@@ -241,10 +235,6 @@ export function sokobanPlayDoc(rng: Rng): SokobanDoc {
     observationWeight: 0.1,
     meta: { symbols: sym, task },
   };
-}
-
-function randomMove(rng: Rng): Direction {
-  return rng.pick(["up", "down", "left", "right"] as const);
 }
 
 export function sokobanFreeDoc(rng: Rng): SokobanDoc {
