@@ -93,16 +93,25 @@ def _describe(lm: "LoadedModel") -> dict[str, Any]:
     return {"path": lm.path, "vocabSize": lm.vocab_size, "dtype": lm.dtype, "lora": lm.lora}
 
 
-def save_state(engine: "Engine", directory: str) -> None:
+def save_state(
+    engine: "Engine",
+    directory: str,
+    named: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> None:
+    """Writes the state; `named` and `optimizer_state` are whole tensors gathered from engine ranks."""
     from safetensors.torch import save_file
 
     lm = engine.need_model()
-    named = _trainable_named(engine)
+    if named is None:
+        named = {n: p.detach() for n, p in _trainable_named(engine).items()}
+    if optimizer_state is None and engine.optimizer is not None:
+        optimizer_state = engine.optimizer.state_dict()
 
     def write(tmp: str) -> None:
         save_file({n: p.detach().cpu().contiguous() for n, p in named.items()}, os.path.join(tmp, "trainable.safetensors"))
-        if engine.optimizer is not None:
-            torch.save(engine.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        if optimizer_state is not None:
+            torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -175,10 +184,18 @@ def load_state(engine: "Engine", directory: str) -> None:
     tensors = load_file(os.path.join(directory, "trainable.safetensors"))
     with torch.no_grad():
         for n, p in named.items():
-            p.copy_(tensors[n].to(p.device, p.dtype))
+            p.copy_(engine.local_like(p, tensors[n].to(p.device, p.dtype)))
     engine.optimizer = None
     if "optimizer.pt" in files:
         state = torch.load(os.path.join(directory, "optimizer.pt"), map_location=lm.device, weights_only=True)
+        params = list(named.values())
+        if any(type(p).__name__ == "DTensor" for p in params) and isinstance(state.get("state"), dict):
+            # Engine ranks under FSDP2: each rank keeps its shard of the moments.
+            for i, st in state["state"].items():
+                if isinstance(i, int) and 0 <= i < len(params):
+                    for k, v in st.items():
+                        if isinstance(v, torch.Tensor) and v.shape == params[i].shape:
+                            st[k] = engine.local_like(params[i], v)
         opt = engine.make_optimizer()
         try:
             opt.load_state_dict(state)
@@ -200,11 +217,15 @@ def load_state(engine: "Engine", directory: str) -> None:
     engine.step = int(meta.get("step", 0))
 
 
-def export(lm: "LoadedModel", directory: str, merge_lora: bool) -> None:
-    """A plain HF directory (full fine-tuning, or LoRA merged) or a peft adapter directory."""
+def export(lm: "LoadedModel", directory: str, merge_lora: bool, state_dict: dict[str, Any] | None = None) -> None:
+    """A plain HF directory (full fine-tuning, or LoRA merged) or a peft adapter directory.
+
+    `state_dict`: the whole model's tensors when the live ones are sharded (engine ranks under FSDP2)."""
 
     def write(tmp: str) -> None:
-        if lm.lora and not merge_lora:
+        if state_dict is not None:
+            lm.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        elif lm.lora and not merge_lora:
             lm.model.save_pretrained(tmp, safe_serialization=True)
         else:
             model = lm.model

@@ -9,6 +9,7 @@ real tokens never see the padding after them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from . import ENGINE_VERSION, PROTOCOL_VERSION
-from . import checkpoint, sampler
+from . import checkpoint, dist, sampler
 from .losses import LossSpec, compute_loss
 from .model import LoadedModel, load, precheck
 from .protocol import ProtocolError, bad, pack_f32
@@ -52,8 +53,10 @@ class Batch:
 
     def __init__(self, datums: list[dict[str, Any]], indices: list[int], device: torch.device, need_rl: bool):
         rows = [datums[i] for i in indices]
-        t = max(len(d["inputIds"]) for d in rows)
-        b = len(rows)
+        # No indices: a one-token, zero-weight padding batch (a rank with fewer micro-batches than
+        # another still joins every collective).
+        t = max((len(d["inputIds"]) for d in rows), default=1)
+        b = max(len(rows), 1)
         self.indices = indices
         self.lengths = [len(d["inputIds"]) for d in rows]
         inp = np.zeros((b, t), dtype=np.int64)
@@ -81,6 +84,10 @@ class Engine:
         self.lm: LoadedModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.step = 0
+        # Engine ranks under torchrun (see dist.py); None in a single process.
+        self.dist = dist.current()
+        # What training calls go through: a DDP wrapper, the FSDP2-sharded model, or the model itself.
+        self.train_module: torch.nn.Module | None = None
         env_budget = os.environ.get("ERL_ENGINE_MICROBATCH_TOKENS")
         self.microbatch_override: int | None = int(env_budget) if env_budget else None
         self.microbatch_tokens = self.microbatch_override or DEFAULT_MICROBATCH_TOKENS
@@ -167,8 +174,11 @@ class Engine:
         # Free the old model first: two large models may not fit side by side.
         self.lm = None
         self.optimizer = None
+        self.train_module = None
         self.step = 0
         self.lm = load(p)
+        if self.dist is not None:
+            self.train_module = self.dist.wrap(self.lm.model, self.lm.device)
         if self.microbatch_override is None:
             # Logits and their softmax are B x T x vocab fp32 tensors, a few of them alive at once.
             by_vocab = LOGITS_BUDGET_BYTES // (4 * 3 * max(self.lm.vocab_size, 1))
@@ -209,7 +219,33 @@ class Engine:
     # ---- sampling and scoring ---------------------------------------------------------------------
 
     def sample(self, p: dict[str, Any]) -> dict[str, Any]:
-        seqs = sampler.sample(self.need_model(), p)
+        lm = self.need_model()
+        d = self.dist
+        if d is None:
+            seqs = sampler.sample(lm, p)
+        else:
+            # Contiguous blocks of prompts; each sequence keeps its global row for its random draws.
+            n_prompts, n = len(p["prompts"]), p["n"]
+            lo, hi = d.block(n_prompts)
+            err: BaseException | None = None
+            local: list[dict[str, Any]] = []
+            try:
+                if d.mode == "fsdp":
+                    raise ProtocolError(
+                        "bad_request",
+                        "sample: the engine's own sampler does not run on FSDP2-sharded weights; "
+                        'use sampler "vllm" (docs/scaling.md) or ERL_ENGINE_PARALLEL=ddp',
+                    )
+                d.maybe_fault("sample")
+                if hi > lo:
+                    sub = {**p, "prompts": p["prompts"][lo:hi]}
+                    local = sampler.sample(lm, sub, row_offset=lo * n, total_rows=n_prompts * n)
+                    for s in local:
+                        s["promptIndex"] += lo
+            except Exception as e:  # noqa: BLE001 - every rank must reach agree()
+                err = e
+            d.agree(err)
+            seqs = [s for part in d.all_gather(local) for s in part]
         for s in seqs:
             s["logprobs"] = pack_f32(np.asarray(s["logprobs"], dtype=np.float32))
         return {"sequences": seqs}
@@ -230,8 +266,25 @@ class Engine:
             if lm.max_positions is not None and n > lm.max_positions:
                 raise bad(f"params.datums[{i}].inputIds", f"{n} tokens exceed the model's {lm.max_positions} positions")
 
-    def _micro_batches(self, datums: list[dict[str, Any]]) -> list[list[int]]:
-        order = sorted(range(len(datums)), key=lambda i: -len(datums[i]["inputIds"]))
+    def _plan(self, datums: list[dict[str, Any]], method: str) -> list[list[int]]:
+        """This rank's micro-batches; under torchrun every rank gets as many (padding with [])."""
+        d = self.dist
+        if d is None:
+            return self._micro_batches(datums)
+        err: BaseException | None = None
+        groups: list[list[int]] = []
+        try:
+            d.maybe_fault(method)
+            groups = self._micro_batches(datums, d.shard_by_tokens([len(x["inputIds"]) for x in datums]))
+        except Exception as e:  # noqa: BLE001 - every rank must reach agree()
+            err = e
+        d.agree(err)
+        count = d.max_int(len(groups))
+        return groups + [[] for _ in range(count - len(groups))]
+
+    def _micro_batches(self, datums: list[dict[str, Any]], subset: list[int] | None = None) -> list[list[int]]:
+        pool = range(len(datums)) if subset is None else subset
+        order = sorted(pool, key=lambda i: -len(datums[i]["inputIds"]))
         groups: list[list[int]] = []
         cur: list[int] = []
         for i in order:
@@ -250,17 +303,28 @@ class Engine:
         datums = p["datums"]
         self._check_datums(datums, False)
         result: list[Any] = [None] * len(datums)
+        plan = self._plan(datums, "forward")
+        # DDP needs no collective without gradients: its inner model is used directly.
+        model = self.train_module if (self.dist and self.dist.mode == "fsdp") else lm.model
+        assert model is not None
         was_training = lm.model.training
         lm.model.eval()
         try:
-            for idx in self._micro_batches(datums):
+            for idx in plan:
                 b = Batch(datums, idx, lm.device, False)
-                logp, _ = token_logprobs(lm.model, b.inp, b.tgt, lm.autocast())
+                logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast())
                 logp_np = logp.cpu().numpy()
                 for r, di in enumerate(idx):
                     result[di] = pack_f32(logp_np[r, : b.lengths[r]])
         finally:
             lm.model.train(was_training)
+            if self.dist is not None and self.dist.mode == "fsdp":
+                dist.reshard(lm.model)
+        if self.dist is not None:
+            mine = {di: result[di] for idx in plan for di in idx}
+            for part in self.dist.all_gather(mine):
+                for di, lp in part.items():
+                    result[di] = lp
         return {"logprobs": result}
 
     def forward_backward(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -291,21 +355,33 @@ class Engine:
 
         acc = _MetricAcc()
         total_loss = 0.0
+        plan = self._plan(datums, "forwardBackward")
+        d = self.dist
+        train = self.train_module if self.train_module is not None else lm.model
+        # DDP and FSDP2 average gradients over ranks; the loss divisor is already global.
+        scale = float(d.world) if d is not None else 1.0
         lm.model.train()
         try:
-            for idx in self._micro_batches(datums):
+            for k, idx in enumerate(plan):
                 b = Batch(datums, idx, lm.device, need_rl)
-                logp, ent = token_logprobs(lm.model, b.inp, b.tgt, lm.autocast(), with_entropy=True)
-                ref_logp = None
-                if spec.kl_coef:
-                    with torch.no_grad(), lm.reference_model() as ref:
-                        ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast())
-                loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp)
-                loss.backward()
+                # DDP all-reduces once per call, at its last micro-batch (the others accumulate locally).
+                no_sync = d is not None and d.mode == "ddp" and k < len(plan) - 1
+                with train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                    logp, ent = token_logprobs(train, b.inp, b.tgt, lm.autocast(), with_entropy=True)
+                    ref_logp = None
+                    if spec.kl_coef:
+                        with torch.no_grad(), lm.reference_model() as ref:
+                            ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast())
+                    loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp)
+                    (loss * scale if scale != 1.0 else loss).backward()
                 total_loss += float(loss.detach())
                 acc.add(b.w != 0, logp.detach(), ent, diag, b.w, norm)
         finally:
             lm.model.eval()
+        if d is not None:
+            parts = d.all_gather((total_loss, acc))
+            total_loss = sum(x[0] for x in parts)
+            acc = _MetricAcc.merged([x[1] for x in parts])
         metrics = acc.result()
         metrics["loss"] = total_loss
         metrics["sequences"] = float(len(datums))
@@ -320,6 +396,8 @@ class Engine:
         grads = [p.grad for p in self._trainable() if p.grad is not None]
         if not grads:
             return 0.0
+        if any(dist.is_dtensor(g) for g in grads):  # FSDP2 shards: the norm of the whole gradient
+            return float(dist.full(torch.nn.utils.get_total_norm(grads)))
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
 
     # ---- optimizer --------------------------------------------------------------------------------
@@ -340,7 +418,14 @@ class Engine:
             g["weight_decay"] = p.get("weightDecay", 0.01)
         params = self._trainable()
         clip = p.get("gradClip", math.inf)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm=clip)) if params else 0.0
+        if self.dist is not None:
+            err: BaseException | None = None
+            try:
+                self.dist.maybe_fault("optimStep")
+            except Exception as e:  # noqa: BLE001 - every rank must reach agree()
+                err = e
+            self.dist.agree(err)
+        grad_norm = float(dist.full(torch.nn.utils.clip_grad_norm_(params, max_norm=clip))) if params else 0.0
         metrics: dict[str, float] = {"lr": p["lr"], "grad_norm": grad_norm}
         if not math.isfinite(grad_norm):
             # A non-finite gradient would poison the weights and the Adam moments: skip the update.
@@ -357,15 +442,49 @@ class Engine:
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def save_state(self, p: dict[str, Any]) -> dict[str, Any]:
-        checkpoint.save_state(self, p["dir"])
+        lm = self.need_model()
+        # Full tensors (a collective under FSDP2); only rank 0 writes, in the single-process format.
+        trainable = {n: dist.full(q.detach()).cpu() for n, q in lm.model.named_parameters() if q.requires_grad}
+        opt_state = self.full_optimizer_state()
+        if self.dist is None or self.dist.rank == 0:
+            checkpoint.save_state(self, p["dir"], trainable, opt_state)
         return {}
+
+    def full_optimizer_state(self) -> dict[str, Any] | None:
+        """The optimizer's state_dict with whole tensors (FSDP2 keeps each rank's shard only)."""
+        if self.optimizer is None:
+            return None
+        sd = self.optimizer.state_dict()
+        if self.dist is not None and self.dist.mode == "fsdp":
+            sd["state"] = {i: {k: dist.full(v) for k, v in st.items()} for i, st in sd["state"].items()}
+        return sd
+
+    def local_like(self, param: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        """`whole` laid out like `param`: this rank's shard of it under FSDP2, else itself."""
+        if not dist.is_dtensor(param):
+            return whole
+        from torch.distributed.tensor import distribute_tensor
+
+        mesh, placements = param.device_mesh, param.placements  # type: ignore[attr-defined]
+        return distribute_tensor(whole, mesh, placements, src_data_rank=None)
 
     def load_state(self, p: dict[str, Any]) -> dict[str, Any]:
         checkpoint.load_state(self, p["dir"])
         return {"step": self.step}
 
     def export(self, p: dict[str, Any]) -> dict[str, Any]:
-        checkpoint.export(self.need_model(), p["dir"], merge_lora=p.get("mergeLora", False))
+        lm = self.need_model()
+        if self.dist is None or self.dist.mode == "ddp":
+            if self.dist is None or self.dist.rank == 0:
+                checkpoint.export(lm, p["dir"], merge_lora=p.get("mergeLora", False))
+            return {}
+        if p.get("mergeLora") and lm.lora:
+            raise bad("params.mergeLora", "merging LoRA is not available on FSDP2-sharded weights; export the adapter")
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(lm.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.dist.rank == 0:
+            checkpoint.export(lm, p["dir"], merge_lora=False, state_dict=state)
         return {}
 
 
@@ -380,6 +499,18 @@ class _MetricAcc:
 
     def _add(self, key: str, v: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + v
+
+    @classmethod
+    def merged(cls, parts: list["_MetricAcc"]) -> "_MetricAcc":
+        """The sums of several ranks' accumulators (every metric is a sum, a min or a max)."""
+        out = cls()
+        for part in parts:
+            out.count += part.count
+            for key, v in part.sums.items():
+                out._add(key, v)
+            out.rmin = min(out.rmin, part.rmin)
+            out.rmax = max(out.rmax, part.rmax)
+        return out
 
     def add(
         self,

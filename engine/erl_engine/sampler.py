@@ -92,7 +92,11 @@ class StopStrings:
 
 
 @torch.no_grad()
-def sample(lm: LoadedModel, req: dict[str, Any]) -> list[dict[str, Any]]:
+def sample(
+    lm: LoadedModel, req: dict[str, Any], row_offset: int = 0, total_rows: int | None = None
+) -> list[dict[str, Any]]:
+    """`row_offset` / `total_rows`: this call's rows within a larger request split over engine ranks, so
+    that each sequence draws the uniforms it would draw in one process."""
     model = lm.model
     dev = lm.device
     prompts: list[np.ndarray] = req["prompts"]
@@ -156,6 +160,7 @@ def sample(lm: LoadedModel, req: dict[str, Any]) -> list[dict[str, Any]]:
             next_pos = next_pos.repeat_interleave(n, dim=0)
 
         total = n_prompts * n
+        draws = total_rows if total_rows is not None else total
         gen = torch.Generator(device=dev)
         gen.manual_seed(req["seed"])
         fast = _FastDecoder.create(lm, cache, mask, longest + max_tokens) if FAST_DECODE else None
@@ -167,7 +172,7 @@ def sample(lm: LoadedModel, req: dict[str, Any]) -> list[dict[str, Any]]:
         with lm.autocast():
             for _ in range(max_tokens):
                 raw = torch.log_softmax(logits, dim=-1)
-                u = torch.rand(total, generator=gen, device=dev)[row_ids]
+                u = torch.rand(draws, generator=gen, device=dev)[row_ids + row_offset]
                 nxt = choose_tokens(logits, temperature, top_k, top_p, u)
                 lp = raw.gather(1, nxt[:, None])[:, 0]
                 keep = state.record(nxt.tolist(), lp.tolist())

@@ -69,14 +69,79 @@ class Dispatcher:
             if method == "shutdown":
                 return ok(rid, {}), True
             with self.lock:
-                return ok(rid, self.engine.call(method, params)), False
+                return ok(rid, self.execute(method, params)), False
         except ProtocolError as e:
             return fail(rid, e), False
         except Exception as e:  # a bug or a torch error: report it, keep serving
-            traceback.print_exc(file=sys.stderr)
-            sys.stderr.flush()
-            msg_text = f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
-            return fail(rid, ProtocolError("internal", f"engine error ({msg_text}); see the engine's stderr")), False
+            return fail(rid, _internal(e)), False
+
+    def execute(self, method: str, params: dict[str, Any]) -> Any:
+        """Runs a validated request; under torchrun on every rank, answering with any rank's error."""
+        d = self.engine.dist
+        if d is None:
+            return self.engine.call(method, params)
+        d.broadcast_request((method, params))
+        result, err = _outcome(self.engine, method, params)
+        outcomes = d.gather_outcomes(err) or []
+        errors = [(r, e) for r, e in enumerate(outcomes) if e is not None and e[0] != "peer"]
+        if errors:
+            rank, (code, message) = errors[0]
+            raise ProtocolError(code, message if rank == 0 else f"rank {rank}: {message}")
+        if err is not None:  # only "another rank failed", yet none reported an error: should not happen
+            raise ProtocolError("internal", "an engine rank failed without reporting an error")
+        return result
+
+    def close(self) -> None:
+        """Under torchrun: tells the other ranks to exit."""
+        d = self.engine.dist
+        if d is not None and d.rank == 0:
+            d.broadcast_request(("shutdown", {}))
+
+
+def _internal(e: BaseException) -> ProtocolError:
+    traceback.print_exc(file=sys.stderr)
+    sys.stderr.flush()
+    msg_text = f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
+    return ProtocolError("internal", f"engine error ({msg_text}); see the engine's stderr")
+
+
+def _outcome(engine: Any, method: str, params: dict[str, Any]) -> tuple[Any, tuple[str, str] | None]:
+    """(result, None) or (None, (code, message)); code "peer" when only another rank failed."""
+    from .dist import PeerFailed
+
+    try:
+        return engine.call(method, params), None
+    except PeerFailed:
+        return None, ("peer", "")
+    except ProtocolError as e:
+        return None, (e.code, e.message)
+    except Exception as e:  # noqa: BLE001 - reported through rank 0
+        err = _internal(e)
+        return None, (err.code, err.message)
+
+
+def follow() -> int:
+    """Ranks other than 0: execute what rank 0 broadcasts until it says shutdown."""
+    os.dup2(2, 1)  # nothing of theirs may reach the protocol stream
+    sys.stdout = sys.stderr
+    dispatcher = Dispatcher()
+    d = dispatcher.engine.dist
+    assert d is not None
+    while True:
+        method, params = d.broadcast_request(None)
+        if method == "shutdown":
+            break
+        _, err = _outcome(dispatcher.engine, method, params)
+        d.gather_outcomes(err)
+    _finish()
+    return 0
+
+
+def _finish() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def serve_stdio() -> int:
@@ -93,6 +158,8 @@ def serve_stdio() -> int:
         if stop:
             break
     out.close()
+    dispatcher.close()
+    _finish()
     return 0
 
 
@@ -176,6 +243,7 @@ def make_http_server(host: str, port: int, token: str) -> HTTPServer:
     # at a time under the dispatcher lock.
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
+    server.dispatcher = dispatcher  # type: ignore[attr-defined]
     return server
 
 
@@ -187,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", default=None, help="bearer token (default: $ERL_ENGINE_TOKEN)")
     ap.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
     args = ap.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return follow()
     if not args.http:
         return serve_stdio()
     token = args.token or os.environ.get("ERL_ENGINE_TOKEN")
@@ -201,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     server = make_http_server(args.host, args.port, token)
+    dispatcher: Dispatcher = server.dispatcher  # type: ignore[attr-defined]
     _announce("http")
     host, port = server.server_address[:2]
     # The one line a parent process waits for: the actual port (useful with --port 0).
@@ -211,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+        dispatcher.close()
+        _finish()
     return 0
 
 

@@ -68,6 +68,26 @@ export interface StdioEngineOptions {
   onStderr?: (line: string) => void;
   /** Protocol version to speak; only tests set it, to check that a mismatch is refused. */
   protocolVersion?: number;
+  /**
+   * Engine ranks on this machine, launched with torchrun (default $ERL_ENGINE_RANKS, else 1). Rank 0
+   * speaks the protocol; see docs/scaling.md.
+   */
+  ranks?: number;
+}
+
+/** The engine's command line after the interpreter: one process, or `ranks` of them under torchrun. */
+export function engineArgs(ranks: number): string[] {
+  if (!Number.isInteger(ranks) || ranks < 1)
+    throw new UserError(`engine ranks must be a positive integer, got ${ranks} (ERL_ENGINE_RANKS)`);
+  if (ranks === 1) return ["-m", "erl_engine.server"];
+  return [
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    `--nproc-per-node=${ranks}`,
+    "-m",
+    "erl_engine.server",
+  ];
 }
 
 export interface HttpEngineOptions {
@@ -387,7 +407,8 @@ export async function startEngine(opts: StdioEngineOptions = {}): Promise<Engine
     TRANSFORMERS_OFFLINE: "1",
     ...opts.env,
   };
-  const child = spawn(python, ["-m", "erl_engine.server"], {
+  const ranks = opts.ranks ?? Number(process.env.ERL_ENGINE_RANKS || "1");
+  const child = spawn(python, engineArgs(ranks), {
     cwd: REPO_ROOT,
     env,
     stdio: ["pipe", "pipe", "pipe"],
