@@ -105,7 +105,7 @@ test("ERL step: gating, sample kinds, contexts, rewards, groups and advantages",
   const first = byStage(r, "first");
   assert.deepEqual(
     first.map((s) => s.group),
-    [t0, t0, t1, t1, t2, t2].map((t) => `${t}|first`),
+    [0, 0, 1, 1, 2, 2].map((k) => `t${k}:${tasks[k]!.id}|first`),
   );
   [0, 0, A, -A, 0, 0].forEach((a, i) => near(first[i]!.advantage, a, `first ${i}`));
   for (const stage of ["reflection", "second"] as const) {
@@ -113,9 +113,9 @@ test("ERL step: gating, sample kinds, contexts, rewards, groups and advantages",
     assert.deepEqual(
       xs.map((s) => [s.group, s.reward]),
       [
-        [`${t1}|${stage}`, 1],
-        [`${t2}|${stage}`, 0],
-        [`${t2}|${stage}`, 1],
+        [`t1:${t1}|${stage}`, 1],
+        [`t2:${t2}|${stage}`, 0],
+        [`t2:${t2}|${stage}`, 1],
       ],
     );
     [1, -A, A].forEach((a, i) => near(xs[i]!.advantage, a, `${stage} ${i}`));
@@ -298,7 +298,7 @@ test("singleton and all-equal rules are options", async () => {
   const rb = await erlStep(b.ctx, tasks, b.options);
   assert.deepEqual(
     byStage(rb, "first").map((s) => s.group),
-    [`${t1}|first`, `${t1}|first`],
+    [`t1:${t1}|first`, `t1:${t1}|first`],
   );
   assert.equal(byStage(rb, "reflection")[0]!.advantage, 1, "singletons are not all-equal groups");
 });
@@ -361,6 +361,32 @@ test("RLVR step: n = 10 first attempts, GRPO within each task, nothing else", as
   assert.deepEqual(r.memoryWrites, []);
   assert.equal(policy.reflections, 0);
   assert.ok(r.rollouts.every((x) => x.stage === "first" && x.group.endsWith("|first")));
+});
+
+test("a task that appears twice in one batch gets one group per copy", async () => {
+  // The task cursor wraps into a new pass mid-batch when the pool is smaller than the batch, so a
+  // batch can hold the same task twice. Prompt 0 (task 0, first copy) is lucky: rewards [1, 0 | 0, 0 | 0, 0].
+  const policy = new FrozenLakePolicy({ key: KEY, lucky: (call, p) => call === 0 && p === 0 });
+  const model = new ScriptedBackend(policy.script);
+  const ctx: AlgoContext = { env, model, memory: createMemory({ kind: "global" }), rng: new Rng(1), step: 1 };
+  const r = await rlvrStep(ctx, [tasks[0]!, tasks[0]!, tasks[1]!], { ...defaultRlvrOptions(), n: 2 });
+  assert.deepEqual(
+    r.samples.map((s) => s.reward),
+    [1, 0, 0, 0, 0, 0],
+  );
+  // Kept apart, the first copy is a [1, 0] group and the second an all-zero one. Merged into one
+  // [1, 0, 0, 0] group they would get 1.5 and −0.5.
+  [A, -A, 0, 0, 0, 0].forEach((a, i) => near(r.samples[i]!.advantage, a, `sample ${i}`));
+  assert.deepEqual(
+    r.rollouts.map((x) => x.group),
+    [`t0:${t0}|first`, `t0:${t0}|first`, `t1:${t0}|first`, `t1:${t0}|first`, `t2:${t1}|first`, `t2:${t1}|first`],
+  );
+
+  // The ERL step groups its reflection and second-attempt rows the same way.
+  const e = setup();
+  const re = await erlStep(e.ctx, [tasks[1]!, tasks[1]!], e.options);
+  const groups = new Set(re.samples.filter((s) => s.stage === "first").map((s) => s.group));
+  assert.equal(groups.size, 2);
 });
 
 test("compact profile: same step structure, compact texts, progress reported per phase", async () => {

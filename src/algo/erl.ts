@@ -22,8 +22,9 @@
  *    sampled tokens, scored by r2), a second-attempt sample (r2) and a distill sample: the second
  *    attempt's sampled tokens re-rendered under the initial prompt, weight max(r2, 0), old log-probs
  *    recomputed in that context (ratio starts at 1).
- * 7. Advantages: GRPO within (task, stage) groups; singleton groups A = r by default (the
- *    reference's mean 0 / std 1), all-equal groups A = 0 and kept; both are named options.
+ * 7. Advantages: GRPO within (batch row, stage) groups, so two copies of a task in one batch are
+ *    two groups; singleton groups A = r by default (the reference's mean 0 / std 1), all-equal
+ *    groups A = 0 and kept; both are named options.
  * Ablations (options): noMemory (reflection always shown the initial prompt, memory never
  * written), noReflection (no Δ; the second attempt's system prompt is the initial prompt + the past
  * attempt + the format reminder; memory never written; distill kept), noDistill.
@@ -171,7 +172,7 @@ export async function erlStep(
         rulebook,
         tagFound: findRulebook(reply.text) !== null,
         // Scored by r2 once the second attempt is done.
-        sample: makeSample("reflection", r.attempt.task.id, r.first.request.id, reply.trajectory, 0),
+        sample: makeSample("reflection", r.attempt, r.first.request.id, reply.trajectory, 0),
       };
     });
   }
@@ -209,7 +210,7 @@ export async function erlStep(
 
   // 6. Samples: first attempts for all; reflection, second and distill for retried ones.
   const samples: TrainSample[] = firsts.map((o, i) =>
-    makeSample("first", attempts[i]!.task.id, o.request.id, o.trajectory, o.reward),
+    makeSample("first", attempts[i]!, o.request.id, o.trajectory, o.reward),
   );
   const distillPending: TrainSample[] = [];
   const contextLimit = Math.min(options.maxContextTokens, model.maxPositions ?? Number.POSITIVE_INFINITY);
@@ -219,7 +220,7 @@ export async function erlStep(
     const second = seconds[i]!;
     if (r.reflection) samples.push({ ...r.reflection.sample, reward: second.reward });
     samples.push(
-      makeSample("second", r.attempt.task.id, second.request.id, second.trajectory, second.reward),
+      makeSample("second", r.attempt, second.request.id, second.trajectory, second.reward),
     );
   }
   if (!options.noDistill) {
@@ -232,7 +233,7 @@ export async function erlStep(
       if (trajectory.ids.length - 1 > contextLimit) distillTooLong += 1;
       else
         distillPending.push(
-          makeDistillSample(retries[i]!.attempt.task.id, second.request.id, trajectory, second.reward),
+          makeDistillSample(retries[i]!.attempt, second.request.id, trajectory, second.reward),
         );
     });
   }
@@ -244,7 +245,7 @@ export async function erlStep(
     ctx.onProgress?.({ phase: "distill", done: distillPending.length, total: distillPending.length });
   }
 
-  // 7. Advantages within (task, stage) groups.
+  // 7. Advantages within (batch row, stage) groups.
   const trainSamples = withAdvantages(samples, options);
 
   // Rollout records and metrics.
@@ -257,7 +258,7 @@ export async function erlStep(
       outcome: o,
       stage: "first",
       attempt: a.attempt,
-      group: groupKey(a.task.id, "first"),
+      group: groupKey(a, "first"),
       ...(perWorker ? { worker: memory.slotFor(a.position) } : {}),
     });
   });
@@ -269,7 +270,7 @@ export async function erlStep(
       outcome: seconds[i]!,
       stage: "second",
       attempt: r.attempt.attempt,
-      group: groupKey(r.attempt.task.id, "second"),
+      group: groupKey(r.attempt, "second"),
       ...(perWorker ? { worker: r.slot } : {}),
     });
     if (r.reflection)

@@ -15,6 +15,7 @@ import {
   envStopStrings,
   episodeId,
   expandAttempts,
+  groupKey,
   mean,
   rolloutRecord,
 } from "./samples.ts";
@@ -64,7 +65,7 @@ export async function evaluate(
       outcome: o,
       stage: "eval",
       attempt: a.attempt,
-      group: `${a.task.id}|eval`,
+      group: groupKey(a, "eval"),
     });
   });
   return {

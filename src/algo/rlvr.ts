@@ -62,7 +62,7 @@ export async function rlvrStep(
   );
 
   const samples = withAdvantages(
-    outcomes.map((o, i) => makeSample("first", attempts[i]!.task.id, o.request.id, o.trajectory, o.reward)),
+    outcomes.map((o, i) => makeSample("first", attempts[i]!, o.request.id, o.trajectory, o.reward)),
     options,
   );
   const rollouts = outcomes.map((o, i) => {
@@ -74,7 +74,7 @@ export async function rlvrStep(
       outcome: o,
       stage: "first",
       attempt: a.attempt,
-      group: groupKey(a.task.id, "first"),
+      group: groupKey(a, "first"),
     });
   });
   const elapsed = (performance.now() - started) / 1000;

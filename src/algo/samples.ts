@@ -18,8 +18,14 @@ import type {
   TrainSample,
 } from "./types.ts";
 
-export function groupKey(taskId: string, stage: Stage): string {
-  return `${taskId}|${stage}`;
+/**
+ * The GRPO group of an attempt slot: its task's position in the batch, the task id and the stage.
+ * The position keeps two copies of one task in a batch (the task cursor wraps into a new pass
+ * mid-batch when the pool is small) in separate groups, as the reference gives each row its own
+ * uid before repeating it n times.
+ */
+export function groupKey(slot: { taskIndex: number; task: Task }, stage: Stage | "eval"): string {
+  return `t${slot.taskIndex}:${slot.task.id}|${stage}`;
 }
 
 /** Episode ids are unique within a run: step, task position, attempt index, stage. */
@@ -35,16 +41,16 @@ export function episodeId(
 /** A training sample from a trajectory; its advantage is filled in by `withAdvantages`. */
 export function makeSample(
   stage: Stage,
-  taskId: string,
+  slot: Attempt,
   episode: string,
   trajectory: Trajectory,
   reward: number,
 ): TrainSample {
   return {
     stage,
-    taskId,
+    taskId: slot.task.id,
     episode,
-    group: stage === "distill" ? "" : groupKey(taskId, stage),
+    group: stage === "distill" ? "" : groupKey(slot, stage),
     ids: trajectory.ids.slice(),
     mask: trajectory.mask.slice(),
     logprobs: trajectory.logprobs.slice(),
@@ -55,14 +61,14 @@ export function makeSample(
 
 /** A distill sample: the second attempt's replies in the initial-prompt context, weight max(r2, 0). */
 export function makeDistillSample(
-  taskId: string,
+  slot: Attempt,
   episode: string,
   trajectory: Trajectory,
   r2: number,
 ): TrainSample {
   const weight = Math.max(r2, 0);
   return {
-    ...makeSample("distill", taskId, episode, trajectory, r2),
+    ...makeSample("distill", slot, episode, trajectory, r2),
     advantage: weight,
     distillWeight: weight,
   };
