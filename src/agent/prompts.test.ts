@@ -86,6 +86,30 @@ test("reflection messages: instructions, then the shown prompt, the trace, rewar
   }
 });
 
+test("paper reflection: a memory rulebook is labelled as memory, not as the attempt's prompt", () => {
+  const { trace, feedback } = playedTrace();
+  const state = { trace, reward: 0, feedback };
+  const withMemory = paperProfile.reflectionMessages(parts, "MEMORY RULES", state);
+  const text = withMemory.map((m) => m.content).join("\n");
+  assert.ok(!/current system prompt/i.test(text), "memory is not the prompt the attempt ran under");
+  const user = withMemory[1]!.content;
+  assert.ok(user.startsWith("## Rulebook from memory\n"));
+  assert.ok(user.includes("made under\nthe initial system prompt"));
+  assert.ok(user.indexOf("MEMORY RULES") < user.indexOf("## The attempt"));
+  // Without memory the initial prompt is shown, as the prompt the attempt was made under.
+  const fresh = paperProfile.reflectionMessages(parts, null, state)[1]!.content;
+  assert.ok(
+    fresh.startsWith(
+      `## The system prompt the attempt was made under\n${paperProfile.initialSystemPrompt(parts)}\n`,
+    ),
+  );
+  // The compact profile shows the same starting point without labels.
+  assert.equal(
+    compactProfile.reflectionMessages(parts, null, state)[1]!.content,
+    compactProfile.reflectionMessages(parts, compactProfile.initialSystemPrompt(parts), state)[1]!.content,
+  );
+});
+
 test("w/o reflection: initial prompt + instruction + the attempt + format reminder", () => {
   const { trace, feedback } = playedTrace();
   for (const profile of [paperProfile, compactProfile]) {

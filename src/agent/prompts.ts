@@ -9,8 +9,8 @@
  *
  * The initial system prompt is the environment's task description plus its action-format reminder;
  * it never explains the board symbols. A reflection asks the model for a complete replacement system
- * prompt (a rulebook) inside <prompt>…</prompt>, shown the current rulebook, the attempt's trace,
- * its reward and the feedback line. docs/algorithms.md lists the texts.
+ * prompt (a rulebook) inside <prompt>…</prompt>, shown the memory's rulebook (or the initial prompt
+ * when memory is empty), the attempt's trace, its reward and the feedback line. docs/algorithms.md lists the texts.
  */
 import type { ChatMessage } from "../engine/api.ts";
 import type { EnvPromptParts, TraceStep } from "../envs/types.ts";
@@ -33,8 +33,11 @@ export interface PromptProfile {
   traceText(trace: readonly TraceStep[]): string;
   /** The attempt block: trace, reward and feedback line. */
   attemptText(state: AttemptState): string;
-  /** The chat that asks for Δ. `shownPrompt` is the memory rulebook, or the initial prompt if memory is empty. */
-  reflectionMessages(parts: EnvPromptParts, shownPrompt: string, state: AttemptState): ChatMessage[];
+  /**
+   * The chat that asks for Δ, shown the memory rulebook (`null` when memory is empty or unused: the
+   * initial prompt is shown instead) and the attempt, which was made under the initial prompt.
+   */
+  reflectionMessages(parts: EnvPromptParts, memory: string | null, state: AttemptState): ChatMessage[];
   /** Second-attempt system prompt of the w/o-reflection ablation. */
   noReflectionSystemPrompt(parts: EnvPromptParts, state: AttemptState): string;
 }
@@ -94,17 +97,17 @@ function effectWord(step: TraceStep): string {
 
 const PAPER_REFLECTION_SYSTEM = [
   "You improve the system prompt that an agent follows in an interactive task.",
-  "The agent has just made an attempt under the current system prompt and did not succeed. Study the",
-  "attempt: which symbols it saw, which actions it took, what each action did and how the episode ended.",
+  "The agent has just made an attempt and did not succeed. Study the attempt: which symbols it saw,",
+  "which actions it took, what each action did and how the episode ended.",
   "",
   "Then write a complete replacement system prompt for the agent's next attempt at this kind of task. It",
-  "replaces the current one entirely, so it must stand on its own. Write it as a rulebook that covers:",
+  "replaces the agent's prompt entirely, so it must stand on its own. Write it as a rulebook that covers:",
   "1. Symbols: what each symbol or element of the observation stands for.",
   "2. Mechanics: how each action changes the state, including actions that do nothing.",
   "3. Objective: what ends an episode and what earns reward.",
   "4. Strategy: a concrete procedure for choosing the next action.",
-  "Keep what the evidence supports from the current prompt, correct what the attempt contradicts, and",
-  "mark guesses as guesses. End the rulebook with the exact action-format instructions.",
+  "Keep what the evidence supports from the prompt or rulebook you are shown, correct what the attempt",
+  "contradicts, and mark guesses as guesses. End the rulebook with the exact action-format instructions.",
   "",
   `Put the whole new system prompt between ${RULEBOOK_OPEN} and ${RULEBOOK_CLOSE}.`,
 ].join("\n");
@@ -142,10 +145,19 @@ export const paperProfile: PromptProfile = {
     ].join("\n");
   },
 
-  reflectionMessages(_parts, shownPrompt, state) {
+  reflectionMessages(parts, memory, state) {
+    // First attempts always run under the initial prompt; a memory rulebook is only a starting point.
+    const shown =
+      memory === null
+        ? ["## The system prompt the attempt was made under", paperProfile.initialSystemPrompt(parts)]
+        : [
+            "## Rulebook from memory",
+            "(It led to a success on an earlier task. The attempt below did not see it: it was made under",
+            "the initial system prompt, which holds only the task description and the action format.)",
+            memory.trim(),
+          ];
     const user = [
-      "## Current system prompt",
-      shownPrompt.trim(),
+      ...shown,
       "",
       paperProfile.attemptText(state),
       "",
@@ -199,10 +211,11 @@ export const compactProfile: PromptProfile = {
     return `Trace:\n${compactProfile.traceText(state.trace)}\nReward: ${formatReward(state.reward)}\n${state.feedback}`;
   },
 
-  reflectionMessages(_parts, shownPrompt, state) {
+  reflectionMessages(parts, memory, state) {
+    const shown = memory ?? compactProfile.initialSystemPrompt(parts);
     return [
       { role: "system", content: COMPACT_REFLECTION_SYSTEM },
-      { role: "user", content: `Prompt:\n${shownPrompt.trim()}\n${compactProfile.attemptText(state)}` },
+      { role: "user", content: `Prompt:\n${shown.trim()}\n${compactProfile.attemptText(state)}` },
     ];
   },
 

@@ -143,7 +143,7 @@ test("ERL step: gating, sample kinds, contexts, rewards, groups and advantages",
     const m = chat(s);
     assert.equal(m.length, 3);
     assert.ok(m[0]!.content.includes("<prompt>"));
-    assert.ok(m[1]!.content.includes(`## Current system prompt\n${initialPrompt}`));
+    assert.ok(m[1]!.content.includes(`## The system prompt the attempt was made under\n${initialPrompt}`));
     assert.ok(m[1]!.content.includes("Action: I am not sure."));
     assert.ok(m[1]!.content.includes("Reward: 0"));
     assert.ok(m[1]!.content.includes("Outcome: ran out of steps"));
@@ -205,7 +205,14 @@ test("ERL step: gating, sample kinds, contexts, rewards, groups and advantages",
   assert.equal(r2.metrics.gate_rate, 1);
   for (const s of byStage(r2, "first")) assert.equal(chat(s)[0]!.content, initialPrompt);
   for (const s of byStage(r2, "reflection"))
-    assert.ok(chat(s)[1]!.content.includes(`## Current system prompt\n${deltas[2]}`));
+    assert.ok(chat(s)[1]!.content.includes(`## Rulebook from memory\n`));
+  for (const s of byStage(r2, "reflection")) {
+    // The memory rulebook is not what the attempt ran under: it is labelled as memory.
+    const user = chat(s)[1]!.content;
+    assert.ok(user.includes(`did not see it`) && user.includes(`${deltas[2]}\n\n## The attempt`));
+    assert.ok(!/current system prompt/i.test(user));
+    assert.ok(!/attempt under the current system prompt/i.test(chat(s)[0]!.content));
+  }
   for (const rec of r2.rollouts.filter((x) => x.stage === "second"))
     assert.equal(rec.reflection!.memoryBefore, deltas[2]);
 });
@@ -249,7 +256,7 @@ test("noMemory: reflection always starts from the initial prompt; memory is neve
   assert.equal(memory.read(0), "OLD RULES");
   for (const s of byStage(r, "reflection")) {
     const user = chat(s)[1]!.content;
-    assert.ok(user.includes(`## Current system prompt\n${initialPrompt}`));
+    assert.ok(user.includes(`## The system prompt the attempt was made under\n${initialPrompt}`));
     assert.ok(!user.includes("OLD RULES"));
   }
   assert.equal(byStage(r, "reflection").length, 3);
@@ -379,7 +386,14 @@ test("a task that appears twice in one batch gets one group per copy", async () 
   [A, -A, 0, 0, 0, 0].forEach((a, i) => near(r.samples[i]!.advantage, a, `sample ${i}`));
   assert.deepEqual(
     r.rollouts.map((x) => x.group),
-    [`t0:${t0}|first`, `t0:${t0}|first`, `t1:${t0}|first`, `t1:${t0}|first`, `t2:${t1}|first`, `t2:${t1}|first`],
+    [
+      `t0:${t0}|first`,
+      `t0:${t0}|first`,
+      `t1:${t0}|first`,
+      `t1:${t0}|first`,
+      `t2:${t1}|first`,
+      `t2:${t1}|first`,
+    ],
   );
 
   // The ERL step groups its reflection and second-attempt rows the same way.

@@ -151,7 +151,7 @@ export async function erlStep(
     for (const r of retries) r.system = profile.noReflectionSystemPrompt(parts, stateOf(r.first));
   } else if (retries.length > 0) {
     const shown = retries.map((r) => r.memoryBefore ?? initialPrompt);
-    const chats = retries.map((r, i) => profile.reflectionMessages(parts, shown[i]!, stateOf(r.first)));
+    const chats = retries.map((r) => profile.reflectionMessages(parts, r.memoryBefore, stateOf(r.first)));
     ctx.onProgress?.({ phase: "reflection", done: 0, total: retries.length });
     const replies = await sampleReplies(
       chats.map((messages) => ({
@@ -219,9 +219,7 @@ export async function erlStep(
     const r = retries[i]!;
     const second = seconds[i]!;
     if (r.reflection) samples.push({ ...r.reflection.sample, reward: second.reward });
-    samples.push(
-      makeSample("second", r.attempt, second.request.id, second.trajectory, second.reward),
-    );
+    samples.push(makeSample("second", r.attempt, second.request.id, second.trajectory, second.reward));
   }
   if (!options.noDistill) {
     const replays = await Promise.all(

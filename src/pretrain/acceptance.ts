@@ -177,7 +177,7 @@ async function measureMode(
   const failed = first.filter((o) => !o.success);
   const replies = await sampleReplies(
     failed.map((o) => ({
-      messages: compactProfile.reflectionMessages(parts, initial, {
+      messages: compactProfile.reflectionMessages(parts, null, {
         trace: o.trace,
         reward: o.reward,
         feedback: o.feedback,
@@ -199,7 +199,7 @@ async function measureMode(
     ...replies.slice(0, 3).map((r, i) => ({
       kind: "reflection",
       messages: [
-        ...compactProfile.reflectionMessages(parts, initial, {
+        ...compactProfile.reflectionMessages(parts, null, {
           trace: failed[i]!.trace,
           reward: failed[i]!.reward,
           feedback: failed[i]!.feedback,

@@ -497,7 +497,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
     for (const c of claims) roles[c.role] = c.letter;
     const rulebook = rulebookText({ roles, notes: note ? [note] : [] }, 8, cur.rulebook);
     const delta = rulebookSystemPrompt(rulebook, parts);
-    const messages = compactProfile.reflectionMessages(parts, shown, {
+    const messages = compactProfile.reflectionMessages(parts, underRules ? shown : null, {
       trace,
       reward: played.episode.totalReward,
       feedback: played.episode.feedback(),

@@ -337,7 +337,7 @@ export function sokobanReflectionDoc(rng: Rng): SokobanDoc {
     const roles: Partial<Record<SkRole, string>> = {};
     for (const c of claims) roles[c.role] = c.letter;
     const analysis = claims.map((c) => `${SK_ROLE_WORD[c.role]}${cell(c.letter)}(${BASIS_WORDS[c.basis]})`);
-    const messages = compactProfile.reflectionMessages(parts, shown, {
+    const messages = compactProfile.reflectionMessages(parts, underRules ? shown : null, {
       trace: played.episode.trace,
       reward: played.episode.totalReward,
       feedback: played.episode.feedback(),
