@@ -5,6 +5,8 @@
 import { parseArgs } from "node:util";
 import { randomBytes } from "node:crypto";
 import { UserError } from "../util/errors.ts";
+import { existsSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
 import { startEngine } from "../engine/client.ts";
 import { spawnHttpEngine } from "../engine/serve.ts";
 
@@ -12,6 +14,10 @@ const USAGE = `usage:
   erl engine serve [--host 127.0.0.1] [--port 8765] [--token T] [--allow-remote]
       Serve the engine protocol over HTTP. The token comes from --token, else $ERL_ENGINE_TOKEN,
       else a random one is generated and printed. Clients connect with the URL and the token.
+  erl engine serve --openai --model <model-dir|run-dir> [--served-model-name NAME] [--host 127.0.0.1]
+                   [--port 8000] [--token T] [--allow-remote] [--dtype float32|bfloat16] [--device cpu|cuda|auto]
+      Serve one model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
+      /v1/models) with the same token rules. A run directory serves its newest checkpoint.
   erl engine info --model <dir> [--dtype float32|bfloat16] [--device cpu|cuda|auto]
       Load a model directory in a local engine and print versions, device, parameter counts, memory.`;
 
@@ -31,9 +37,14 @@ async function serve(args: string[]): Promise<number> {
     args,
     options: {
       host: { type: "string", default: "127.0.0.1" },
-      port: { type: "string", default: "8765" },
+      port: { type: "string" },
       token: { type: "string" },
       "allow-remote": { type: "boolean", default: false },
+      openai: { type: "boolean", default: false },
+      model: { type: "string" },
+      "served-model-name": { type: "string" },
+      dtype: { type: "string" },
+      device: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -41,7 +52,10 @@ async function serve(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  const port = Number(values.port);
+  if (!values.openai)
+    for (const k of ["model", "served-model-name", "dtype", "device"] as const)
+      if (values[k] !== undefined) throw new UserError(`--${k} is only for \`erl engine serve --openai\``);
+  const port = Number(values.port ?? (values.openai ? "8000" : "8765"));
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new UserError(`--port must be an integer in 0..65535, got "${values.port}"`);
   let token = values.token ?? process.env.ERL_ENGINE_TOKEN;
@@ -49,6 +63,17 @@ async function serve(args: string[]): Promise<number> {
     token = randomBytes(24).toString("hex");
     console.log(`generated token: ${token}`);
   }
+  if (values.openai)
+    return serveOpenAI({
+      host: values.host,
+      port,
+      token,
+      allowRemote: values["allow-remote"],
+      model: values.model,
+      name: values["served-model-name"],
+      dtype: values.dtype,
+      device: values.device,
+    });
   const server = await spawnHttpEngine({
     host: values.host,
     port,
@@ -62,6 +87,81 @@ async function serve(args: string[]): Promise<number> {
   process.once("SIGTERM", stop);
   await new Promise<void>((res) => server.child.on("exit", () => res()));
   return server.child.exitCode ?? 0;
+}
+
+function checkDtype(v: string | undefined): "float32" | "bfloat16" | undefined {
+  if (v !== undefined && v !== "float32" && v !== "bfloat16")
+    throw new UserError(`--dtype must be float32 or bfloat16, got "${v}"`);
+  return v;
+}
+
+function checkDevice(v: string | undefined): "cpu" | "cuda" | "auto" | undefined {
+  if (v !== undefined && v !== "cpu" && v !== "cuda" && v !== "auto")
+    throw new UserError(`--device must be cpu, cuda or auto, got "${v}"`);
+  return v;
+}
+
+async function serveOpenAI(o: {
+  host: string;
+  port: number;
+  token: string;
+  allowRemote: boolean;
+  model: string | undefined;
+  name: string | undefined;
+  dtype: string | undefined;
+  device: string | undefined;
+}): Promise<number> {
+  if (!o.model) throw new UserError("--model <model-dir|run-dir> is required with --openai");
+  const dtype = checkDtype(o.dtype);
+  const device = checkDevice(o.device);
+  const { isLoopback, startOpenAIServer } = await import("../serve/openai-server.ts");
+  if (!isLoopback(o.host) && !o.allowRemote)
+    throw new UserError(
+      `refusing to listen on non-loopback address ${o.host} without --allow-remote (prefer an SSH tunnel to 127.0.0.1)`,
+    );
+  const dir = resolve(o.model);
+  if (!existsSync(dir)) throw new UserError(`--model ${o.model}: no such directory`);
+  const isRun = existsSync(join(dir, "checkpoints")) && existsSync(join(dir, "config.json"));
+  const engine = await startEngine();
+  try {
+    let name = o.name ?? basename(dir);
+    if (isRun) {
+      const { loadRunForInference, loadModelRequest } = await import("../train/deps.ts");
+      const run = await loadRunForInference(dir);
+      if (dtype && dtype !== run.config.model.dtype)
+        throw new UserError(
+          `--dtype ${dtype}: the run was trained in ${run.config.model.dtype} and its checkpoint loads only so`,
+        );
+      // No KL reference: serving only samples.
+      const { reference: _unused, ...req } = loadModelRequest(run.config, resolve(run.config.model.path));
+      await engine.loadModel({ ...req, ...(device ? { device } : {}) });
+      await engine.loadState(run.checkpoint);
+      name = o.name ?? `${basename(dir)}@step-${run.step}`;
+    } else {
+      if (!existsSync(join(dir, "config.json")))
+        throw new UserError(
+          `--model ${o.model}: not an HF model directory (no config.json) nor a run directory`,
+        );
+      await engine.loadModel({ path: dir, dtype: dtype ?? "float32", device: device ?? "cpu", seed: 0 });
+    }
+    const server = await startOpenAIServer({
+      engine,
+      modelName: name,
+      token: o.token,
+      host: o.host,
+      port: o.port,
+      allowRemote: o.allowRemote,
+    });
+    console.log(`OpenAI-compatible API for "${name}" at ${server.url} (Ctrl-C to stop)`);
+    await new Promise<void>((res) => {
+      process.once("SIGINT", () => res());
+      process.once("SIGTERM", () => res());
+    });
+    await server.close();
+  } finally {
+    await engine.close().catch(() => undefined);
+  }
+  return 0;
 }
 
 async function info(args: string[]): Promise<number> {
