@@ -64,6 +64,9 @@ class Batch:
         w = np.zeros((b, t), dtype=np.float32)
         adv = np.zeros((b, t), dtype=np.float32)
         old = np.zeros((b, t), dtype=np.float32)
+        # The sampler's log-probs where a datum has them (else the old ones: no gap), and which rows do.
+        smp = np.zeros((b, t), dtype=np.float32)
+        has_smp = np.zeros((b, 1), dtype=np.float32)
         for r, d in enumerate(rows):
             n = len(d["inputIds"])
             inp[r, :n] = d["inputIds"]
@@ -72,11 +75,18 @@ class Batch:
             if need_rl:
                 adv[r, :n] = d["advantages"]
                 old[r, :n] = d["oldLogprobs"]
+            if "samplerLogprobs" in d:
+                smp[r, :n] = d["samplerLogprobs"]
+                has_smp[r] = 1.0
+            elif need_rl:
+                smp[r, :n] = d["oldLogprobs"]
         self.inp = torch.from_numpy(inp).to(device)
         self.tgt = torch.from_numpy(tgt).to(device)
         self.w = torch.from_numpy(w).to(device)
         self.adv = torch.from_numpy(adv).to(device) if need_rl else None
         self.old = torch.from_numpy(old).to(device) if need_rl else None
+        self.smp = torch.from_numpy(smp).to(device)
+        self.has_smp = torch.from_numpy(has_smp).to(device)
 
 
 class Engine:
@@ -254,7 +264,7 @@ class Engine:
         lm = self.need_model()
         for i, d in enumerate(datums):
             n = len(d["inputIds"])
-            for key in ("targetIds", "weights", "advantages", "oldLogprobs"):
+            for key in ("targetIds", "weights", "advantages", "oldLogprobs", "samplerLogprobs"):
                 if key in d and len(d[key]) != n:
                     raise bad(f"params.datums[{i}].{key}", f"has {len(d[key])} values but inputIds has {n}")
             if need_rl:
@@ -338,8 +348,11 @@ class Engine:
             clip_high=lc.get("clipHigh", 0.2),
             dual_clip=lc.get("dualClip"),
             kl_coef=lc.get("klCoef", 0.0),
+            tis_cap=lc.get("tisCap"),
         )
         need_rl = spec.name != "cross_entropy"
+        if spec.tis_cap is not None and not need_rl:
+            raise bad("params.loss.tisCap", "truncated importance sampling applies to the RL losses only")
         self._check_datums(datums, need_rl)
         if spec.kl_coef and lm.reference_kind is None:
             raise bad("params.loss.klCoef", "a KL term needs a frozen reference: load the model with `reference`")
@@ -372,10 +385,11 @@ class Engine:
                     if spec.kl_coef:
                         with torch.no_grad(), lm.reference_model() as ref:
                             ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast())
-                    loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp)
+                    loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp, b.smp)
                     (loss * scale if scale != 1.0 else loss).backward()
                 total_loss += float(loss.detach())
                 acc.add(b.w != 0, logp.detach(), ent, diag, b.w, norm)
+                acc.add_mismatch((b.w != 0) & (b.has_smp != 0), logp.detach(), b.smp)
         finally:
             lm.model.eval()
         if d is not None:
@@ -496,6 +510,8 @@ class _MetricAcc:
         self.sums: dict[str, float] = {}
         self.rmin = math.inf
         self.rmax = -math.inf
+        self.mm_count = 0
+        self.mm_max = 0.0
 
     def _add(self, key: str, v: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + v
@@ -510,7 +526,20 @@ class _MetricAcc:
                 out._add(key, v)
             out.rmin = min(out.rmin, part.rmin)
             out.rmax = max(out.rmax, part.rmax)
+            out.mm_count += part.mm_count
+            out.mm_max = max(out.mm_max, part.mm_max)
         return out
+
+    def add_mismatch(self, mask: torch.Tensor, logp: torch.Tensor, sampler_logp: torch.Tensor) -> None:
+        """The rollout-trainer gap on tokens that carry the sampler's log-probs: d = trainer - sampler."""
+        if not mask.any():
+            return
+        gap = (logp - sampler_logp)[mask].double()
+        self.mm_count += int(gap.numel())
+        self._add("mm_abs", float(gap.abs().sum()))
+        # k3 estimate of KL(sampler || trainer) from tokens drawn by the sampler: r - 1 - log r, r = p/q.
+        self._add("mm_k3", float((torch.exp(gap) - 1.0 - gap).sum()))
+        self.mm_max = max(self.mm_max, float(gap.abs().max()))
 
     def add(
         self,
@@ -532,7 +561,7 @@ class _MetricAcc:
             if mask.any():
                 self.rmin = min(self.rmin, float(r[mask].min()))
                 self.rmax = max(self.rmax, float(r[mask].max()))
-        for key in ("clip_low", "clip_high", "dual_clip", "kl"):
+        for key in ("clip_low", "clip_high", "dual_clip", "kl", "tis", "tis_clip"):
             if key in diag:
                 self._add(key, float((diag[key].float() * m).sum()))
         if norm > 0:
@@ -547,11 +576,17 @@ class _MetricAcc:
             out["ratio_mean"] = self.sums["ratio"] / c
             out["ratio_min"] = self.rmin if self.count else 1.0
             out["ratio_max"] = self.rmax if self.count else 1.0
-        names = {"clip_low": "clip_frac_low", "clip_high": "clip_frac_high", "dual_clip": "dual_clip_frac", "kl": "kl"}
+        names = {"clip_low": "clip_frac_low", "clip_high": "clip_frac_high", "dual_clip": "dual_clip_frac", "kl": "kl",
+                 "tis": "tis_weight_mean", "tis_clip": "tis_clip_frac"}
         for key, name in names.items():
             if key in self.sums:
                 out[name] = self.sums[key] / c
         out["pg_loss"] = self.sums.get("pg_loss", 0.0)
+        if self.mm_count:
+            out["mismatch_tokens"] = float(self.mm_count)
+            out["mismatch_abs_mean"] = self.sums["mm_abs"] / self.mm_count
+            out["mismatch_abs_max"] = self.mm_max
+            out["mismatch_k3"] = self.sums["mm_k3"] / self.mm_count
         return out
 
 

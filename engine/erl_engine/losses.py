@@ -20,6 +20,13 @@ Losses:
                        dual clip caps it at -A * dual_clip
   + kl_coef * w * k3,  k3 = exp(ref - logp) - (ref - logp) - 1 (a non-negative, low-variance KL
                        estimator of KL(policy || reference))
+
+Truncated importance sampling (tis_cap = C, RL losses): when the tokens were sampled by another
+implementation of the policy (vLLM, a bf16 sampler) with log-probs `sampler_logp`, and `old_logp` are
+the trainer's own log-probs of the sampling-time weights, the policy term of each token is multiplied
+by the constant min(exp(old_logp - sampler_logp), C): the importance weight from the sampler's
+distribution to the trainer's, truncated at C so that rare tokens the sampler over-sampled cannot
+dominate. Tokens without sampler log-probs get weight 1.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class LossSpec:
     dual_clip: float | None = None
     kl_coef: float = 0.0
     normalizer: float | None = None
+    tis_cap: float | None = None
 
 
 def default_normalizer(weights: torch.Tensor, aggregation: str) -> float:
@@ -57,6 +65,7 @@ def per_token_loss(
     advantages: torch.Tensor | None = None,
     old_logp: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
+    sampler_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Returns the weighted per-token loss [B, T] and per-token diagnostics (detached) for metrics."""
     diag: dict[str, torch.Tensor] = {}
@@ -84,6 +93,15 @@ def per_token_loss(
                 diag["dual_clip"] = dual.detach()
     else:
         raise ValueError(f"unknown loss {spec.name!r}; expected one of {', '.join(LOSS_NAMES)}")
+    if spec.tis_cap is not None and spec.name != "cross_entropy":
+        if sampler_logp is None:
+            raise ValueError("tisCap needs samplerLogprobs")
+        assert old_logp is not None
+        raw = torch.exp(old_logp - sampler_logp)
+        tis = torch.clamp(raw, max=spec.tis_cap).detach()
+        diag["tis"] = tis
+        diag["tis_clip"] = (raw > spec.tis_cap).detach()
+        loss = loss * tis
     diag["pg"] = loss.detach()
     if spec.kl_coef:
         if ref_logp is None:
@@ -110,8 +128,9 @@ def compute_loss(
     advantages: torch.Tensor | None = None,
     old_logp: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
+    sampler_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The aggregated loss of one batch (normalised by `spec.normalizer` or the batch's own divisor)."""
-    tl, diag = per_token_loss(spec, logp, weights, advantages, old_logp, ref_logp)
+    tl, diag = per_token_loss(spec, logp, weights, advantages, old_logp, ref_logp, sampler_logp)
     norm = spec.normalizer if spec.normalizer is not None else default_normalizer(weights, spec.aggregation)
     return aggregate(tl, norm), diag

@@ -254,7 +254,7 @@ def _target_modules(v: Any, path: str) -> Any:
 
 DATUM = Obj(
     {"inputIds": IdArray(1), "targetIds": IdArray(1), "weights": FloatArray()},
-    {"advantages": FloatArray(), "oldLogprobs": FloatArray()},
+    {"advantages": FloatArray(), "oldLogprobs": FloatArray(), "samplerLogprobs": FloatArray()},
 )
 
 LOSS = Obj(
@@ -266,6 +266,7 @@ LOSS = Obj(
         "dualClip": Num(1, lo_open=True),
         "klCoef": Num(0),
         "normalizer": Num(0, lo_open=True),
+        "tisCap": Num(0, lo_open=True),
     },
 )
 

@@ -273,3 +273,72 @@ def test_gradient_checkpointing_gives_the_same_gradient(lora: Any) -> None:
     assert got[0].keys() == got[1].keys() and got[0]
     for k in got[0]:
         assert torch.allclose(got[0][k], got[1][k], atol=1e-6), k
+
+
+def test_mismatch_metrics_measure_the_sampler_gap(engine: Engine) -> None:
+    """Tokens with sampler log-probs shifted from the trainer's by known gaps: mean, max and k3."""
+    datums = rl_datums()
+    lps = forward(engine, datums)
+    rng = np.random.default_rng(3)
+    gaps: list[float] = []
+    out = []
+    for i, (d, lp) in enumerate(zip(datums, lps)):
+        shift = rng.normal(0, 0.1, size=len(lp))
+        sampler_lp = [x - s for x, s in zip(lp, shift)]  # trainer - sampler = shift
+        dd = {**d, "oldLogprobs": sampler_lp}
+        if i != 2:  # one datum without sampler log-probs (e.g. a distill row) is left out of the metric
+            dd["samplerLogprobs"] = sampler_lp
+            gaps += [s for s, w in zip(shift, d["weights"]) if w]
+        out.append(dd)
+    m = call(engine, "forwardBackward", {"datums": out, "loss": {"name": "ppo"}})["metrics"]
+    g = np.asarray(gaps)
+    assert m["mismatch_tokens"] == len(g)
+    assert m["mismatch_abs_mean"] == pytest.approx(np.abs(g).mean(), abs=2e-6)
+    assert m["mismatch_abs_max"] == pytest.approx(np.abs(g).max(), abs=2e-6)
+    assert m["mismatch_k3"] == pytest.approx((np.exp(g) - 1 - g).mean(), rel=1e-3, abs=1e-7)
+
+
+def test_engine_sampler_mismatch_is_float_rounding(engine: Engine) -> None:
+    """The engine's own sampler against its own forward: the gap is float rounding (fp32)."""
+    res = call(engine, "sample", {"prompts": [[5, 6, 7], [8, 9]], "n": 2, "maxTokens": 8, "temperature": 1.0, "seed": 4})
+    datums = []
+    for s in res["sequences"]:
+        prompt = [[5, 6, 7], [8, 9]][s["promptIndex"]]
+        ids = prompt + s["tokens"]
+        lp = unpack(s["logprobs"])
+        n = len(ids) - 1
+        old = [0.0] * (len(prompt) - 1) + lp
+        w = [0.0] * (len(prompt) - 1) + [1.0] * len(lp)
+        datums.append(datum(ids[:-1], ids[1:], w, advantages=[1.0] * n, oldLogprobs=old, samplerLogprobs=old))
+    m = call(engine, "forwardBackward", {"datums": datums, "loss": {"name": "ppo"}})["metrics"]
+    assert m["mismatch_tokens"] == sum(len(s["tokens"]) for s in res["sequences"])
+    assert m["mismatch_abs_max"] < 1e-4 and m["mismatch_k3"] < 1e-8
+
+
+def test_truncated_importance_sampling_weights_the_policy_term(engine: Engine) -> None:
+    """importance_sampling with tisCap: loss = -sum w * r * A * min(exp(old - sampler), cap) / B."""
+    datums = with_old_logprobs(engine, rl_datums(), shift=-0.05)
+    rng = np.random.default_rng(5)
+    out = []
+    for d in datums:
+        smp = [o + g for o, g in zip(d["oldLogprobs"], rng.normal(0, 0.5, size=len(d["oldLogprobs"])))]
+        out.append({**d, "samplerLogprobs": smp})
+    lps = forward(engine, out)
+    cap = 1.5
+    res = call(engine, "forwardBackward", {"datums": out, "loss": {"name": "importance_sampling", "tisCap": cap}})
+    total, n_tok, n_clip, wsum = 0.0, 0, 0, 0.0
+    for d, lp in zip(out, lps):
+        for t, w in enumerate(d["weights"]):
+            raw = np.exp(d["oldLogprobs"][t] - d["samplerLogprobs"][t])
+            c = min(raw, cap)
+            total += -w * np.exp(lp[t] - d["oldLogprobs"][t]) * d["advantages"][t] * c
+            if w:
+                n_tok += 1
+                n_clip += raw > cap
+                wsum += c
+    assert res["loss"] == pytest.approx(total / len(out), rel=1e-4, abs=1e-6)
+    assert res["metrics"]["tis_clip_frac"] == pytest.approx(n_clip / n_tok)
+    assert res["metrics"]["tis_weight_mean"] == pytest.approx(wsum / n_tok, rel=1e-5)
+    assert 0 < n_clip < n_tok
+    with pytest.raises(ProtocolError, match="tisCap"):
+        call(engine, "forwardBackward", {"datums": out, "loss": {"name": "cross_entropy", "tisCap": 2.0}})

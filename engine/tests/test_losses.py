@@ -184,3 +184,48 @@ def test_all_masked_is_zero_not_nan() -> None:
     loss, _ = compute_loss(LossSpec("cross_entropy", aggregation="token-mean"), logp, torch.zeros(3, 4, dtype=torch.float64))
     loss.backward()
     assert float(loss.detach()) == 0.0 and logp.grad is not None and torch.all(logp.grad == 0)
+
+
+# Sampler log-probs for truncated importance sampling: exp(OLD - SAMPLER) spans below and above the cap.
+SAMPLER = [
+    [-1.5, -1.0, -1.4, -0.3],  # weights 1.65 (capped at 1.5), 1, 0.90, masked
+    [-1.0, -2.5, -0.1, -0.5],  # 0.74, 1.22, 1, 0.61
+    [-2.0, -2.5, -1.0, -0.2],  # 3.0 (capped), 1, 0.61, masked
+]
+
+
+@pytest.mark.parametrize("name", ["importance_sampling", "ppo"])
+def test_truncated_importance_sampling_value_and_gradient(name: str) -> None:
+    """Each token's policy term times the constant min(exp(old - sampler), cap); the KL term untouched."""
+    cap = 1.5
+    spec = LossSpec(name, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.1, tis_cap=cap)
+
+    def reference(logp: list[list[float]]) -> float:
+        total = 0.0
+        for b in range(3):
+            for t in range(4):
+                lp, old, a = logp[b][t], OLD[b][t], ADV[b][t]
+                pg = ref_token_loss(name, lp, old, a, REF[b][t], 0.2, 0.28, 3.0, 0.0)
+                d = REF[b][t] - lp
+                kl = 0.1 * (math.exp(d) - d - 1)
+                total += W[b][t] * (pg * min(math.exp(old - SAMPLER[b][t]), cap) + kl)
+        return total / 3
+
+    logp = torch.tensor(LOGP, dtype=torch.float64, requires_grad=True)
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    loss, diag = compute_loss(spec, logp, t(W), t(ADV), t(OLD), t(REF), t(SAMPLER))
+    loss.backward()
+    assert logp.grad is not None
+    assert float(loss) == pytest.approx(reference(LOGP), rel=1e-9)
+    eps = 1e-6
+    for b in range(3):
+        for k in range(4):
+            up = [row[:] for row in LOGP]
+            dn = [row[:] for row in LOGP]
+            up[b][k] += eps
+            dn[b][k] -= eps
+            fd = (reference(up) - reference(dn)) / (2 * eps)
+            assert float(logp.grad[b, k]) == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    assert diag["tis_clip"].tolist()[0][:2] == [True, False] and diag["tis_clip"][2, 0]
+    with pytest.raises(ValueError, match="samplerLogprobs"):
+        compute_loss(spec, logp, t(W), t(ADV), t(OLD), t(REF))

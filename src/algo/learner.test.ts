@@ -122,3 +122,62 @@ test("token-mean normalises by trained tokens; an empty batch skips the optimise
   assert.equal(engine.calls.length + engine.optim.length, 0);
   assert.equal(m["samples/trained"], 0);
 });
+
+test("rollout rows carry the sampler's log-probs; the gap is averaged over their tokens", async () => {
+  assert.deepEqual(sampleToDatum(sample()).samplerLogprobs, [0, -0.5, -0.25, 0, -2]);
+  const distill = sample({ stage: "distill", group: "", distillWeight: 1, mask: [0, 1, 1, 1, 1, 1] });
+  assert.equal(sampleToDatum(distill).samplerLogprobs, undefined);
+  const engine = new FakeEngine();
+  const gaps = [
+    { mismatch_tokens: 3, mismatch_abs_mean: 0.1, mismatch_abs_max: 0.4, mismatch_k3: 0.01 },
+    { mismatch_tokens: 1, mismatch_abs_mean: 0.5, mismatch_abs_max: 0.5, mismatch_k3: 0.05 },
+  ];
+  const fb = engine.forwardBackward.bind(engine);
+  engine.forwardBackward = async (d, l) => {
+    const r = await fb(d, l);
+    return { ...r, metrics: { ...r.metrics, ...gaps[engine.calls.length - 1] } };
+  };
+  const m = await trainOnSamples(
+    engine,
+    [sample(), sample({ episode: "e2" })],
+    { ...defaultLearnerConfig(), microBatchSize: 1 },
+    defaultOptimConfig(),
+  );
+  assert.ok(Math.abs(m["mismatch/abs_mean"]! - (0.1 * 3 + 0.5) / 4) < 1e-12);
+  assert.ok(Math.abs(m["mismatch/k3"]! - (0.01 * 3 + 0.05) / 4) < 1e-12);
+  assert.equal(m["mismatch/abs_max"], 0.5);
+  assert.equal(engine.calls[0]!.loss.tisCap, undefined);
+});
+
+test("with tisCap the trainer's own log-probs become the PPO anchor of rollout rows", async () => {
+  const engine = new FakeEngine() as FakeEngine & { forward: (d: Datum[]) => Promise<number[][]> };
+  const scored: Datum[][] = [];
+  engine.forward = async (datums) => {
+    scored.push(datums);
+    return datums.map((d) => d.targetIds.map((t) => -t / 100));
+  };
+  const distill = sample({ stage: "distill", group: "", distillWeight: 1, mask: [0, 1, 1, 1, 1, 1] });
+  await trainOnSamples(
+    engine,
+    [sample(), distill],
+    { ...defaultLearnerConfig(), tisCap: 2 },
+    defaultOptimConfig(),
+  );
+  assert.equal(scored.length, 1);
+  assert.equal(scored[0]!.length, 1, "only the rollout row is rescored");
+  assert.equal(scored[0]![0]!.oldLogprobs, undefined);
+  const [rollout, dist] = engine.calls[0]!.datums;
+  assert.deepEqual(rollout!.oldLogprobs, [0, -0.12, -0.13, 0, -0.15]);
+  assert.deepEqual(rollout!.samplerLogprobs, [0, -0.5, -0.25, 0, -2]);
+  assert.deepEqual(dist!.oldLogprobs, [0, -0.5, -0.25, 0, -2], "distill rows keep their recomputed ones");
+  assert.equal(engine.calls[0]!.loss.tisCap, 2);
+  await assert.rejects(
+    trainOnSamples(
+      new FakeEngine(),
+      [sample()],
+      { ...defaultLearnerConfig(), tisCap: 2 },
+      defaultOptimConfig(),
+    ),
+    /needs an engine with forward/,
+  );
+});

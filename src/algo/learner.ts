@@ -28,6 +28,9 @@ export function sampleToDatum(sample: TrainSample): Datum {
     weights,
     advantages: weights.map((w) => (w === 1 ? sample.advantage : 0)),
     oldLogprobs: sample.logprobs.slice(1),
+    // Rollout rows carry what the sampler reported (the mismatch metric, TIS); distill rows' log-probs
+    // are the trainer's own, recomputed under the distill context.
+    ...(sample.stage === "distill" ? {} : { samplerLogprobs: sample.logprobs.slice(1) }),
   };
 }
 
@@ -53,6 +56,7 @@ export function lossConfigFor(cfg: LearnerConfig, normalizer?: number): LossConf
   };
   if (cfg.dualClip !== null) loss.dualClip = cfg.dualClip;
   if (normalizer !== undefined) loss.normalizer = normalizer;
+  if (cfg.tisCap !== null && cfg.tisCap !== undefined) loss.tisCap = cfg.tisCap;
   return loss;
 }
 
@@ -63,7 +67,7 @@ export function batchNormalizer(datums: readonly Datum[], cfg: LearnerConfig): n
 }
 
 export async function trainOnSamples(
-  engine: Pick<Engine, "forwardBackward" | "optimStep">,
+  engine: Pick<Engine, "forwardBackward" | "optimStep"> & Partial<Pick<Engine, "forward">>,
   samples: readonly TrainSample[],
   lossConfig: LearnerConfig,
   optimConfig: AdamWConfig,
@@ -76,6 +80,21 @@ export async function trainOnSamples(
     return metrics;
   }
   const datums = trained.map(sampleToDatum);
+  if (lossConfig.tisCap !== null && lossConfig.tisCap !== undefined) {
+    // TIS: the PPO anchor is the trainer's own log-prob of the sampling-time weights (one forward
+    // pass, before the update); the sampler's log-probs enter only through the truncated weight.
+    if (!engine.forward) throw new Error("loss.tisCap needs an engine with forward");
+    const rollout = datums.filter((d) => d.samplerLogprobs !== undefined);
+    const trainer = rollout.length
+      ? await engine.forward(
+          rollout.map(({ inputIds, targetIds, weights }) => ({ inputIds, targetIds, weights })),
+        )
+      : [];
+    rollout.forEach((d, i) => {
+      const lp = trainer[i]!;
+      d.oldLogprobs = d.weights.map((w, t) => (w !== 0 ? lp[t]! : 0));
+    });
+  }
   const normalizer = batchNormalizer(datums, lossConfig);
   const per = Math.max(1, lossConfig.microBatchSize);
   const calls = Math.ceil(datums.length / per);
@@ -85,6 +104,10 @@ export async function trainOnSamples(
   let loss = 0;
   let ratioMin = Number.POSITIVE_INFINITY;
   let ratioMax = Number.NEGATIVE_INFINITY;
+  let mmTokens = 0;
+  let mmAbs = 0;
+  let mmK3 = 0;
+  let mmMax = 0;
   for (let c = 0; c < calls; c++) {
     const chunk = datums.slice(c * per, (c + 1) * per);
     const res = await engine.forwardBackward(
@@ -103,8 +126,18 @@ export async function trainOnSamples(
       "clip_frac_high",
       "dual_clip_frac",
       "logprob_mean",
+      "tis_weight_mean",
+      "tis_clip_frac",
     ])
       if (m[key] !== undefined) sums[key] = (sums[key] ?? 0) + m[key] * k;
+    // The rollout–trainer gap is averaged over the tokens that carried sampler log-probs.
+    const mk = m.mismatch_tokens ?? 0;
+    if (mk > 0) {
+      mmTokens += mk;
+      mmAbs += (m.mismatch_abs_mean ?? 0) * mk;
+      mmK3 += (m.mismatch_k3 ?? 0) * mk;
+      mmMax = Math.max(mmMax, m.mismatch_abs_max ?? 0);
+    }
     if (m.ratio_min !== undefined) ratioMin = Math.min(ratioMin, m.ratio_min);
     if (m.ratio_max !== undefined) ratioMax = Math.max(ratioMax, m.ratio_max);
   }
@@ -128,6 +161,15 @@ export async function trainOnSamples(
   if (lo !== undefined || hi !== undefined) metrics.clip_frac = (lo ?? 0) + (hi ?? 0);
   const dual = avg("dual_clip_frac");
   if (dual !== undefined) metrics.dual_clip_frac = dual;
+  if (mmTokens > 0) {
+    metrics["mismatch/abs_mean"] = mmAbs / mmTokens;
+    metrics["mismatch/abs_max"] = mmMax;
+    metrics["mismatch/k3"] = mmK3 / mmTokens;
+  }
+  const tisW = avg("tis_weight_mean");
+  if (tisW !== undefined) metrics["tis/weight_mean"] = tisW;
+  const tisC = avg("tis_clip_frac");
+  if (tisC !== undefined) metrics["tis/clip_frac"] = tisC;
   if (opt.metrics.skipped) metrics["optim/skipped"] = opt.metrics.skipped;
   metrics["time/train"] = (performance.now() - t0) / 1000;
   return metrics;

@@ -289,6 +289,11 @@ export interface LearnerConfig {
   aggregation: Aggregation;
   /** Sequences per forwardBackward call. */
   microBatchSize: number;
+  /**
+   * Truncated importance sampling: the trainer recomputes the old log-probs (one forward pass) and
+   * each token's policy term is weighted by min(π_trainer / π_sampler, tisCap); null disables.
+   */
+  tisCap: number | null;
 }
 
 export function defaultLearnerConfig(): LearnerConfig {
@@ -299,6 +304,7 @@ export function defaultLearnerConfig(): LearnerConfig {
     klCoef: 0.001,
     aggregation: "seq-mean-token-sum",
     microBatchSize: 8,
+    tisCap: null,
   };
 }
 
@@ -324,7 +330,7 @@ export type RlvrStepFn = (
   options: RlvrOptions,
 ) => Promise<StepResult>;
 export type TrainOnSamplesFn = (
-  engine: Pick<Engine, "forwardBackward" | "optimStep">,
+  engine: Pick<Engine, "forwardBackward" | "optimStep"> & Partial<Pick<Engine, "forward">>,
   samples: readonly TrainSample[],
   lossConfig: LearnerConfig,
   optimConfig: AdamWConfig,

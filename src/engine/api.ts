@@ -79,6 +79,12 @@ export interface Datum {
   advantages?: number[];
   /** Per-target log-prob under the sampling policy (RL losses). */
   oldLogprobs?: number[];
+  /**
+   * Per-target log-prob the sampler reported (its own implementation of the policy: the engine's
+   * sampler, vLLM). The engine then reports the rollout–trainer gap (`mismatch_*` metrics), and
+   * `tisCap` weights the policy term by min(exp(old - sampler), tisCap).
+   */
+  samplerLogprobs?: number[];
 }
 
 export type LossName = "cross_entropy" | "importance_sampling" | "ppo";
@@ -99,6 +105,8 @@ export interface LossConfig {
    * calls gives exactly the gradient of the whole batch.
    */
   normalizer?: number;
+  /** Truncated importance sampling cap C (RL losses; needs `samplerLogprobs`); omit to disable. */
+  tisCap?: number;
 }
 
 export interface ForwardBackwardResult {

@@ -300,6 +300,7 @@ function datumToWire(d: Datum): Record<string, unknown> {
   };
   if (d.advantages) w.advantages = packF32(d.advantages);
   if (d.oldLogprobs) w.oldLogprobs = packF32(d.oldLogprobs);
+  if (d.samplerLogprobs) w.samplerLogprobs = packF32(d.samplerLogprobs);
   return w;
 }
 

@@ -102,6 +102,8 @@ export interface RunConfig {
     klCoef: number;
     aggregation: "seq-mean-token-sum" | "token-mean";
     microBatchSize: number;
+    /** Truncated importance sampling cap (π_trainer / π_sampler weight); null disables. */
+    tisCap: number | null;
   };
   eval: {
     /** Evaluate every K steps; 0 = only the final evaluation (if `final`). */
@@ -226,6 +228,7 @@ export const SCHEMA: Field = obj({
     klCoef: num({ min: 0 }),
     aggregation: oneOf(["seq-mean-token-sum", "token-mean"]),
     microBatchSize: int(1),
+    tisCap: num({ min: 0, exclusiveMin: true, nullable: true }),
   }),
   eval: obj({
     every: int(0),
@@ -282,6 +285,7 @@ export function defaultConfig(): RunConfig {
       klCoef: 0.001,
       aggregation: "seq-mean-token-sum",
       microBatchSize: 8,
+      tisCap: null,
     },
     eval: {
       every: 5,

@@ -40,6 +40,15 @@ export const CHARTS = [
   { id: "loss", title: "Loss", kind: "train", series: [{ key: "loss" }] },
   { id: "kl", title: "KL to the reference policy", kind: "train", series: [{ key: "kl" }] },
   { id: "clip", title: "Clip fraction", kind: "train", range: [0, 1], series: [{ key: "clip_frac" }] },
+  {
+    id: "mismatch",
+    title: "Rollout–trainer mismatch: |log π_trainer − log π_sampler| mean (solid), k3 KL (dashed)",
+    kind: "train",
+    series: [
+      { key: "mismatch/abs_mean", label: "|gap| mean" },
+      { key: "mismatch/k3", label: "k3 KL", dash: [6, 4] },
+    ],
+  },
   { id: "tps", title: "Tokens per second", kind: "train", series: [{ key: "tokens_per_s" }] },
 ];
 
