@@ -20,7 +20,7 @@ import torch
 
 from . import ENGINE_VERSION, PROTOCOL_VERSION
 from . import checkpoint, dist, sampler
-from .losses import LossSpec, compute_loss
+from .losses import LossSpec, compute_loss, default_normalizer
 from .model import LoadedModel, load, precheck
 from .protocol import ProtocolError, bad, pack_f32
 
@@ -30,14 +30,36 @@ from .protocol import ProtocolError, bad, pack_f32
 DEFAULT_MICROBATCH_TOKENS = 16384
 LOGITS_BUDGET_BYTES = 1 << 30
 
+# forwardBackward's `loss` keys -> LossSpec fields.
+_LOSS_FIELDS = {
+    "aggregation": "aggregation",
+    "clipLow": "clip_low",
+    "clipHigh": "clip_high",
+    "dualClip": "dual_clip",
+    "klCoef": "kl_coef",
+    "normalizer": "normalizer",
+    "temperature": "temperature",
+    "logRatioClamp": "log_ratio_clamp",
+    "klClamp": "kl_clamp",
+    "tisCap": "tis_cap",
+}
+
 
 def token_logprobs(
-    model: torch.nn.Module, inp: torch.Tensor, tgt: torch.Tensor, autocast: Any, with_entropy: bool = False
+    model: torch.nn.Module,
+    inp: torch.Tensor,
+    tgt: torch.Tensor,
+    autocast: Any,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(target) at every position [B, T] (fp32), and optionally the entropy of each distribution."""
+    """log p(target) at every position [B, T] (fp32) from logits / temperature, and optionally the
+    entropy of each such distribution."""
     with autocast:
         out = model(input_ids=inp, use_cache=False)
     logits = out.logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, tgt[..., None])[..., 0] - lse
     ent = None
@@ -311,6 +333,7 @@ class Engine:
     def forward(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
         datums = p["datums"]
+        temperature = p.get("temperature", 1.0)
         self._check_datums(datums, False)
         result: list[Any] = [None] * len(datums)
         plan = self._plan(datums, "forward")
@@ -322,7 +345,7 @@ class Engine:
         try:
             for idx in plan:
                 b = Batch(datums, idx, lm.device, False)
-                logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast())
+                logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast(), temperature=temperature)
                 logp_np = logp.cpu().numpy()
                 for r, di in enumerate(idx):
                     result[di] = pack_f32(logp_np[r, : b.lengths[r]])
@@ -341,14 +364,10 @@ class Engine:
         lm = self.need_model()
         datums = p["datums"]
         lc = p["loss"]
+        # Absent keys keep LossSpec's defaults (the engine's only loss defaults).
         spec = LossSpec(
             name=lc["name"],
-            aggregation=lc.get("aggregation", "seq-mean-token-sum"),
-            clip_low=lc.get("clipLow", 0.2),
-            clip_high=lc.get("clipHigh", 0.2),
-            dual_clip=lc.get("dualClip"),
-            kl_coef=lc.get("klCoef", 0.0),
-            tis_cap=lc.get("tisCap"),
+            **{field: lc[key] for key, field in _LOSS_FIELDS.items() if key in lc},
         )
         need_rl = spec.name != "cross_entropy"
         if spec.tis_cap is not None and not need_rl:
@@ -358,13 +377,9 @@ class Engine:
             raise bad("params.loss.klCoef", "a KL term needs a frozen reference: load the model with `reference`")
         # One divisor for the whole call (or the caller's, for a batch split over several calls), so
         # micro-batching does not change the gradient.
-        if "normalizer" in lc:
-            norm = lc["normalizer"]
-        elif spec.aggregation == "seq-mean-token-sum":
-            norm = float(len(datums))
-        else:
-            norm = float(sum(int((d["weights"] != 0).sum()) for d in datums))
-        spec.normalizer = norm
+        norm = spec.normalizer
+        if norm is None:
+            norm = spec.normalizer = default_normalizer([d["weights"] for d in datums], spec.aggregation)
 
         acc = _MetricAcc()
         total_loss = 0.0
@@ -380,11 +395,13 @@ class Engine:
                 # DDP all-reduces once per call, at its last micro-batch (the others accumulate locally).
                 no_sync = d is not None and d.mode == "ddp" and k < len(plan) - 1
                 with train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
-                    logp, ent = token_logprobs(train, b.inp, b.tgt, lm.autocast(), with_entropy=True)
+                    logp, ent = token_logprobs(
+                        train, b.inp, b.tgt, lm.autocast(), with_entropy=True, temperature=spec.temperature
+                    )
                     ref_logp = None
                     if spec.kl_coef:
                         with torch.no_grad(), lm.reference_model() as ref:
-                            ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast())
+                            ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast(), temperature=spec.temperature)
                     loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp, b.smp)
                     (loss * scale if scale != 1.0 else loss).backward()
                 total_loss += float(loss.detach())

@@ -27,35 +27,111 @@ the trainer's own log-probs of the sampling-time weights, the policy term of eac
 by the constant min(exp(old_logp - sampler_logp), C): the importance weight from the sampler's
 distribution to the trainer's, truncated at C so that rare tokens the sampler over-sampled cannot
 dominate. Tokens without sampler log-probs get weight 1.
+
+Optional clamps (verl's, off unless set): `log_ratio_clamp` c clamps logp - old_logp and
+ref - logp to [-c, c] before they are exponentiated (verl: 20); `kl_clamp` caps k3 at that value
+(verl: 10). A clamped value carries no gradient, as in verl. The log-probs themselves are computed
+by the engine, at the temperature it is given (verl: logits / T with T the sampling temperature).
+
+Each loss is a named function in `LOSSES`; `LossSpec`'s defaults are the engine's only defaults
+(PPO clip 0.2 / 0.28, the reference's values).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
+Diag = dict[str, torch.Tensor]
+# (spec, logp, advantages, old_logp, diagnostics to fill) -> per-token loss [B, T], before weights.
+LossFn = Callable[["LossSpec", torch.Tensor, "torch.Tensor | None", "torch.Tensor | None", Diag], torch.Tensor]
+
 AGGREGATIONS = ("seq-mean-token-sum", "token-mean")
-LOSS_NAMES = ("cross_entropy", "importance_sampling", "ppo")
+
+# The reference's PPO clip range (verl's clip_ratio_low / clip_ratio_high in the ERL scripts).
+CLIP_LOW = 0.2
+CLIP_HIGH = 0.28
 
 
 @dataclass
 class LossSpec:
     name: str
     aggregation: str = "seq-mean-token-sum"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
+    clip_low: float = CLIP_LOW
+    clip_high: float = CLIP_HIGH
     dual_clip: float | None = None
     kl_coef: float = 0.0
     normalizer: float | None = None
+    # Log-probs are log_softmax(logits / temperature) (the engine applies it).
+    temperature: float = 1.0
+    log_ratio_clamp: float | None = None
+    kl_clamp: float | None = None
     tis_cap: float | None = None
 
 
-def default_normalizer(weights: torch.Tensor, aggregation: str) -> float:
-    """The divisor of an aggregation over this batch: sequences, or tokens with a non-zero weight."""
+def default_normalizer(rows: Sequence[Any], aggregation: str) -> float:
+    """The divisor of an aggregation: the number of rows (sequences), or of weights that are non-zero.
+    `rows` is a [B, T] weight tensor or a list of per-row weight arrays."""
     if aggregation == "seq-mean-token-sum":
-        return float(weights.shape[0])
-    return float((weights != 0).sum().item())
+        return float(len(rows))
+    return float(sum(int((w != 0).sum()) for w in rows))
+
+
+def _clamped(x: torch.Tensor, bound: float | None) -> torch.Tensor:
+    return x if bound is None else torch.clamp(x, -bound, bound)
+
+
+def _ratio(spec: LossSpec, logp: torch.Tensor, old_logp: torch.Tensor | None, diag: Diag) -> torch.Tensor:
+    if old_logp is None:
+        raise ValueError(f"loss {spec.name} needs advantages and oldLogprobs on every datum")
+    ratio = torch.exp(_clamped(logp - old_logp, spec.log_ratio_clamp))
+    diag["ratio"] = ratio.detach()
+    return ratio
+
+
+def cross_entropy(spec: LossSpec, logp: torch.Tensor, adv: torch.Tensor | None, old: torch.Tensor | None,
+                  diag: Diag) -> torch.Tensor:
+    return -logp
+
+
+def importance_sampling(spec: LossSpec, logp: torch.Tensor, adv: torch.Tensor | None,
+                        old: torch.Tensor | None, diag: Diag) -> torch.Tensor:
+    ratio = _ratio(spec, logp, old, diag)
+    assert adv is not None
+    return -ratio * adv
+
+
+def ppo(spec: LossSpec, logp: torch.Tensor, adv: torch.Tensor | None, old: torch.Tensor | None,
+        diag: Diag) -> torch.Tensor:
+    ratio = _ratio(spec, logp, old, diag)
+    assert adv is not None
+    clipped = torch.clamp(ratio, 1.0 - spec.clip_low, 1.0 + spec.clip_high)
+    loss = torch.maximum(-adv * ratio, -adv * clipped)
+    # Which branch is active decides the gradient; the fractions are reported as metrics.
+    diag["clip_low"] = ((ratio < 1.0 - spec.clip_low) & (adv < 0)).detach()
+    diag["clip_high"] = ((ratio > 1.0 + spec.clip_high) & (adv > 0)).detach()
+    if spec.dual_clip is not None:
+        cap = -adv * spec.dual_clip
+        diag["dual_clip"] = ((adv < 0) & (loss > cap)).detach()
+        loss = torch.where(adv < 0, torch.minimum(loss, cap), loss)
+    return loss
+
+
+LOSSES: dict[str, LossFn] = {
+    "cross_entropy": cross_entropy,
+    "importance_sampling": importance_sampling,
+    "ppo": ppo,
+}
+LOSS_NAMES = tuple(LOSSES)
+
+
+def k3_kl(spec: LossSpec, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """exp(d) - d - 1 with d = ref - logp, d clamped by `log_ratio_clamp`, the result by `kl_clamp`."""
+    d = _clamped(ref_logp - logp, spec.log_ratio_clamp)
+    k3 = torch.exp(d) - d - 1.0
+    return k3 if spec.kl_clamp is None else torch.clamp(k3, max=spec.kl_clamp)
 
 
 def per_token_loss(
@@ -66,34 +142,16 @@ def per_token_loss(
     old_logp: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     sampler_logp: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, Diag]:
     """Returns the weighted per-token loss [B, T] and per-token diagnostics (detached) for metrics."""
-    diag: dict[str, torch.Tensor] = {}
-    if spec.name == "cross_entropy":
-        loss = -logp
-    elif spec.name in ("importance_sampling", "ppo"):
-        if advantages is None or old_logp is None:
-            raise ValueError(f"loss {spec.name} needs advantages and oldLogprobs on every datum")
-        ratio = torch.exp(logp - old_logp)
-        diag["ratio"] = ratio.detach()
-        if spec.name == "importance_sampling":
-            loss = -ratio * advantages
-        else:
-            clipped = torch.clamp(ratio, 1.0 - spec.clip_low, 1.0 + spec.clip_high)
-            unclipped_loss = -advantages * ratio
-            clipped_loss = -advantages * clipped
-            loss = torch.maximum(unclipped_loss, clipped_loss)
-            # Which branch is active decides the gradient; the fractions are reported as metrics.
-            diag["clip_low"] = ((ratio < 1.0 - spec.clip_low) & (advantages < 0)).detach()
-            diag["clip_high"] = ((ratio > 1.0 + spec.clip_high) & (advantages > 0)).detach()
-            if spec.dual_clip is not None:
-                cap = -advantages * spec.dual_clip
-                dual = (advantages < 0) & (loss > cap)
-                loss = torch.where(advantages < 0, torch.minimum(loss, cap), loss)
-                diag["dual_clip"] = dual.detach()
-    else:
+    fn = LOSSES.get(spec.name)
+    if fn is None:
         raise ValueError(f"unknown loss {spec.name!r}; expected one of {', '.join(LOSS_NAMES)}")
-    if spec.tis_cap is not None and spec.name != "cross_entropy":
+    if fn is not cross_entropy and advantages is None:
+        raise ValueError(f"loss {spec.name} needs advantages and oldLogprobs on every datum")
+    diag: Diag = {}
+    loss = fn(spec, logp, advantages, old_logp, diag)
+    if spec.tis_cap is not None and fn is not cross_entropy:
         if sampler_logp is None:
             raise ValueError("tisCap needs samplerLogprobs")
         assert old_logp is not None
@@ -106,8 +164,7 @@ def per_token_loss(
     if spec.kl_coef:
         if ref_logp is None:
             raise ValueError("klCoef > 0 needs a frozen reference (load the model with `reference`)")
-        delta = ref_logp - logp
-        k3 = torch.exp(delta) - delta - 1.0
+        k3 = k3_kl(spec, logp, ref_logp)
         diag["kl"] = k3.detach()
         loss = loss + spec.kl_coef * k3
     return loss * weights, diag
@@ -129,7 +186,7 @@ def compute_loss(
     old_logp: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     sampler_logp: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, Diag]:
     """The aggregated loss of one batch (normalised by `spec.normalizer` or the batch's own divisor)."""
     tl, diag = per_token_loss(spec, logp, weights, advantages, old_logp, ref_logp, sampler_logp)
     norm = spec.normalizer if spec.normalizer is not None else default_normalizer(weights, spec.aggregation)

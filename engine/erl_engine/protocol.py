@@ -267,6 +267,9 @@ LOSS = Obj(
         "klCoef": Num(0),
         "normalizer": Num(0, lo_open=True),
         "tisCap": Num(0, lo_open=True),
+        "temperature": Num(0, lo_open=True),
+        "logRatioClamp": Num(0, lo_open=True),
+        "klClamp": Num(0, lo_open=True),
     },
 )
 
@@ -302,9 +305,10 @@ PARAMS: dict[str, Validator] = {
             "topK": Int(1),
             "stopStrings": List(Str(True)),
             "stopTokenIds": IdArray(),
+            "logprobTemperature": Num(0, lo_open=True),
         },
     ),
-    "forward": Obj({"datums": List(DATUM, 1)}),
+    "forward": Obj({"datums": List(DATUM, 1)}, {"temperature": Num(0, lo_open=True)}),
     "forwardBackward": Obj({"datums": List(DATUM, 1), "loss": LOSS}),
     "optimStep": Obj(
         {"lr": Num(0)},

@@ -11,8 +11,9 @@ adapters apply) with a preallocated KV cache and plain-matmul attention, which a
 cache concatenation and mask building of the generic path; for every other causal LM the model's own
 forward with a DynamicCache. The prompt prefill always uses the model's own forward.
 
-Returned log-probs are the model's raw log-probs of each sampled token (log-softmax of the logits at
-temperature 1, no top-k/top-p truncation), so they equal `forward`'s log-probs of the same tokens.
+Returned log-probs are the model's log-probs of each sampled token: log-softmax of the logits divided
+by the request's `logprobTemperature` (default 1, the raw distribution), with no top-k/top-p
+truncation, so they equal `forward`'s log-probs of the same tokens at the same temperature.
 One torch.Generator seeded with the request's seed draws one uniform per sequence and step, so the
 same request with the same seed gives the same tokens (on the same device and dtype), and a sequence's
 draws do not depend on which other sequences are still decoding.
@@ -105,6 +106,7 @@ def sample(
     temperature: float = req["temperature"]
     top_k: int | None = req.get("topK")
     top_p: float | None = req.get("topP")
+    lp_temperature: float = req.get("logprobTemperature", 1.0)
     for i, p in enumerate(prompts):
         if p.min() < 0 or p.max() >= lm.vocab_size:
             bad_id = int(p[(p < 0) | (p >= lm.vocab_size)][0])
@@ -171,7 +173,7 @@ def sample(
         # until the region ends, instead of re-casting every weight at every step.
         with lm.autocast():
             for _ in range(max_tokens):
-                raw = torch.log_softmax(logits, dim=-1)
+                raw = torch.log_softmax(logits if lp_temperature == 1.0 else logits / lp_temperature, dim=-1)
                 u = torch.rand(draws, generator=gen, device=dev)[row_ids + row_offset]
                 nxt = choose_tokens(logits, temperature, top_k, top_p, u)
                 lp = raw.gather(1, nxt[:, None])[:, 0]

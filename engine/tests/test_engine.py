@@ -57,6 +57,34 @@ def test_forward_equals_plain_transformers(engine: Engine) -> None:
         assert np.allclose(lp, want.numpy(), atol=1e-5)
 
 
+def test_forward_at_a_temperature_is_log_softmax_of_logits_over_t(engine: Engine) -> None:
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(FIXTURE).eval()
+    d = rl_datums()[0]
+    got = unpack(call(engine, "forward", {"datums": [d], "temperature": 0.7})["logprobs"][0])
+    with torch.no_grad():
+        logits = ref(torch.tensor([d["inputIds"]])).logits[0].double()
+    want = torch.log_softmax(logits / 0.7, -1)[torch.arange(len(d["targetIds"])), torch.tensor(d["targetIds"])]
+    assert np.allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_forward_backward_at_a_temperature_starts_at_ratio_one(engine: Engine) -> None:
+    """Old log-probs from forward at T and the loss at T: every ratio is 1; at T = 1 they are not."""
+    datums = [
+        {**d, "oldLogprobs": unpack(lp)}
+        for d, lp in zip(
+            rl_datums(), call(engine, "forward", {"datums": rl_datums(), "temperature": 0.7})["logprobs"]
+        )
+    ]
+    at_t = call(engine, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "temperature": 0.7}})
+    assert at_t["metrics"]["ratio_min"] == pytest.approx(1, abs=1e-4)
+    assert at_t["metrics"]["ratio_max"] == pytest.approx(1, abs=1e-4)
+    engine.need_model().model.zero_grad(set_to_none=True)
+    at_1 = call(engine, "forwardBackward", {"datums": datums, "loss": {"name": "ppo"}})
+    assert abs(at_1["metrics"]["ratio_mean"] - 1) > 1e-3
+
+
 def test_forward_backward_matches_loss_from_forward(engine: Engine) -> None:
     """The reported loss equals the PPO formula applied to forward's log-probs (old = forward - 0.1)."""
     datums = with_old_logprobs(engine, rl_datums(), shift=-0.1)

@@ -229,3 +229,57 @@ def test_truncated_importance_sampling_value_and_gradient(name: str) -> None:
     assert diag["tis_clip"].tolist()[0][:2] == [True, False] and diag["tis_clip"][2, 0]
     with pytest.raises(ValueError, match="samplerLogprobs"):
         compute_loss(spec, logp, t(W), t(ADV), t(OLD), t(REF))
+
+
+def test_log_ratio_clamp_against_hand_values() -> None:
+    """logp - old = 30 and -25 are clamped to ±20 (verl): r = e^20 and e^-20; in range it is untouched."""
+    logp = torch.tensor([[0.0, -30.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-30.0, -5.0, -1.5]], dtype=torch.float64)
+    adv = torch.tensor([[1.0, -1.0, 1.0]], dtype=torch.float64)
+    w = torch.ones(1, 3, dtype=torch.float64)
+    spec = LossSpec("importance_sampling", log_ratio_clamp=20.0)
+    loss, diag = compute_loss(spec, logp, w, adv, old)
+    assert diag["ratio"][0].tolist() == pytest.approx([math.exp(20), math.exp(-20), math.exp(0.5)])
+    # -r*A per token, summed over the one sequence.
+    assert float(loss.detach()) == pytest.approx(-math.exp(20) + math.exp(-20) - math.exp(0.5))
+    loss.backward()
+    assert logp.grad is not None
+    # Clamped tokens carry no gradient; the free one has d(-r)/dlogp = -r.
+    assert logp.grad[0].tolist() == pytest.approx([0.0, 0.0, -math.exp(0.5)])
+    # Unclamped, the first token's ratio is e^30.
+    _, diag = compute_loss(LossSpec("importance_sampling"), logp.detach(), w, adv, old)
+    assert float(diag["ratio"][0, 0]) == pytest.approx(math.exp(30))
+
+
+def test_kl_clamp_against_hand_values() -> None:
+    """k3 = e^d - d - 1 with d = ref - logp: d = 3 gives 16.0855, capped at 10; d = 0.5 gives 0.148721
+    (free); d = -25 is first clamped to -20 by the log-ratio clamp: e^-20 + 19, then capped at 10."""
+    logp = torch.tensor([[-4.0, -1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[-1.0, -0.5, -25.0]], dtype=torch.float64)
+    w = torch.ones(1, 3, dtype=torch.float64)
+    spec = LossSpec("cross_entropy", kl_coef=1.0, kl_clamp=10.0, log_ratio_clamp=20.0)
+    loss, diag = compute_loss(spec, logp, w, ref_logp=ref)
+    want = [10.0, math.exp(0.5) - 0.5 - 1, 10.0]
+    assert diag["kl"][0].tolist() == pytest.approx(want)
+    assert float(loss.detach()) == pytest.approx(4.0 + 1.0 + 0.0 + sum(want))
+    loss.backward()
+    assert logp.grad is not None
+    # d/dlogp of (-logp + k3): -1 + (1 - e^d) where k3 is free; -1 where it is capped.
+    assert logp.grad[0].tolist() == pytest.approx([-1.0, -1.0 + 1 - math.exp(0.5), -1.0])
+    # The log-ratio clamp alone: d = -25 → -20, k3 = e^-20 + 19, no gradient through the clamp.
+    logp2 = logp.detach().clone().requires_grad_(True)
+    loss2, diag = compute_loss(LossSpec("cross_entropy", kl_coef=1.0, log_ratio_clamp=20.0), logp2, w, ref_logp=ref)
+    assert float(diag["kl"][0, 2]) == pytest.approx(math.exp(-20) + 19)
+    loss2.backward()
+    assert logp2.grad is not None and float(logp2.grad[0, 2]) == pytest.approx(-1.0)
+    # Without clamps: the full 16.0855 and e^-25 + 24.
+    _, diag = compute_loss(LossSpec("cross_entropy", kl_coef=1.0), logp.detach(), w, ref_logp=ref)
+    assert diag["kl"][0].tolist() == pytest.approx([math.exp(3) - 4, math.exp(0.5) - 1.5, math.exp(-25) + 24])
+
+
+def test_losses_are_a_table_of_named_functions() -> None:
+    from erl_engine.losses import LOSSES
+
+    assert sorted(LOSSES) == ["cross_entropy", "importance_sampling", "ppo"]
+    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+        compute_loss(LossSpec("nope"), torch.zeros(1, 1), torch.ones(1, 1))

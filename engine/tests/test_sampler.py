@@ -219,3 +219,21 @@ def test_bf16_cache_layout_used_on_cuda_also_works(monkeypatch: Any) -> None:
     e = Engine()
     call(e, "loadModel", load_params(dtype="bfloat16"))
     check_against_forward(e, PROMPTS, 0.05)
+
+
+def test_logprobs_at_a_temperature_match_forward_at_that_temperature(engine: Any) -> None:
+    """verl's convention: log-probs of logits / T. The sampler's and forward's agree at the same T, and
+    differ from the T = 1 ones."""
+    prompts = [[4, 60, 61, 62, 63, 2, 5], [5]]
+    at_t = sample(engine, prompts=prompts, n=2, maxTokens=12, seed=3, temperature=0.7, logprobTemperature=0.7)
+    at_1 = sample(engine, prompts=prompts, n=2, maxTokens=12, seed=3, temperature=0.7)
+    assert [s["tokens"] for s in at_t] == [s["tokens"] for s in at_1], "the draw does not depend on it"
+    datums = []
+    for s in at_t:
+        full = prompts[s["promptIndex"]] + s["tokens"]
+        datums.append(datum(full[:-1], full[1:]))
+    fwd = [unpack(x) for x in call(engine, "forward", {"datums": datums, "temperature": 0.7})["logprobs"]]
+    for s, s1, lp in zip(at_t, at_1, fwd):
+        tail = lp[len(prompts[s["promptIndex"]]) - 1 :]
+        assert np.allclose(s["logprobs"], tail, atol=1e-4)
+        assert not np.allclose(s["logprobs"], s1["logprobs"], atol=1e-3)

@@ -14,7 +14,7 @@ export interface ModelBackend {
   /** Text of sampled ids; special tokens (end-of-turn) are dropped. */
   decode(ids: readonly number[]): Promise<string>;
   /** Per-target log-probs of each datum under the current policy (for recomputed old log-probs). */
-  forward(datums: Datum[]): Promise<number[][]>;
+  forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]>;
   /** Token ids that end an assistant turn; the loop passes them as stop tokens. */
   readonly eosTokenIds: readonly number[];
   /** The model's context window in tokens, when known. */
@@ -47,7 +47,7 @@ export class EngineBackend implements ModelBackend {
     return this.engine.decode([...ids], { skipSpecialTokens: true });
   }
 
-  forward(datums: Datum[]): Promise<number[][]> {
-    return this.engine.forward(datums);
+  forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]> {
+    return this.engine.forward(datums, opts);
   }
 }

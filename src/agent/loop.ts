@@ -19,6 +19,8 @@ export interface SamplingSettings {
 }
 
 export interface LoopSettings {
+  /** Temperature of the log-probs the engine returns with sampled tokens (default 1). */
+  logprobTemperature?: number;
   maxTokensPerTurn: number;
   maxContextTokens: number;
   contextOverflow: "stop" | "shrink";
@@ -118,6 +120,7 @@ async function sampleGrouped(
   items: readonly { prompt: number[]; sampling: SamplingSettings; maxTokens: number }[],
   stopStrings: readonly string[] | undefined,
   timing: LoopTiming,
+  logprobTemperature = 1,
 ): Promise<SampledSequence[]> {
   const groups = new Map<string, number[]>();
   items.forEach((it, i) => {
@@ -140,6 +143,7 @@ async function sampleGrouped(
     if (first.sampling.topP !== undefined) req.topP = first.sampling.topP;
     if (first.sampling.topK !== undefined) req.topK = first.sampling.topK;
     if (stopStrings && stopStrings.length > 0) req.stopStrings = [...stopStrings];
+    if (logprobTemperature !== 1) req.logprobTemperature = logprobTemperature;
     const t0 = now();
     const seqs = await model.sample(req);
     timing.sample += now() - t0;
@@ -235,6 +239,7 @@ export async function runEpisodes(
       })),
       deps.stopStrings,
       timing,
+      settings.logprobTemperature,
     );
     active.forEach((r, i) => (r.pending = seqs[i]!));
 
@@ -305,7 +310,10 @@ export interface Reply {
 /** One reply per request (reflections), batched like episode turns. Requests too long for the context get an empty reply. */
 export async function sampleReplies(
   requests: readonly ReplyRequest[],
-  deps: Pick<LoopDeps, "model" | "rng" | "timing"> & { maxContextTokens: number },
+  deps: Pick<LoopDeps, "model" | "rng" | "timing"> & {
+    maxContextTokens: number;
+    logprobTemperature?: number;
+  },
 ): Promise<Reply[]> {
   const { model } = deps;
   const timing = deps.timing ?? emptyTiming();
@@ -322,7 +330,7 @@ export async function sampleReplies(
       i,
     }))
     .filter((it) => fits[it.i]);
-  const seqs = await sampleGrouped(model, deps.rng, items, undefined, timing);
+  const seqs = await sampleGrouped(model, deps.rng, items, undefined, timing, deps.logprobTemperature);
   const byRequest = new Map<number, SampledSequence>();
   items.forEach((it, k) => byRequest.set(it.i, seqs[k]!));
   const out: Reply[] = [];

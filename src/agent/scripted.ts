@@ -116,6 +116,8 @@ export class ScriptedBackend implements ModelBackend {
   readonly maxPositions: number | undefined;
   readonly calls: RecordedCall[] = [];
   readonly forwardCalls: Datum[][] = [];
+  /** The temperature each forward call asked for (1 when it gave none). */
+  readonly forwardTemperatures: number[] = [];
 
   constructor(
     private readonly script: Script,
@@ -176,8 +178,9 @@ export class ScriptedBackend implements ModelBackend {
     return out;
   }
 
-  async forward(datums: Datum[]): Promise<number[][]> {
+  async forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]> {
     this.forwardCalls.push(datums);
+    this.forwardTemperatures.push(opts?.temperature ?? 1);
     return datums.map((d) => d.targetIds.map((t, i) => fakeForwardLogprob(t, i + 1)));
   }
 }

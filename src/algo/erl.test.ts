@@ -403,6 +403,19 @@ test("a task that appears twice in one batch gets one group per copy", async () 
   assert.equal(groups.size, 2);
 });
 
+test("log-probs at the sampling temperature: every sample call and the distill scoring ask for it", async () => {
+  const { model, ctx, options } = setup({ erl: { logprobTemperature: 0.7 } });
+  const r = await erlStep(ctx, tasks, options);
+  assert.ok(byStage(r, "distill").length > 0);
+  assert.ok(model.calls.length > 0);
+  for (const c of model.calls) assert.equal(c.request.logprobTemperature, 0.7);
+  assert.deepEqual(model.forwardTemperatures, [0.7]);
+  // At the default (1) the field is left out of the request.
+  const d = setup();
+  await erlStep(d.ctx, tasks, d.options);
+  for (const c of d.model.calls) assert.equal(c.request.logprobTemperature, undefined);
+});
+
 test("compact profile: same step structure, compact texts, progress reported per phase", async () => {
   const { ctx, options } = setup({ erl: { profile: "compact" } });
   const events: string[] = [];

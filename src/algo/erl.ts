@@ -159,7 +159,13 @@ export async function erlStep(
         sampling: options.reflectionSampling,
         maxTokens: options.maxReflectionTokens,
       })),
-      { model, rng: ctx.rng, timing, maxContextTokens: options.maxContextTokens },
+      {
+        model,
+        rng: ctx.rng,
+        timing,
+        maxContextTokens: options.maxContextTokens,
+        logprobTemperature: options.logprobTemperature,
+      },
     );
     ctx.onProgress?.({ phase: "reflection", done: retries.length, total: retries.length });
     retries.forEach((r, i) => {
@@ -238,7 +244,9 @@ export async function erlStep(
   // Distill old log-probs: the current policy's, in the distill context (one forward call).
   if (distillPending.length > 0) {
     ctx.onProgress?.({ phase: "distill", done: 0, total: distillPending.length });
-    const scored = await model.forward(distillPending.map(scoringDatum));
+    const scored = await model.forward(distillPending.map(scoringDatum), {
+      temperature: options.logprobTemperature,
+    });
     distillPending.forEach((s, i) => samples.push(withRecomputedLogprobs(s, scored[i]!)));
     ctx.onProgress?.({ phase: "distill", done: distillPending.length, total: distillPending.length });
   }

@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { AdamWConfig, Datum, ForwardBackwardResult, LossConfig } from "../engine/api.ts";
-import { batchNormalizer, lossConfigFor, sampleToDatum, trainOnSamples } from "./learner.ts";
+import { Rng } from "../util/rng.ts";
+import { batchNormalizer, lossConfigFor, miniBatches, sampleToDatum, trainOnSamples } from "./learner.ts";
 import { defaultLearnerConfig, defaultOptimConfig, type TrainSample } from "./types.ts";
 
 function sample(over: Partial<TrainSample> = {}): TrainSample {
@@ -40,6 +41,22 @@ test("the spec's loss settings reach the engine", () => {
     klCoef: 0.001,
   });
   assert.equal(lossConfigFor({ ...defaultLearnerConfig(), dualClip: null }).dualClip, undefined);
+  // The reference's temperature and clamps, when set, reach the engine too.
+  assert.deepEqual(
+    lossConfigFor({ ...defaultLearnerConfig(), temperature: 0.7, logRatioClamp: 20, klClamp: 10 }, 5),
+    {
+      name: "ppo",
+      aggregation: "seq-mean-token-sum",
+      clipLow: 0.2,
+      clipHigh: 0.28,
+      dualClip: 3,
+      klCoef: 0.001,
+      temperature: 0.7,
+      logRatioClamp: 20,
+      klClamp: 10,
+      normalizer: 5,
+    },
+  );
   assert.deepEqual(defaultOptimConfig(), { lr: 1e-6, weightDecay: 0.01, gradClip: 1 });
 });
 
@@ -180,4 +197,48 @@ test("with tisCap the trainer's own log-probs become the PPO anchor of rollout r
     ),
     /needs an engine with forward/,
   );
+});
+
+test("PPO mini-batches: a seeded shuffle, then one optimiser step per mini-batch with its own normaliser", async () => {
+  const samples = Array.from({ length: 7 }, (_, i) => sample({ episode: `e${i}`, advantage: i }));
+  const cfg = { ...defaultLearnerConfig(), miniBatchSize: 3, microBatchSize: 2 };
+  // The split, by hand: the shuffled order cut into 3 + 3 + 1.
+  const order = new Rng("mb").shuffle(samples.map((s) => s.advantage));
+  const split = miniBatches(
+    samples.map((s) => s.advantage),
+    cfg,
+    new Rng("mb"),
+  );
+  assert.deepEqual(split, [order.slice(0, 3), order.slice(3, 6), order.slice(6)]);
+  assert.notDeepEqual(order, [0, 1, 2, 3, 4, 5, 6], "shuffled");
+  assert.deepEqual(miniBatches([1, 2], cfg), [[1, 2]], "a batch that fits is one mini-batch, unshuffled");
+  assert.throws(() => miniBatches(samples, cfg), /need an RNG/);
+
+  const engine = new FakeEngine();
+  const m = await trainOnSamples(engine, samples, cfg, defaultOptimConfig(), new Rng("mb"));
+  // Calls: mini-batch 1 as 2 + 1 (normaliser 3), mini-batch 2 the same, mini-batch 3 alone (its own divisor).
+  assert.deepEqual(
+    engine.calls.map((c) => [c.datums.length, c.loss.normalizer]),
+    [
+      [2, 3],
+      [1, 3],
+      [2, 3],
+      [1, 3],
+      [1, undefined],
+    ],
+  );
+  assert.deepEqual(
+    engine.calls.map((c) => c.datums.map((d) => d.advantages![1])),
+    [order.slice(0, 2), order.slice(2, 3), order.slice(3, 5), order.slice(5, 6), order.slice(6)],
+  );
+  assert.equal(engine.optim.length, 3);
+  assert.equal(m["optim/steps"], 3);
+  assert.equal(m["forward_backward/calls"], 5);
+  assert.ok(Math.abs(m.loss! - 1) < 1e-12, "the mean of the mini-batches' losses (each 1)");
+  assert.equal(m["samples/trained"], 7);
+
+  // Without mini-batches: one step, today's behaviour, and no RNG needed.
+  const one = new FakeEngine();
+  await trainOnSamples(one, samples, { ...cfg, miniBatchSize: null }, defaultOptimConfig());
+  assert.equal(one.optim.length, 1);
 });

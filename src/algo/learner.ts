@@ -1,6 +1,13 @@
 /**
- * One optimisation step on a batch of training samples (spec §2): samples → engine datums →
+ * The optimisation of one training step on a batch of samples (spec §2): samples → engine datums →
  * forwardBackward (PPO with asymmetric clip, dual clip, k3 KL, seq-mean-token-sum) → optimStep.
+ *
+ * - PPO mini-batches (`miniBatchSize`, verl's ppo_mini_batch_size × n): the batch is shuffled (with
+ *   the caller's seeded RNG) and split into mini-batches of at most that many sequences, each with
+ *   its own normaliser and its own optimiser step, so later mini-batches see a policy that has
+ *   already moved and the PPO clip can act. `null`: the whole batch, one optimiser step.
+ * - Log-probs at `temperature` (verl: logits / T, T the sampling temperature), with verl's clamps on
+ *   the log-ratio and on k3 as options; the engine applies them.
  *
  * - Each sample's scalar advantage is broadcast to its trained tokens; every other token has weight 0.
  * - Distill rows go through the same PPO loss with advantage = distill weight. Their old log-probs
@@ -13,6 +20,7 @@
  *   a call by itself).
  */
 import type { AdamWConfig, Datum, Engine, LossConfig } from "../engine/api.ts";
+import type { Rng } from "../util/rng.ts";
 import type { LearnerConfig, TrainSample } from "./types.ts";
 
 /** The engine datum of a sample: position t predicts ids[t+1]; weights and advantages follow the mask. */
@@ -55,6 +63,9 @@ export function lossConfigFor(cfg: LearnerConfig, normalizer?: number): LossConf
     klCoef: cfg.klCoef,
   };
   if (cfg.dualClip !== null) loss.dualClip = cfg.dualClip;
+  if (cfg.temperature !== 1) loss.temperature = cfg.temperature;
+  if (cfg.logRatioClamp !== null) loss.logRatioClamp = cfg.logRatioClamp;
+  if (cfg.klClamp !== null) loss.klClamp = cfg.klClamp;
   if (normalizer !== undefined) loss.normalizer = normalizer;
   if (cfg.tisCap !== null && cfg.tisCap !== undefined) loss.tisCap = cfg.tisCap;
   return loss;
@@ -66,11 +77,35 @@ export function batchNormalizer(datums: readonly Datum[], cfg: LearnerConfig): n
   return datums.reduce((a, d) => a + d.weights.filter((w) => w !== 0).length, 0);
 }
 
+/** The mini-batches of a step: the whole batch, or a shuffled split into chunks of `miniBatchSize`. */
+export function miniBatches<T>(items: readonly T[], cfg: LearnerConfig, rng?: Rng): T[][] {
+  const size = cfg.miniBatchSize;
+  if (size === null || size >= items.length) return [items.slice()];
+  if (!rng) throw new Error("trainOnSamples: PPO mini-batches need an RNG to shuffle the batch");
+  const order = rng.shuffle(items);
+  const out: T[][] = [];
+  for (let i = 0; i < order.length; i += size) out.push(order.slice(i, i + size));
+  return out;
+}
+
+const TOKEN_METRICS = [
+  "kl",
+  "entropy",
+  "ratio_mean",
+  "clip_frac_low",
+  "clip_frac_high",
+  "dual_clip_frac",
+  "logprob_mean",
+  "tis_weight_mean",
+  "tis_clip_frac",
+];
+
 export async function trainOnSamples(
   engine: Pick<Engine, "forwardBackward" | "optimStep"> & Partial<Pick<Engine, "forward">>,
   samples: readonly TrainSample[],
   lossConfig: LearnerConfig,
   optimConfig: AdamWConfig,
+  rng?: Rng,
 ): Promise<Record<string, number>> {
   const t0 = performance.now();
   const trained = samples.filter((s) => trainedTokens(s) > 0);
@@ -88,6 +123,7 @@ export async function trainOnSamples(
     const trainer = rollout.length
       ? await engine.forward(
           rollout.map(({ inputIds, targetIds, weights }) => ({ inputIds, targetIds, weights })),
+          lossConfig.temperature !== 1 ? { temperature: lossConfig.temperature } : undefined,
         )
       : [];
     rollout.forEach((d, i) => {
@@ -95,59 +131,59 @@ export async function trainOnSamples(
       d.oldLogprobs = d.weights.map((w, t) => (w !== 0 ? lp[t]! : 0));
     });
   }
-  const normalizer = batchNormalizer(datums, lossConfig);
-  const per = Math.max(1, lossConfig.microBatchSize);
-  const calls = Math.ceil(datums.length / per);
   // Token-weighted sums of the engine's per-token metrics across calls.
   const sums: Record<string, number> = {};
   let tokens = 0;
   let loss = 0;
+  let calls = 0;
+  let gradNormSum = 0;
+  let skipped = 0;
   let ratioMin = Number.POSITIVE_INFINITY;
   let ratioMax = Number.NEGATIVE_INFINITY;
   let mmTokens = 0;
   let mmAbs = 0;
   let mmK3 = 0;
   let mmMax = 0;
-  for (let c = 0; c < calls; c++) {
-    const chunk = datums.slice(c * per, (c + 1) * per);
-    const res = await engine.forwardBackward(
-      chunk,
-      lossConfigFor(lossConfig, calls > 1 ? normalizer : undefined),
-    );
-    loss += res.loss;
-    const m = res.metrics;
-    const k = m.tokens ?? chunk.reduce((a, d) => a + d.weights.filter((w) => w !== 0).length, 0);
-    tokens += k;
-    for (const key of [
-      "kl",
-      "entropy",
-      "ratio_mean",
-      "clip_frac_low",
-      "clip_frac_high",
-      "dual_clip_frac",
-      "logprob_mean",
-      "tis_weight_mean",
-      "tis_clip_frac",
-    ])
-      if (m[key] !== undefined) sums[key] = (sums[key] ?? 0) + m[key] * k;
-    // The rollout–trainer gap is averaged over the tokens that carried sampler log-probs.
-    const mk = m.mismatch_tokens ?? 0;
-    if (mk > 0) {
-      mmTokens += mk;
-      mmAbs += (m.mismatch_abs_mean ?? 0) * mk;
-      mmK3 += (m.mismatch_k3 ?? 0) * mk;
-      mmMax = Math.max(mmMax, m.mismatch_abs_max ?? 0);
+  const batches = miniBatches(datums, lossConfig, rng);
+  for (const batch of batches) {
+    const normalizer = batchNormalizer(batch, lossConfig);
+    const per = Math.max(1, lossConfig.microBatchSize);
+    const parts = Math.ceil(batch.length / per);
+    for (let c = 0; c < parts; c++) {
+      const chunk = batch.slice(c * per, (c + 1) * per);
+      const res = await engine.forwardBackward(
+        chunk,
+        lossConfigFor(lossConfig, parts > 1 ? normalizer : undefined),
+      );
+      calls += 1;
+      loss += res.loss;
+      const m = res.metrics;
+      const k = m.tokens ?? chunk.reduce((a, d) => a + d.weights.filter((w) => w !== 0).length, 0);
+      tokens += k;
+      for (const key of TOKEN_METRICS) if (m[key] !== undefined) sums[key] = (sums[key] ?? 0) + m[key] * k;
+      // The rollout–trainer gap is averaged over the tokens that carried sampler log-probs.
+      const mk = m.mismatch_tokens ?? 0;
+      if (mk > 0) {
+        mmTokens += mk;
+        mmAbs += (m.mismatch_abs_mean ?? 0) * mk;
+        mmK3 += (m.mismatch_k3 ?? 0) * mk;
+        mmMax = Math.max(mmMax, m.mismatch_abs_max ?? 0);
+      }
+      if (m.ratio_min !== undefined) ratioMin = Math.min(ratioMin, m.ratio_min);
+      if (m.ratio_max !== undefined) ratioMax = Math.max(ratioMax, m.ratio_max);
     }
-    if (m.ratio_min !== undefined) ratioMin = Math.min(ratioMin, m.ratio_min);
-    if (m.ratio_max !== undefined) ratioMax = Math.max(ratioMax, m.ratio_max);
+    const opt = await engine.optimStep(optimConfig);
+    gradNormSum += opt.gradNorm;
+    if (opt.metrics.skipped) skipped += opt.metrics.skipped;
   }
-  const opt = await engine.optimStep(optimConfig);
 
   const avg = (key: string) => (sums[key] !== undefined && tokens > 0 ? sums[key] / tokens : undefined);
-  metrics.loss = loss;
+  // With several mini-batches: the mean of their losses and grad norms.
+  metrics.loss = loss / batches.length;
   metrics["tokens/trained"] = tokens;
-  metrics.grad_norm = opt.gradNorm;
+  metrics.grad_norm = gradNormSum / batches.length;
   metrics["forward_backward/calls"] = calls;
+  metrics["optim/steps"] = batches.length;
   const kl = avg("kl");
   if (kl !== undefined) metrics.kl = kl;
   const ent = avg("entropy");
@@ -170,7 +206,7 @@ export async function trainOnSamples(
   if (tisW !== undefined) metrics["tis/weight_mean"] = tisW;
   const tisC = avg("tis_clip_frac");
   if (tisC !== undefined) metrics["tis/clip_frac"] = tisC;
-  if (opt.metrics.skipped) metrics["optim/skipped"] = opt.metrics.skipped;
+  if (skipped) metrics["optim/skipped"] = skipped;
   metrics["time/train"] = (performance.now() - t0) / 1000;
   return metrics;
 }

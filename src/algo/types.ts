@@ -27,6 +27,8 @@ export interface SamplingOptions {
 
 /** How the multi-turn loop treats long conversations and long replies. */
 export interface LoopOptions {
+  /** Temperature of the log-probs recorded with sampled tokens; the learner's `temperature`. */
+  logprobTemperature: number;
   /** Token limit of one assistant turn (the engine's `maxTokens`). */
   maxTokensPerTurn: number;
   /** Context window used for rollouts (prompt + all turns). Clamped to the model's own window. */
@@ -91,6 +93,7 @@ export interface EvalOptions extends LoopOptions {
 }
 
 const LOOP_DEFAULTS: LoopOptions = {
+  logprobTemperature: 1,
   maxTokensPerTurn: 256,
   maxContextTokens: 8192,
   contextOverflow: "stop",
@@ -287,13 +290,24 @@ export interface LearnerConfig {
   dualClip: number | null;
   klCoef: number;
   aggregation: Aggregation;
-  /** Sequences per forwardBackward call. */
+  /** Sequences per forwardBackward call (memory only: the gradient does not depend on it). */
   microBatchSize: number;
   /**
    * Truncated importance sampling: the trainer recomputes the old log-probs (one forward pass) and
    * each token's policy term is weighted by min(π_trainer / π_sampler, tisCap); null disables.
    */
   tisCap: number | null;
+  /**
+   * Sequences per PPO mini-batch, each with its own optimiser step (the batch is shuffled first);
+   * null = the whole batch, one step. verl: ppo_mini_batch_size × n.
+   */
+  miniBatchSize: number | null;
+  /** Log-probs (rollout, old, new, reference) from logits / temperature; verl: the sampling T. */
+  temperature: number;
+  /** Clamp of log(π/π_old) and log(π_ref/π) before exp; null = none (verl: 20). */
+  logRatioClamp: number | null;
+  /** Cap of the per-token k3 KL; null = none (verl: 10). */
+  klClamp: number | null;
 }
 
 export function defaultLearnerConfig(): LearnerConfig {
@@ -305,6 +319,10 @@ export function defaultLearnerConfig(): LearnerConfig {
     aggregation: "seq-mean-token-sum",
     microBatchSize: 8,
     tisCap: null,
+    miniBatchSize: null,
+    temperature: 1,
+    logRatioClamp: null,
+    klClamp: null,
   };
 }
 
@@ -334,6 +352,8 @@ export type TrainOnSamplesFn = (
   samples: readonly TrainSample[],
   lossConfig: LearnerConfig,
   optimConfig: AdamWConfig,
+  /** Shuffles the batch into PPO mini-batches (needed when `miniBatchSize` splits it). */
+  rng?: Rng,
 ) => Promise<Record<string, number>>;
 export type EvaluateFn = (
   ctx: EvalContext,

@@ -54,6 +54,12 @@ export interface SampleRequest {
   stopStrings?: string[];
   stopTokenIds?: number[];
   seed: number;
+  /**
+   * Temperature of the returned log-probs: log-softmax of logits / this (default 1). The reference
+   * (verl) trains on log-probs at the sampling temperature; pass the same value to `forward` and to
+   * the loss (`LossConfig.temperature`) so that a PPO ratio starts at 1.
+   */
+  logprobTemperature?: number;
 }
 export type SampleStopReason = "stop" | "length";
 export interface SampledSequence {
@@ -61,9 +67,10 @@ export interface SampledSequence {
   promptIndex: number;
   tokens: number[];
   /**
-   * Log-prob of each sampled token under the model's own distribution (logits at temperature 1, no
-   * top-k/top-p truncation), whatever the sampling settings — so it equals `forward`'s log-prob of
-   * the same token, and a PPO ratio starts at 1.
+   * Log-prob of each sampled token under the model's own distribution (logits at
+   * `logprobTemperature`, default 1; no top-k/top-p truncation), whatever the sampling settings — so
+   * it equals `forward`'s log-prob of the same token at the same temperature, and a PPO ratio
+   * starts at 1.
    */
   logprobs: number[];
   stopReason: SampleStopReason;
@@ -107,6 +114,12 @@ export interface LossConfig {
   normalizer?: number;
   /** Truncated importance sampling cap C (RL losses; needs `samplerLogprobs`); omit to disable. */
   tisCap?: number;
+  /** Log-probs (policy and reference) from logits / temperature (default 1). */
+  temperature?: number;
+  /** Clamp log(π/π_old) and log(π_ref/π) to [−c, c] before exponentiating (verl: 20); omit for none. */
+  logRatioClamp?: number;
+  /** Cap the per-token k3 KL at this value (verl: 10); omit for none. */
+  klClamp?: number;
 }
 
 export interface ForwardBackwardResult {
@@ -146,8 +159,8 @@ export interface Engine {
   decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string>;
 
   sample(req: SampleRequest): Promise<SampledSequence[]>;
-  /** Per-target log-probs for each datum. */
-  forward(datums: Datum[]): Promise<number[][]>;
+  /** Per-target log-probs for each datum (from logits / temperature; default 1). */
+  forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]>;
   /** Computes the loss and accumulates gradients. */
   forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult>;
   /** Applies accumulated gradients and zeroes them. */

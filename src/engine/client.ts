@@ -347,8 +347,10 @@ export class EngineClient implements Engine {
     return checkSample(await this.transport.call("sample", params));
   }
 
-  async forward(datums: Datum[]): Promise<number[][]> {
-    const result = await this.transport.call("forward", { datums: datums.map(datumToWire) });
+  async forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]> {
+    const params: Record<string, unknown> = { datums: datums.map(datumToWire) };
+    if (opts?.temperature !== undefined && opts.temperature !== 1) params.temperature = opts.temperature;
+    const result = await this.transport.call("forward", params);
     return checkForward(
       result,
       datums.map((d) => d.targetIds.length),

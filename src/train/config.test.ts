@@ -14,7 +14,13 @@ import {
   validateConfig,
 } from "./config.ts";
 import { UserError } from "../util/errors.ts";
-import { erlOptionsFrom, evalOptionsFrom, optimConfigFrom, rlvrOptionsFrom } from "./runner.ts";
+import {
+  erlOptionsFrom,
+  evalOptionsFrom,
+  learnerConfigFrom,
+  optimConfigFrom,
+  rlvrOptionsFrom,
+} from "./runner.ts";
 import { loadModelRequest } from "./deps.ts";
 
 function writeTmp(content: string): string {
@@ -154,6 +160,29 @@ test("every preset validates; paper presets hold the spec's values", () => {
   assert.deepEqual(paper.eval.sampling, { temperature: 0.7, topP: 0.8, topK: 20 });
   assert.equal(evalOptionsFrom(paper).n, 4);
   assert.equal(evalOptionsFrom(buildConfig("hotpotqa-paper", []).config).n, 1);
+  // The reference's optimiser (verl): log-probs at T 0.7 everywhere, mini-batches of 64 tasks × n
+  // sequences (ERL: 256, so a batch with retries takes several optimiser steps; RLVR: 640, one), clamps.
+  for (const env of ["frozenlake", "sokoban", "hotpotqa"]) {
+    const p = buildConfig(`${env}-paper`, []).config;
+    assert.deepEqual(
+      [p.loss.temperature, p.loss.miniBatchTasks, p.loss.logRatioClamp, p.loss.klClamp],
+      [0.7, 64, 20, 10],
+      env,
+    );
+  }
+  const learner = learnerConfigFrom(paper);
+  assert.deepEqual(
+    [learner.temperature, learner.miniBatchSize, learner.logRatioClamp, learner.klClamp],
+    [0.7, 256, 20, 10],
+  );
+  assert.equal(learnerConfigFrom(applyOverrides(paper, ["algo.name=rlvr"])).miniBatchSize, 640);
+  assert.equal(erlOptionsFrom(paper).logprobTemperature, 0.7);
+  // The CPU presets keep one optimiser step on T = 1 log-probs (docs/algorithms.md says why).
+  const tiny = learnerConfigFrom(buildConfig("frozenlake-tiny", []).config);
+  assert.deepEqual(
+    [tiny.temperature, tiny.miniBatchSize, tiny.logRatioClamp, tiny.klClamp],
+    [1, null, null, null],
+  );
 });
 
 test("config maps onto the algorithm, optimiser and engine options", () => {

@@ -104,6 +104,17 @@ export interface RunConfig {
     microBatchSize: number;
     /** Truncated importance sampling cap (π_trainer / π_sampler weight); null disables. */
     tisCap: number | null;
+    /**
+     * Tasks per PPO mini-batch (× attempts per task = sequences; verl's ppo_mini_batch_size), each
+     * mini-batch its own optimiser step after a seeded shuffle; null = one step on the whole batch.
+     */
+    miniBatchTasks: number | null;
+    /** Log-probs from logits / temperature in rollouts and training (verl: the sampling T). */
+    temperature: number;
+    /** Clamp on log-ratios before exp (verl: 20); null = none. */
+    logRatioClamp: number | null;
+    /** Cap on the per-token k3 KL (verl: 10); null = none. */
+    klClamp: number | null;
   };
   eval: {
     /** Evaluate every K steps; 0 = only the final evaluation (if `final`). */
@@ -229,6 +240,10 @@ export const SCHEMA: Field = obj({
     aggregation: oneOf(["seq-mean-token-sum", "token-mean"]),
     microBatchSize: int(1),
     tisCap: num({ min: 0, exclusiveMin: true, nullable: true }),
+    miniBatchTasks: int(1, { nullable: true }),
+    temperature: num({ min: 0, exclusiveMin: true }),
+    logRatioClamp: num({ min: 0, exclusiveMin: true, nullable: true }),
+    klClamp: num({ min: 0, exclusiveMin: true, nullable: true }),
   }),
   eval: obj({
     every: int(0),
@@ -286,6 +301,10 @@ export function defaultConfig(): RunConfig {
       aggregation: "seq-mean-token-sum",
       microBatchSize: 8,
       tisCap: null,
+      miniBatchTasks: null,
+      temperature: 1,
+      logRatioClamp: null,
+      klClamp: null,
     },
     eval: {
       every: 5,

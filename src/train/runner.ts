@@ -87,6 +87,7 @@ function sampling(s: SamplingConfig): SamplingOptions {
 
 function loopOptions(cfg: RunConfig) {
   return {
+    logprobTemperature: cfg.loss.temperature,
     maxTokensPerTurn: cfg.algo.maxTokensPerTurn,
     maxContextTokens: cfg.algo.maxContextTokens,
     contextOverflow: cfg.algo.contextOverflow,
@@ -134,7 +135,9 @@ export function evalOptionsFrom(cfg: RunConfig): EvalOptions {
 }
 
 export function learnerConfigFrom(cfg: RunConfig): LearnerConfig {
-  return { ...cfg.loss };
+  const { miniBatchTasks, ...loss } = cfg.loss;
+  // verl counts ppo_mini_batch_size in tasks and multiplies it by n.
+  return { ...loss, miniBatchSize: miniBatchTasks === null ? null : miniBatchTasks * attemptsPerTask(cfg) };
 }
 
 export function optimConfigFrom(cfg: RunConfig): AdamWConfig {
@@ -302,6 +305,7 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
         result.samples,
         learnerConfigFrom(cfg),
         optimConfigFrom(cfg),
+        new Rng(`${cfg.seed}/minibatches/${step}`),
       );
       const trainTime = clock() - tt;
       progress.update("  train", 1, 1);
