@@ -25,7 +25,7 @@ const { values } = parseArgs({
     steps: { type: "string", default: "4" },
     batch: { type: "string", default: "4" },
     env: { type: "string", default: "frozenlake" },
-    dtype: { type: "string", default: "bfloat16" },
+    dtype: { type: "string", default: "auto" },
     tokens: { type: "string", default: "8" },
   },
 });

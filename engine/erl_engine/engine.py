@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import ENGINE_VERSION, PROTOCOL_VERSION
-from . import checkpoint, dist, sampler
+from . import autotune, checkpoint, dist, sampler
 from .losses import LossSpec, compute_loss, default_normalizer
 from .model import LoadedModel, load, precheck
 from .protocol import ProtocolError, bad, pack_f32
@@ -128,8 +128,10 @@ class Engine:
             "info": lambda _p: self.info(),
             "loadModel": self.load_model,
             "renderChat": self.render_chat,
+            "renderChats": self.render_chats,
             "encode": self.encode,
             "decode": self.decode,
+            "decodeMany": self.decode_many,
             "sample": self.sample,
             "forward": self.forward,
             "forwardBackward": self.forward_backward,
@@ -188,8 +190,12 @@ class Engine:
             "memory": memory,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            "threadsReason": autotune.threads_reason(),
+            "cpu": autotune.cpu_summary(),
             "step": self.step,
         }
+        if lm is not None:
+            out["dtypeReason"] = lm.dtype_reason
         if peft_version:
             out["peft"] = peft_version
         if lm is not None:
@@ -219,18 +225,28 @@ class Engine:
 
     # ---- tokenizer --------------------------------------------------------------------------------
 
-    def render_chat(self, p: dict[str, Any]) -> dict[str, Any]:
-        lm = self.need_model()
-        tok = lm.tokenizer
+    def _chat_text(self, chat: dict[str, Any], path: str) -> str:
+        tok = self.need_model().tokenizer
         if not getattr(tok, "chat_template", None):
             raise ProtocolError("bad_request", "this model's tokenizer has no chat template (tokenizer_config.json)")
         try:
-            text = tok.apply_chat_template(
-                p["messages"], tokenize=False, add_generation_prompt=p.get("addGenerationPrompt", False)
+            return str(
+                tok.apply_chat_template(
+                    chat["messages"], tokenize=False, add_generation_prompt=chat.get("addGenerationPrompt", False)
+                )
             )
         except Exception as e:  # jinja errors from the model's own template
-            raise ProtocolError("bad_request", f"params.messages: the chat template failed: {e}") from None
-        return {"ids": list(tok.encode(text, add_special_tokens=False))}
+            raise ProtocolError("bad_request", f"{path}.messages: the chat template failed: {e}") from None
+
+    def render_chat(self, p: dict[str, Any]) -> dict[str, Any]:
+        text = self._chat_text(p, "params")
+        return {"ids": list(self.need_model().tokenizer.encode(text, add_special_tokens=False))}
+
+    def render_chats(self, p: dict[str, Any]) -> dict[str, Any]:
+        """renderChat for many conversations in one call (one round trip per turn of a batch)."""
+        texts = [self._chat_text(c, f"params.chats[{i}]") for i, c in enumerate(p["chats"])]
+        tok = self.need_model().tokenizer
+        return {"ids": [list(tok.encode(t, add_special_tokens=False)) for t in texts]}
 
     def encode(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
@@ -241,6 +257,13 @@ class Engine:
         ids = p["ids"]
         self._check_ids(ids, "params.ids")
         return {"text": lm.tokenizer.decode(ids.tolist(), skip_special_tokens=p.get("skipSpecialTokens", False))}
+
+    def decode_many(self, p: dict[str, Any]) -> dict[str, Any]:
+        lm = self.need_model()
+        for i, ids in enumerate(p["seqs"]):
+            self._check_ids(ids, f"params.seqs[{i}]")
+        skip = p.get("skipSpecialTokens", False)
+        return {"texts": [lm.tokenizer.decode(ids.tolist(), skip_special_tokens=skip) for ids in p["seqs"]]}
 
     def _check_ids(self, ids: np.ndarray, path: str) -> None:
         lm = self.need_model()

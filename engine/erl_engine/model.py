@@ -1,7 +1,9 @@
 """Loading a causal LM for the engine: from an HF directory or a random init, LoRA or full fine-tuning,
 dtype and device, and the frozen reference used for KL.
 
-dtype semantics: "float32" computes in fp32. "bfloat16" keeps trainable weights in fp32 (so AdamW
+dtype semantics: "auto" picks one of the two below by measurement (autotune.py: bf16 on a CUDA device
+that supports it; on CPU only where a short probe shows bf16 clearly faster) and records why in
+`dtype_reason`. "float32" computes in fp32. "bfloat16" keeps trainable weights in fp32 (so AdamW
 updates are not lost to bf16 rounding) and runs the model under bf16 autocast, on CPU and CUDA alike.
 With LoRA the frozen base weights are stored in bf16 too (they are never updated), which halves
 their memory; the adapters stay fp32.
@@ -32,7 +34,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: Any
     device: torch.device
-    dtype: str  # "float32" | "bfloat16"
+    dtype: str  # "float32" | "bfloat16" (an "auto" request is resolved before loading)
     path: str | None
     lora: dict[str, Any] | None
     reference_kind: str | None
@@ -40,6 +42,7 @@ class LoadedModel:
     eos_ids: list[int] = field(default_factory=list)
     vocab_size: int = 0
     max_positions: int | None = None
+    dtype_reason: str = "requested"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == "bfloat16":
@@ -116,21 +119,20 @@ def load(params: dict[str, Any]) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     device = resolve_device(params["device"])
-    dtype = params["dtype"]
     lora = params.get("lora")
     reference_kind = params.get("reference")
     if reference_kind == "base" and not lora:
         raise ProtocolError("bad_request", "params.reference: 'base' needs LoRA (adapters disabled); use 'copy'")
     if ("path" in params) == ("randomInit" in params):
         raise ProtocolError("bad_request", "params: give exactly one of `path` or `randomInit`")
-    # The frozen base of a LoRA model can live in bf16; trainable weights stay fp32 (see header).
-    weight_dtype = torch.bfloat16 if (dtype == "bfloat16" and lora) else torch.float32
 
     if "path" in params:
         path = _check_dir(params["path"], "model", "path")
         if not os.path.exists(os.path.join(path, "config.json")):
             raise ProtocolError("not_found", f"params.path: no config.json in {path}")
         tokenizer = load_tokenizer(path)
+        dtype, dtype_reason = _dtype_for(params, device, lambda: AutoConfig.from_pretrained(path, local_files_only=True))
+        weight_dtype = _weight_dtype(dtype, lora)
         torch.manual_seed(params["seed"])
         model = AutoModelForCausalLM.from_pretrained(path, dtype=weight_dtype, local_files_only=True)
     else:
@@ -145,6 +147,8 @@ def load(params: dict[str, Any]) -> LoadedModel:
             config = AutoConfig.for_model(model_type, **cfg_dict)
         except (ValueError, TypeError, KeyError) as e:
             raise ProtocolError("bad_request", f"params.randomInit.config: {e}") from None
+        dtype, dtype_reason = _dtype_for(params, device, lambda: config)
+        weight_dtype = _weight_dtype(dtype, lora)
         torch.manual_seed(ri["seed"])
         model = AutoModelForCausalLM.from_config(config, dtype=weight_dtype)
     torch.manual_seed(params["seed"])
@@ -200,4 +204,31 @@ def load(params: dict[str, Any]) -> LoadedModel:
         eos_ids=eos_ids_of(model, tokenizer),
         vocab_size=vocab_size,
         max_positions=int(max_pos) if isinstance(max_pos, int) else None,
+        dtype_reason=dtype_reason,
     )
+
+
+def _weight_dtype(dtype: str, lora: Any) -> torch.dtype:
+    """The frozen base of a LoRA model can live in bf16; trainable weights stay fp32 (see header)."""
+    return torch.bfloat16 if (dtype == "bfloat16" and lora) else torch.float32
+
+
+def _dtype_for(params: dict[str, Any], device: torch.device, config: Any) -> tuple[str, str]:
+    """The request's dtype with "auto" resolved by measurement (the config is read only then)."""
+    from .autotune import resolve_dtype
+
+    requested = params["dtype"]
+    if requested != "auto":
+        return requested, "requested"
+    try:
+        cfg = config()
+    except Exception:  # an unreadable config fails the load itself, with a clearer message
+        cfg = None
+    verdict = resolve_dtype("auto", device, cfg)
+    from . import dist
+
+    d = dist.current()
+    if d is not None:
+        # Every rank must compute in the same dtype: rank 0's measurement decides for all.
+        verdict = d.all_gather(verdict)[0]
+    return verdict

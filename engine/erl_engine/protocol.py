@@ -257,6 +257,8 @@ DATUM = Obj(
     {"advantages": FloatArray(), "oldLogprobs": FloatArray(), "samplerLogprobs": FloatArray()},
 )
 
+MESSAGE = Obj({"role": Enum("system", "user", "assistant", "tool"), "content": Str()})
+
 LOSS = Obj(
     {"name": Enum("cross_entropy", "importance_sampling", "ppo")},
     {
@@ -277,7 +279,7 @@ PARAMS: dict[str, Validator] = {
     "hello": Obj({"protocolVersion": Int()}, {"client": Str()}),
     "info": Obj({}),
     "loadModel": Obj(
-        {"dtype": Enum("float32", "bfloat16"), "device": Enum("cpu", "cuda", "auto"), "seed": Int()},
+        {"dtype": Enum("auto", "float32", "bfloat16"), "device": Enum("cpu", "cuda", "auto"), "seed": Int()},
         {
             "path": Str(True),
             "randomInit": Obj({"config": AnyObject(), "tokenizerPath": Str(True), "seed": Int()}),
@@ -286,12 +288,11 @@ PARAMS: dict[str, Validator] = {
             "gradientCheckpointing": Bool(),
         },
     ),
-    "renderChat": Obj(
-        {"messages": List(Obj({"role": Enum("system", "user", "assistant", "tool"), "content": Str()}), 1)},
-        {"addGenerationPrompt": Bool()},
-    ),
+    "renderChat": Obj({"messages": List(MESSAGE, 1)}, {"addGenerationPrompt": Bool()}),
+    "renderChats": Obj({"chats": List(Obj({"messages": List(MESSAGE, 1)}, {"addGenerationPrompt": Bool()}), 1)}),
     "encode": Obj({"text": Str()}, {"addSpecialTokens": Bool()}),
     "decode": Obj({"ids": IdArray()}, {"skipSpecialTokens": Bool()}),
+    "decodeMany": Obj({"seqs": List(IdArray(), 1)}, {"skipSpecialTokens": Bool()}),
     "sample": Obj(
         {
             "prompts": List(IdArray(1), 1),

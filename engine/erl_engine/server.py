@@ -32,20 +32,13 @@ MAX_HTTP_BODY = 1 << 30
 
 
 def configure_threads() -> None:
-    """CPU threads for torch: $ERL_ENGINE_THREADS, else 1 under the test suite ($ERL_TEST), else torch's
-    default. On a shared CPU, OpenMP threads that lose their core to other processes spin and wait for
-    each other; one thread per engine is then several times faster than two."""
-    import torch
+    """CPU threads for torch: $ERL_ENGINE_THREADS, else 1 under the test suite ($ERL_TEST), else chosen
+    by a short measurement at start (autotune.py). On a shared CPU, OpenMP threads that lose their core
+    to other processes spin and wait for each other; one thread per engine is then several times faster
+    than two, which the measurement sees."""
+    from .autotune import configure_threads as configure
 
-    want = os.environ.get("ERL_ENGINE_THREADS") or ("1" if os.environ.get("ERL_TEST") else "")
-    if want:
-        try:
-            n = int(want)
-        except ValueError:
-            print(f"erl engine: ignoring ERL_ENGINE_THREADS={want!r} (not an integer)", file=sys.stderr)
-            return
-        if n > 0:
-            torch.set_num_threads(n)
+    configure()
 
 
 class Dispatcher:
@@ -167,10 +160,11 @@ def _announce(transport: str) -> None:
     import torch
 
     from . import ENGINE_VERSION, PROTOCOL_VERSION
+    from .autotune import threads_reason
 
     print(
         f"erl-engine {ENGINE_VERSION} ready ({transport}, protocol v{PROTOCOL_VERSION}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads)",
+        f"{torch.get_num_threads()} threads: {threads_reason()})",
         file=sys.stderr,
         flush=True,
     )

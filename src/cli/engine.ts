@@ -15,11 +15,12 @@ const USAGE = `usage:
       Serve the engine protocol over HTTP. The token comes from --token, else $ERL_ENGINE_TOKEN,
       else a random one is generated and printed. Clients connect with the URL and the token.
   erl engine serve --openai --model <model-dir|run-dir> [--served-model-name NAME] [--host 127.0.0.1]
-                   [--port 8000] [--token T] [--allow-remote] [--dtype float32|bfloat16] [--device cpu|cuda|auto]
+                   [--port 8000] [--token T] [--allow-remote] [--dtype auto|float32|bfloat16] [--device cpu|cuda|auto]
       Serve one model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
       /v1/models) with the same token rules. A run directory serves its newest checkpoint.
-  erl engine info --model <dir> [--dtype float32|bfloat16] [--device cpu|cuda|auto]
-      Load a model directory in a local engine and print versions, device, parameter counts, memory.`;
+  erl engine info --model <dir> [--dtype auto|float32|bfloat16] [--device cpu|cuda|auto]
+      Load a model directory in a local engine and print versions, device, the dtype and threads it
+      chose and why, parameter counts, memory. --dtype auto (the default) measures bf16 against fp32.`;
 
 export async function run(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
@@ -89,9 +90,9 @@ async function serve(args: string[]): Promise<number> {
   return server.child.exitCode ?? 0;
 }
 
-function checkDtype(v: string | undefined): "float32" | "bfloat16" | undefined {
-  if (v !== undefined && v !== "float32" && v !== "bfloat16")
-    throw new UserError(`--dtype must be float32 or bfloat16, got "${v}"`);
+function checkDtype(v: string | undefined): "auto" | "float32" | "bfloat16" | undefined {
+  if (v !== undefined && v !== "auto" && v !== "float32" && v !== "bfloat16")
+    throw new UserError(`--dtype must be auto, float32 or bfloat16, got "${v}"`);
   return v;
 }
 
@@ -142,7 +143,7 @@ async function serveOpenAI(o: {
         throw new UserError(
           `--model ${o.model}: not an HF model directory (no config.json) nor a run directory`,
         );
-      await engine.loadModel({ path: dir, dtype: dtype ?? "float32", device: device ?? "cpu", seed: 0 });
+      await engine.loadModel({ path: dir, dtype: dtype ?? "auto", device: device ?? "cpu", seed: 0 });
     }
     const server = await startOpenAIServer({
       engine,
@@ -169,7 +170,7 @@ async function info(args: string[]): Promise<number> {
     args,
     options: {
       model: { type: "string" },
-      dtype: { type: "string", default: "float32" },
+      dtype: { type: "string", default: "auto" },
       device: { type: "string", default: "cpu" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -180,8 +181,8 @@ async function info(args: string[]): Promise<number> {
   }
   if (!values.model) throw new UserError("--model <dir> is required");
   const dtype = values.dtype;
-  if (dtype !== "float32" && dtype !== "bfloat16")
-    throw new UserError(`--dtype must be float32 or bfloat16, got "${dtype}"`);
+  if (dtype !== "auto" && dtype !== "float32" && dtype !== "bfloat16")
+    throw new UserError(`--dtype must be auto, float32 or bfloat16, got "${dtype}"`);
   const device = values.device;
   if (device !== "cpu" && device !== "cuda" && device !== "auto")
     throw new UserError(`--device must be cpu, cuda or auto, got "${device}"`);

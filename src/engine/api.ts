@@ -9,7 +9,13 @@
  * inputIds[0..t]).
  */
 
+/** A compute dtype as the engine runs it. */
 export type DType = "float32" | "bfloat16";
+/**
+ * A dtype as requested: "auto" lets the engine choose by measurement (bf16 on a CUDA device that
+ * supports it; on CPU only where a short probe at load shows bf16 clearly faster, else fp32).
+ */
+export type DTypeRequest = DType | "auto";
 export type Device = "cpu" | "cuda" | "auto";
 
 export interface LoraConfig {
@@ -25,7 +31,7 @@ export interface LoadModelRequest {
   path?: string;
   /** Create a randomly initialised model of this HF config (a plain object) with this tokenizer directory. */
   randomInit?: { config: Record<string, unknown>; tokenizerPath: string; seed: number };
-  dtype: DType;
+  dtype: DTypeRequest;
   device: Device;
   /** Full fine-tuning when absent. */
   lora?: LoraConfig;
@@ -40,6 +46,11 @@ export type Role = "system" | "user" | "assistant" | "tool";
 export interface ChatMessage {
   role: Role;
   content: string;
+}
+
+export interface ChatRender {
+  messages: ChatMessage[];
+  addGenerationPrompt?: boolean;
 }
 
 export interface SampleRequest {
@@ -143,7 +154,15 @@ export interface EngineInfo {
   transformers: string;
   peft?: string;
   device: string;
+  /** The dtype the model computes in ("auto" resolved). */
   dtype: DType;
+  /** Why: "requested", or the measurement behind an "auto" choice. Present once a model is loaded. */
+  dtypeReason?: string;
+  /** torch's CPU threads, and why that many (ERL_ENGINE_THREADS, the test suite, or a start-up probe). */
+  threads?: number;
+  threadsReason?: string;
+  /** The engine machine's CPU: model name and the vector extensions that decide matmul speed. */
+  cpu?: { model: string; flags: string[]; capability?: string; logicalCpus?: number };
   parameters: { total: number; trainable: number };
   memory: { rssBytes: number; deviceBytes?: number };
   model?: { path?: string; vocabSize: number; maxPositions?: number; eosTokenIds: number[] };
@@ -155,8 +174,14 @@ export interface Engine {
 
   /** Renders a chat with the model's chat template to token ids. */
   renderChat(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): Promise<number[]>;
+  /**
+   * `renderChat` for many conversations in one call, and `decode` for many sequences: one round trip
+   * for a whole batch of episodes. Optional: a backend without them falls back to one call each.
+   */
+  renderChats?(chats: ChatRender[]): Promise<number[][]>;
   encode(text: string, opts?: { addSpecialTokens?: boolean }): Promise<number[]>;
   decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string>;
+  decodeMany?(seqs: number[][], opts?: { skipSpecialTokens?: boolean }): Promise<string[]>;
 
   sample(req: SampleRequest): Promise<SampledSequence[]>;
   /** Per-target log-probs for each datum (from logits / temperature; default 1). */

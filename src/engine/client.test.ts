@@ -80,6 +80,40 @@ test("encode/decode round-trip and the chat template renders incrementally", asy
   assert.deepEqual([...withPrompt, ...reply], await engine.renderChat(msgs.slice(0, 3)));
 });
 
+test("renderChats and decodeMany equal one renderChat / decode each; EngineBackend batches a turn's calls", async () => {
+  const chats = [
+    { messages: [{ role: "user", content: "state A" }] as ChatMessage[], addGenerationPrompt: true },
+    {
+      messages: [
+        { role: "system", content: "rules" },
+        { role: "user", content: "state B" },
+      ] as ChatMessage[],
+    },
+  ];
+  const batched = await engine.renderChats(chats);
+  assert.deepEqual(batched, [
+    await engine.renderChat(chats[0]!.messages, { addGenerationPrompt: true }),
+    await engine.renderChat(chats[1]!.messages),
+  ]);
+  const texts = await engine.decodeMany([batched[0]!, batched[1]!, []], { skipSpecialTokens: true });
+  assert.deepEqual(texts, [
+    await engine.decode(batched[0]!, { skipSpecialTokens: true }),
+    await engine.decode(batched[1]!, { skipSpecialTokens: true }),
+    "",
+  ]);
+  await assert.rejects(engine.decodeMany([[1, 999]]), /params\.seqs\[0\]\[1\]: token id 999/);
+
+  const { EngineBackend } = await import("../agent/backend.ts");
+  const backend = await EngineBackend.create(engine);
+  const many = await Promise.all(
+    chats.map((c) => backend.renderChat(c.messages, { addGenerationPrompt: !!c.addGenerationPrompt })),
+  );
+  assert.deepEqual(many, batched);
+  assert.deepEqual(await Promise.all(batched.map((ids) => backend.decode(ids))), texts.slice(0, 2));
+  assert.equal(backend.renders!.batches, 1);
+  assert.equal(backend.decodes!.batches, 1);
+});
+
 test("forward log-probs equal a direct PyTorch computation", async () => {
   const ids = await engine.renderChat([{ role: "user", content: "hello there" }], {
     addGenerationPrompt: true,

@@ -18,6 +18,7 @@ import { UserError } from "../util/errors.ts";
 import type {
   AdamWConfig,
   ChatMessage,
+  ChatRender,
   Datum,
   Engine,
   EngineInfo,
@@ -35,10 +36,12 @@ import {
   checkForwardBackward,
   checkHello,
   checkIds,
+  checkIdLists,
   checkInfo,
   checkOptimStep,
   checkSample,
   checkText,
+  checkTexts,
   packF32,
   packIds,
   toErrorCode,
@@ -328,6 +331,21 @@ export class EngineClient implements Engine {
   async renderChat(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): Promise<number[]> {
     const params = { messages, addGenerationPrompt: opts?.addGenerationPrompt ?? false };
     return checkIds(await this.transport.call("renderChat", params));
+  }
+
+  async renderChats(chats: ChatRender[]): Promise<number[][]> {
+    const params = {
+      chats: chats.map((c) => ({
+        messages: c.messages,
+        addGenerationPrompt: c.addGenerationPrompt ?? false,
+      })),
+    };
+    return checkIdLists(await this.transport.call("renderChats", params), chats.length);
+  }
+
+  async decodeMany(seqs: number[][], opts?: { skipSpecialTokens?: boolean }): Promise<string[]> {
+    const params = { seqs: seqs.map(packIds), skipSpecialTokens: opts?.skipSpecialTokens ?? false };
+    return checkTexts(await this.transport.call("decodeMany", params), seqs.length);
   }
 
   async encode(text: string, opts?: { addSpecialTokens?: boolean }): Promise<number[]> {

@@ -174,6 +174,15 @@ export function checkInfo(v: unknown, path = "result"): EngineInfo {
   if (memory.deviceBytes !== undefined)
     info.memory.deviceBytes = num(memory.deviceBytes, `${path}.memory.deviceBytes`);
   if (r.peft !== undefined) info.peft = str(r.peft, `${path}.peft`);
+  if (r.dtypeReason !== undefined) info.dtypeReason = str(r.dtypeReason, `${path}.dtypeReason`);
+  if (r.threads !== undefined) info.threads = int(r.threads, `${path}.threads`);
+  if (r.threadsReason !== undefined) info.threadsReason = str(r.threadsReason, `${path}.threadsReason`);
+  if (r.cpu !== undefined) {
+    const c = rec(r.cpu, `${path}.cpu`);
+    info.cpu = { model: str(c.model, `${path}.cpu.model`), flags: arr(str)(c.flags, `${path}.cpu.flags`) };
+    if (c.capability !== undefined) info.cpu.capability = str(c.capability, `${path}.cpu.capability`);
+    if (c.logicalCpus !== undefined) info.cpu.logicalCpus = int(c.logicalCpus, `${path}.cpu.logicalCpus`);
+  }
   if (r.model !== undefined) {
     const m = rec(r.model, `${path}.model`);
     info.model = {
@@ -189,6 +198,18 @@ export function checkInfo(v: unknown, path = "result"): EngineInfo {
 
 export function checkIds(v: unknown, path = "result"): number[] {
   return arr(int)(rec(v, path).ids, `${path}.ids`);
+}
+
+export function checkIdLists(v: unknown, n: number, path = "result"): number[][] {
+  const lists = arr(arr(int))(rec(v, path).ids, `${path}.ids`);
+  if (lists.length !== n) throw badResponse(`${path}.ids: asked for ${n} renders, got ${lists.length}`);
+  return lists;
+}
+
+export function checkTexts(v: unknown, n: number, path = "result"): string[] {
+  const texts = arr(str)(rec(v, path).texts, `${path}.texts`);
+  if (texts.length !== n) throw badResponse(`${path}.texts: asked for ${n} decodes, got ${texts.length}`);
+  return texts;
 }
 
 export function checkText(v: unknown, path = "result"): string {

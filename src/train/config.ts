@@ -46,7 +46,8 @@ export interface RunConfig {
   model: {
     /** A local HF causal-LM directory (e.g. models/erl-tiny or test/fixtures/tiny-model). */
     path: string;
-    dtype: "float32" | "bfloat16";
+    /** "auto": the engine measures (bf16 on CUDA with bf16; on CPU only where a probe shows it faster). */
+    dtype: "auto" | "float32" | "bfloat16";
     device: "cpu" | "cuda" | "auto";
     /** LoRA adapters; null = full fine-tuning. */
     lora: { rank: number; alpha: number; dropout: number; targetModules: string } | null;
@@ -187,7 +188,7 @@ export const SCHEMA: Field = obj({
   }),
   model: obj({
     path: str({ nonEmpty: true }),
-    dtype: oneOf(["float32", "bfloat16"]),
+    dtype: oneOf(["auto", "float32", "bfloat16"]),
     device: oneOf(["cpu", "cuda", "auto"]),
     lora: obj(
       {
@@ -266,7 +267,7 @@ export function defaultConfig(): RunConfig {
     data: { trainTasks: null, evalTasks: 32, evalSplit: "test", shuffle: true },
     model: {
       path: "models/erl-tiny",
-      dtype: "bfloat16",
+      dtype: "auto",
       device: "cpu",
       lora: null,
       reference: "auto",

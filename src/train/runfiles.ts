@@ -16,6 +16,7 @@ import {
 import { join } from "node:path";
 import { appendJsonl, writeFileAtomic } from "../util/jsonl.ts";
 import { UserError } from "../util/errors.ts";
+import type { EngineInfo } from "../engine/api.ts";
 
 export const JSONL_FILES = ["metrics", "rollouts", "memory"] as const;
 export type JsonlName = (typeof JSONL_FILES)[number];
@@ -45,6 +46,9 @@ export class RunFiles {
   }
   get statusFile(): string {
     return join(this.dir, "status.json");
+  }
+  get engineFile(): string {
+    return join(this.dir, "engine.json");
   }
   get checkpointsDir(): string {
     return join(this.dir, "checkpoints");
@@ -83,6 +87,36 @@ export class RunFiles {
       this.statusFile,
       JSON.stringify({ ...status, updatedAt: new Date().toISOString() }) + "\n",
     );
+  }
+
+  /**
+   * Records the engine a (re)start of the run got: its device, the dtype and thread count it chose and
+   * why, its CPU. engine.json keeps one entry per start, newest last (a resumed run may land on another
+   * machine); it is replaced atomically and never truncated on resume.
+   */
+  recordEngine(step: number, info: EngineInfo): void {
+    let starts: unknown[] = [];
+    if (existsSync(this.engineFile)) {
+      try {
+        const old = JSON.parse(readFileSync(this.engineFile, "utf8")) as { starts?: unknown };
+        if (Array.isArray(old.starts)) starts = old.starts;
+      } catch {
+        starts = []; // replaced atomically; unreadable means absent
+      }
+    }
+    const entry = {
+      at: new Date().toISOString(),
+      step,
+      device: info.device,
+      dtype: info.dtype,
+      ...(info.dtypeReason !== undefined ? { dtypeReason: info.dtypeReason } : {}),
+      ...(info.threads !== undefined ? { threads: info.threads } : {}),
+      ...(info.threadsReason !== undefined ? { threadsReason: info.threadsReason } : {}),
+      ...(info.cpu !== undefined ? { cpu: info.cpu } : {}),
+      engineVersion: info.engineVersion,
+      torch: info.torch,
+    };
+    writeFileAtomic(this.engineFile, JSON.stringify({ starts: [...starts, entry] }, null, 2) + "\n");
   }
 
   append(name: JsonlName, records: readonly unknown[]): void {

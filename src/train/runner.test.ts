@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { validateConfig, type RunConfig } from "./config.ts";
-import { runTraining } from "./runner.ts";
+import { engineSummary, runTraining } from "./runner.ts";
 import { counterDeps } from "./testkit.ts";
 import { Progress } from "./progress.ts";
 import { RunFiles } from "./runfiles.ts";
@@ -212,6 +212,38 @@ test("an engine that dies mid-run: clear error, status failed, and the run resum
     progress: quiet(),
   });
   assert.deepEqual(normalised(dir), normalised(ref));
+  // engine.json: one entry per start of the engine, with the dtype it chose.
+  const engineLog = JSON.parse(readFileSync(join(dir, "engine.json"), "utf8")) as {
+    starts: { step: number; dtype: string; device: string }[];
+  };
+  assert.deepEqual(
+    engineLog.starts.map((s) => [s.step, s.dtype, s.device]),
+    [
+      [0, "float32", "cpu"],
+      [2, "float32", "cpu"],
+    ],
+  );
+});
+
+test("the progress output names the engine's dtype and threads with their reasons", () => {
+  const lines = engineSummary({
+    protocolVersion: 1,
+    engineVersion: "x",
+    torch: "2",
+    transformers: "5",
+    device: "cpu",
+    dtype: "bfloat16",
+    dtypeReason: "auto: bf16 measured 2.00x faster",
+    threads: 1,
+    threadsReason: "measured at start",
+    cpu: { model: "Some CPU", flags: ["avx2", "avx512_bf16"] },
+    parameters: { total: 1, trainable: 1 },
+    memory: { rssBytes: 0 },
+  });
+  assert.deepEqual(lines, [
+    "engine: cpu on Some CPU (avx2, avx512_bf16), bfloat16 (auto: bf16 measured 2.00x faster)",
+    "engine: 1 thread (measured at start)",
+  ]);
 });
 
 test("resume cuts torn and post-checkpoint records, then redoes those steps exactly once", async () => {

@@ -9,7 +9,7 @@
  * at any moment the finished run has every step exactly once. status.json is replaced atomically.
  */
 import { resolve } from "node:path";
-import type { AdamWConfig, Engine } from "../engine/api.ts";
+import type { AdamWConfig, Engine, EngineInfo } from "../engine/api.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
 import type {
   AlgoContext,
@@ -164,6 +164,21 @@ export function runDirFor(cfg: RunConfig, date = new Date()): string {
 // ---------------------------------------------------------------------------------------------
 // The run
 
+/** What the engine chose, for the progress output: device and dtype, threads, each with its reason. */
+export function engineSummary(info: EngineInfo): string[] {
+  const cpu = info.cpu
+    ? ` on ${info.cpu.model}${info.cpu.flags.length ? ` (${info.cpu.flags.join(", ")})` : ""}`
+    : "";
+  const lines = [
+    `engine: ${info.device}${cpu}, ${info.dtype}${info.dtypeReason ? ` (${info.dtypeReason})` : ""}`,
+  ];
+  if (info.threads !== undefined)
+    lines.push(
+      `engine: ${info.threads} thread${info.threads === 1 ? "" : "s"}${info.threadsReason ? ` (${info.threadsReason})` : ""}`,
+    );
+  return lines;
+}
+
 export async function runTraining(opts: RunOptions): Promise<RunSummary> {
   const { config: cfg, deps } = opts;
   const clock = opts.clock ?? (() => performance.now() / 1000);
@@ -255,6 +270,9 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
   try {
     progress.line(`starting the engine and loading ${cfg.model.path}`);
     engine = await deps.startEngine(cfg, resolve(cfg.model.path));
+    const info = await engine.info();
+    files.recordEngine(startStep, info);
+    for (const line of engineSummary(info)) progress.line(line);
     if (ckpt) await engine.loadState(resolve(ckpt.dir, "engine"));
     const model = await deps.makeBackend(engine);
     const algos = await deps.algorithms();

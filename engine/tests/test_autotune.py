@@ -1,0 +1,86 @@
+"""dtype "auto" and the thread count: resolved by measurement on this machine, with the reason recorded."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import call, load_params
+
+from erl_engine import autotune
+from erl_engine.engine import Engine
+
+
+def test_auto_dtype_resolves_to_a_valid_dtype_and_records_its_reason() -> None:
+    e = Engine()
+    info = call(e, "loadModel", load_params(dtype="auto"))
+    assert info["dtype"] in ("float32", "bfloat16")
+    reason = info["dtypeReason"]
+    assert reason.startswith("auto: ")
+    # The reason carries the measurement behind the choice: both timings of the probe.
+    times = re.findall(r"fp32 ([0-9.]+) ms, bf16 ([0-9.]+) ms", reason)
+    assert times, reason
+    fp32, bf16 = (float(x) for x in times[0])
+    assert fp32 > 0 and bf16 > 0
+    # ...and the choice follows from it.
+    assert (info["dtype"] == "bfloat16") == (fp32 / bf16 >= autotune.BF16_MARGIN)
+    # The loaded model computes in the chosen dtype: the sampler and the trainer see it.
+    assert e.need_model().dtype == info["dtype"]
+    assert call(e, "info", {})["dtypeReason"] == reason
+
+
+def test_an_explicit_dtype_wins() -> None:
+    for dtype in ("float32", "bfloat16"):
+        info = call(Engine(), "loadModel", load_params(dtype=dtype))
+        assert info["dtype"] == dtype
+        assert info["dtypeReason"] == "requested"
+
+
+def test_the_cpu_verdict_follows_the_measured_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = type("Cfg", (), {"hidden_size": 96, "intermediate_size": 160})()
+    cpu = torch.device("cpu")
+    for fp32, bf16, want in ((3e-3, 1e-3, "bfloat16"), (1e-3, 1e-3, "float32"), (1e-3, 4e-3, "float32")):
+        autotune._dtype_memo.clear()
+        monkeypatch.setattr(autotune, "probe_cpu_bf16", lambda h, i, fp32=fp32, bf16=bf16: (fp32, bf16, 64))
+        dtype, reason = autotune.resolve_dtype("auto", cpu, cfg)
+        assert dtype == want, reason
+        assert "96x160 MLP block" in reason
+    autotune._dtype_memo.clear()
+
+
+def test_the_probe_measures_both_dtypes() -> None:
+    fp32, bf16, tokens = autotune.probe_cpu_bf16(64, 128, repeats=1)
+    assert fp32 > 0 and bf16 > 0 and 16 <= tokens <= 256
+
+
+def test_model_shape_reads_common_config_names() -> None:
+    llama = type("C", (), {"hidden_size": 128, "intermediate_size": 512})()
+    gpt2 = type("C", (), {"n_embd": 64, "n_inner": None})()
+    assert autotune.model_shape(llama) == (128, 512)
+    assert autotune.model_shape(gpt2) == (64, 256)
+    assert autotune.model_shape(None) == (1024, 4096)
+
+
+def test_threads_from_the_environment_the_test_suite_or_a_measurement() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert autotune.configure_threads({"ERL_ENGINE_THREADS": "1"}) == (1, "ERL_ENGINE_THREADS=1")
+        n, reason = autotune.configure_threads({"ERL_TEST": "1"})
+        assert n == 1 and "ERL_TEST" in reason
+        torch.set_num_threads(before)
+        n, reason = autotune.probe_threads(max_threads=2, repeats=1)
+        assert n in (1, 2)
+        assert re.search(r"1 thread [0-9.]+ ms, 2 threads [0-9.]+ ms", reason), reason
+        assert reason.endswith(f"chose {n}")
+        assert autotune.probe_threads(max_threads=1) == (1, "1 (one CPU available to torch)")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_info_names_the_cpu() -> None:
+    info = call(Engine(), "info", {})
+    assert info["cpu"]["model"]
+    assert isinstance(info["cpu"]["flags"], list)
+    assert info["threads"] == torch.get_num_threads()
+    assert info["threadsReason"]
