@@ -6,9 +6,9 @@
  *   erl eval --model runs/my-run --split test
  */
 import { parseArgs } from "node:util";
-import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
-import { UserError } from "../util/errors.ts";
+import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { systemUserError, UserError } from "../util/errors.ts";
 import { appendJsonl } from "../util/jsonl.ts";
 import { Rng } from "../util/rng.ts";
 import { knownEnvs } from "../envs/registry.ts";
@@ -57,9 +57,13 @@ export async function run(args: string[]): Promise<number> {
   const split = values.split ?? "test";
   if (split !== "test" && split !== "train")
     throw new UserError(`--split must be test or train, got ${split}`);
-  const sets: string[] = [`data.evalSplit=${split}`, `data.evalTasks=${values.tasks ?? "null"}`];
-  if (values.n) sets.push(`eval.n=${values.n}`);
-  if (values.seed) sets.push(`seed=${values.seed}`);
+  const n = intFlag("n", values.n, 1);
+  const tasksN = intFlag("tasks", values.tasks, 1);
+  const seed = intFlag("seed", values.seed, 0);
+  if (values.out !== undefined) checkOut(values.out);
+  const sets: string[] = [`data.evalSplit=${split}`, `data.evalTasks=${tasksN ?? "null"}`];
+  if (n !== null) sets.push(`eval.n=${n}`);
+  if (seed !== null) sets.push(`seed=${seed}`);
   sets.push(...(values.set ?? []));
 
   const modelArg = resolve(values.model);
@@ -107,12 +111,66 @@ export async function run(args: string[]): Promise<number> {
       opts,
     );
     progress.clear();
-    if (values.out) appendJsonl(values.out, res.rollouts);
     console.log(
       `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${res.reward.toFixed(3)}  pass@1 ${res.passAt1.toFixed(3)}  (${((performance.now() - t0) / 1000).toFixed(1)}s)`,
     );
+    if (values.out) {
+      try {
+        appendJsonl(values.out, res.rollouts);
+      } catch (e) {
+        throw systemUserError(e, `--out ${values.out}: writing the episodes failed`) ?? e;
+      }
+      console.log(`episodes: ${values.out}`);
+    }
   } finally {
     await engine.close().catch(() => undefined);
   }
   return 0;
+}
+
+/** An integer flag's value (null when absent); an error names the flag, not the config key it sets. */
+function intFlag(name: string, raw: string | undefined, min: number): number | null {
+  if (raw === undefined) return null;
+  const v = Number(raw);
+  if (raw.trim() === "" || !Number.isSafeInteger(v) || v < min)
+    throw new UserError(`--${name} must be an integer >= ${min}, got "${raw}"`);
+  return v;
+}
+
+/**
+ * Checks `--out` before any work: its folder exists and is writable, and an existing file is a JSONL
+ * file (every line a JSON object) that the episodes can be appended to, not some other file.
+ */
+function checkOut(out: string): void {
+  const file = resolve(out);
+  const dir = dirname(file);
+  let st;
+  try {
+    st = statSync(dir);
+  } catch {
+    throw new UserError(`--out ${out}: the folder ${dir} does not exist; create it first`);
+  }
+  if (!st.isDirectory()) throw new UserError(`--out ${out}: ${dir} is not a folder`);
+  if (existsSync(file)) {
+    if (!statSync(file).isFile()) throw new UserError(`--out ${out}: exists and is not a file`);
+    const lines = readFileSync(file, "utf8").split("\n");
+    lines.forEach((line, i) => {
+      if (line.trim() === "") return;
+      let v: unknown;
+      try {
+        v = JSON.parse(line);
+      } catch {
+        v = undefined;
+      }
+      if (v === null || typeof v !== "object" || Array.isArray(v))
+        throw new UserError(
+          `--out ${out}: exists and is not a JSONL file of records (line ${i + 1}); episodes would be appended to it. Pick another file`,
+        );
+    });
+  }
+  try {
+    accessSync(existsSync(file) ? file : dir, constants.W_OK);
+  } catch (e) {
+    throw systemUserError(e, `--out ${out}: cannot write`) ?? e;
+  }
 }

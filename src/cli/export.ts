@@ -3,9 +3,9 @@
  * model directory, or as a LoRA adapter directory for a LoRA run (`--merge-lora` merges it instead).
  */
 import { parseArgs } from "node:util";
-import { existsSync, readdirSync } from "node:fs";
-import { resolve } from "node:path";
-import { UserError } from "../util/errors.ts";
+import { accessSync, constants, readdirSync, statSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { systemUserError, UserError } from "../util/errors.ts";
 import { checkModelPath } from "../train/config.ts";
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
 
@@ -31,8 +31,7 @@ export async function run(args: string[]): Promise<number> {
   if (!runDir || !outDir || positionals.length > 2)
     throw new UserError(`expected a run directory and an output directory\n\n${HELP}`);
   const out = resolve(outDir);
-  if (existsSync(out) && readdirSync(out).length > 0)
-    throw new UserError(`${outDir} exists and is not empty; pick a new directory`);
+  checkOutputDir(out, outDir);
   const { config, checkpoint, step } = await loadRunForInference(resolve(runDir));
   checkModelPath(config);
   const deps = defaultDeps();
@@ -47,4 +46,31 @@ export async function run(args: string[]): Promise<number> {
   const kind = config.model.lora && !values["merge-lora"] ? "LoRA adapter" : "HF model";
   console.log(`exported the ${kind} of ${runDir} (step ${step}) to ${out}`);
   return 0;
+}
+
+/**
+ * Refuses an output path that is a file, a non-empty directory or not writable, before any model is
+ * loaded (a new directory's nearest existing parent must be a writable directory).
+ */
+function checkOutputDir(out: string, given: string): void {
+  const stat = (p: string) => {
+    try {
+      return statSync(p);
+    } catch {
+      return null;
+    }
+  };
+  const st = stat(out);
+  if (st && !st.isDirectory()) throw new UserError(`${given} exists and is a file; pick a new directory`);
+  if (st && readdirSync(out).length > 0)
+    throw new UserError(`${given} exists and is not empty; pick a new directory`);
+  let parent = out;
+  while (!stat(parent) && dirname(parent) !== parent) parent = dirname(parent);
+  if (!stat(parent)?.isDirectory())
+    throw new UserError(`${given}: cannot create the directory, ${parent} is not a directory`);
+  try {
+    accessSync(parent, constants.W_OK);
+  } catch (e) {
+    throw systemUserError(e, `cannot write the export to ${given}`) ?? e;
+  }
 }

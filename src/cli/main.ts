@@ -6,7 +6,7 @@
 import { existsSync } from "node:fs";
 import { delimiter, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { UserError } from "../util/errors.ts";
+import { argsUserError, systemUserError, UserError } from "../util/errors.ts";
 
 interface Command {
   summary: string;
@@ -117,14 +117,10 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`erl ${name}: ${e.message}`);
       return e.exitCode;
     }
-    if (
-      e &&
-      typeof e === "object" &&
-      "code" in e &&
-      (e as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION"
-    ) {
-      console.error(`erl ${name}: ${String((e as { message?: unknown }).message)}`);
-      return 2;
+    const known = argsUserError(e, name) ?? systemUserError(e);
+    if (known) {
+      console.error(`erl ${name}: ${known.message}`);
+      return known.exitCode;
     }
     console.error(`erl ${name}: internal error (a bug; please report it with the command you ran):`);
     console.error(e);

@@ -469,7 +469,9 @@ export async function openEngine(
   if (opts.url) {
     const token = opts.token ?? process.env.ERL_ENGINE_TOKEN;
     if (!token)
-      throw new UserError("a remote engine needs a bearer token (--engine-token or ERL_ENGINE_TOKEN)");
+      throw new UserError(
+        `engine.url ${opts.url}: a remote engine needs its bearer token; set ERL_ENGINE_TOKEN to the token \`erl engine serve\` printed`,
+      );
     return connectEngine(opts.url, { token, protocolVersion: opts.protocolVersion });
   }
   return startEngine(opts);

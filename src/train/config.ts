@@ -383,7 +383,8 @@ function check(f: Field, value: unknown, base: unknown, key: string, where: { fi
       const baseObj = base !== null && typeof base === "object" ? (base as Record<string, unknown>) : null;
       const out: Record<string, unknown> = {};
       for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-        const sub = f.fields[k];
+        // Own keys only: "constructor", "toString" or "__proto__" are not config keys.
+        const sub = Object.hasOwn(f.fields, k) ? f.fields[k] : undefined;
         const subKey = key ? `${key}.${k}` : k;
         if (!sub) {
           const hint = suggest(k, known);
@@ -395,8 +396,8 @@ function check(f: Field, value: unknown, base: unknown, key: string, where: { fi
         out[k] = check(sub, v, baseObj?.[k], subKey, where);
       }
       for (const k of known) {
-        if (k in out) continue;
-        if (baseObj && k in baseObj) out[k] = baseObj[k];
+        if (Object.hasOwn(out, k)) continue;
+        if (baseObj && Object.hasOwn(baseObj, k)) out[k] = baseObj[k];
         else
           throw inputError(
             { ...where, key: key ? `${key}.${k}` : k },
@@ -503,7 +504,7 @@ function fieldAt(path: string[]): Field | null {
   let f: Field = SCHEMA;
   for (const p of path) {
     if (f.kind !== "object") return null;
-    const next: Field | undefined = f.fields[p];
+    const next: Field | undefined = Object.hasOwn(f.fields, p) ? f.fields[p] : undefined;
     if (!next) return null;
     f = next;
   }

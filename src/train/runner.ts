@@ -28,7 +28,7 @@ import type {
 } from "../algo/types.ts";
 import { createMemory, RulebookMemory } from "../algo/memory.ts";
 import { Rng } from "../util/rng.ts";
-import { UserError } from "../util/errors.ts";
+import { inputError, UserError } from "../util/errors.ts";
 import { readJsonlTolerant } from "../util/jsonl.ts";
 import { attemptsPerTask, type RunConfig, type SamplingConfig } from "./config.ts";
 import {
@@ -158,7 +158,17 @@ export function defaultRunName(cfg: RunConfig, date = new Date()): string {
 }
 
 export function runDirFor(cfg: RunConfig, date = new Date()): string {
+  if (cfg.name !== null) checkRunName(cfg.name);
   return resolve(cfg.runsDir, cfg.name ?? defaultRunName(cfg, date));
+}
+
+/** A run name is one directory name inside `runsDir`: no path separators, not "." or "..". */
+export function checkRunName(name: string): void {
+  if (name === "." || name === ".." || /[/\\\0]/.test(name) || name.trim() !== name || name === "")
+    throw inputError(
+      { key: "name" },
+      `${JSON.stringify(name)} is not a run name: it must be a single folder name inside runsDir (no "/", "\\", "." or "..")`,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

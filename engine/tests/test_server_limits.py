@@ -1,0 +1,120 @@
+"""The HTTP transport's limits: the token is checked before any body is read, request heads and bodies
+are capped, stalled heads time out, connections are bounded, and a port in use is a clear error."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from erl_engine import PROTOCOL_VERSION
+from erl_engine.server import MAX_HEADER_BYTES, Dispatcher, main, make_http_server
+
+TOKEN = "t0ken"
+
+
+@pytest.fixture(scope="module")
+def dispatcher() -> Dispatcher:
+    return Dispatcher()
+
+
+def start(dispatcher: Dispatcher, **kw: Any) -> tuple[Any, int]:
+    server = make_http_server("127.0.0.1", 0, TOKEN, dispatcher=dispatcher, **kw)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+@pytest.fixture()
+def served(dispatcher: Dispatcher) -> Iterator[int]:
+    server, port = start(dispatcher, max_body=4096, max_connections=3, header_deadline=1.0)
+    yield port
+    server.shutdown()
+    server.server_close()
+
+
+def raw(port: int, data: bytes, timeout: float = 20.0) -> bytes:
+    """Sends `data` on a fresh connection and returns everything the server answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def head(path: str, length: int | None, token: str | None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: x"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_request_without_the_token_is_refused_before_its_body_is_read(served: int) -> None:
+    # It claims 400 MB and sends none of it: the answer comes at once, from the head alone.
+    answer = raw(served, head("/v1/call", 400 << 20, None))
+    assert status_of(answer) == 401 and b"unauthorized" in answer
+    assert b"Connection: close" in answer
+    answer = raw(served, head("/v1/call", 400 << 20, "wrong"))
+    assert status_of(answer) == 401
+    # Unknown routes give nothing away without the token either.
+    assert status_of(raw(served, head("/nope", 10, None))) == 401
+
+
+def test_an_authorised_body_over_the_cap_is_refused_unread(served: int) -> None:
+    answer = raw(served, head("/v1/call", 4097, TOKEN))
+    assert status_of(answer) == 413 and b"over 4096 bytes" in answer
+    assert status_of(raw(served, head("/v1/call", None, TOKEN))) == 400
+    body = json.dumps({"v": PROTOCOL_VERSION, "id": 1, "method": "hello", "params": {"protocolVersion": PROTOCOL_VERSION}})
+    answer = raw(served, head("/v1/call", len(body), TOKEN).replace(b"Host: x", b"Host: x\r\nConnection: close") + body.encode())
+    assert status_of(answer) == 200 and b'"ok":true' in answer
+
+
+def test_an_oversized_head_is_refused(served: int) -> None:
+    big = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    answer = raw(served, b"POST /v1/call HTTP/1.1\r\n" + big * (MAX_HEADER_BYTES // 8000 + 2) + b"\r\n")
+    assert status_of(answer) == 431
+
+
+def test_a_stalled_head_is_cut_off(served: int) -> None:
+    # Half a head, then silence: the server closes the connection after its deadline (1 s here) rather
+    # than holding a thread for ever. The client's own timeout (20 s) is far longer.
+    t0 = time.monotonic()
+    answer = raw(served, b"POST /v1/call HTTP/1.1\r\nHost: x\r\n")
+    assert answer == b"" and time.monotonic() - t0 < 20
+
+
+def test_connections_beyond_the_limit_are_turned_away(served: int) -> None:
+    held = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(3)]
+    try:
+        time.sleep(0.2)  # let the server accept them (it does not answer until a head arrives)
+        answer = raw(served, head("/v1/call", 10, TOKEN))
+        assert status_of(answer) == 503
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_port_in_use_is_a_clear_error(capsys: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["--http", "--port", str(port), "--token", "x"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
