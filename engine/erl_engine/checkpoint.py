@@ -64,7 +64,10 @@ def _atomic_dir(final: str, write: Any) -> None:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         raise ProtocolError("bad_request", f"params.dir: cannot create {parent}: {e.strerror}") from None
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+    except OSError as e:
+        raise ProtocolError("checkpoint", _write_problem(final, parent, e)) from None
     try:
         write(tmp)
         for name in os.listdir(tmp):
@@ -80,9 +83,35 @@ def _atomic_dir(final: str, write: Any) -> None:
         _fsync_dir(parent)
         if old:
             shutil.rmtree(old, ignore_errors=True)
+    except ProtocolError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed write: say where and why, leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ProtocolError("checkpoint", _write_problem(final, parent, e)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_problem(final: str, parent: str, e: BaseException) -> str:
+    """A failed write in words. torch.save reports a full disk only as an internal assertion
+    ("enforce fail at inline_container.cc"), so the free space is checked as well."""
+    import errno
+
+    code = getattr(e, "errno", None)
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        free = None
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < (1 << 20)):
+        return f"{final}: writing failed: no space left on the device ({free} bytes free in {parent})"
+    if code == errno.EROFS:
+        return f"{final}: writing failed: the file system is read-only"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename or final}: writing failed: {e.strerror}"
+    text = str(e).strip().splitlines()
+    return f"{final}: writing failed ({(text[0] if text else type(e).__name__)[:300]})"
 
 
 def _trainable_named(engine: "Engine") -> dict[str, torch.nn.Parameter]:

@@ -115,6 +115,56 @@ def precheck(params: dict[str, Any]) -> None:
     resolve_device(params["device"])
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def _tokenizer_problem(path: str, e: BaseException) -> str:
+    """Why a model directory's tokenizer does not load, naming the files."""
+    present = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(path, f))]
+    if not present:
+        return (
+            f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)} with tokenizer_config.json); "
+            "copy the model's tokenizer into the directory"
+        )
+    return f"{path}: the tokenizer does not load from {', '.join(present)} ({_first_line(e)})"
+
+
+def _weights_problem(path: str, e: BaseException) -> str:
+    """Why a model directory's weights do not load: an empty or truncated safetensors file is named."""
+    import json
+
+    weights = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
+    if not weights:
+        return f"{path}: no weight files (*.safetensors)"
+    for name in weights:
+        file = os.path.join(path, name)
+        size = os.path.getsize(file)
+        if size == 0:
+            return f"{file}: empty weight file (0 bytes); the model directory is incomplete"
+        if name.endswith(".safetensors"):
+            with open(file, "rb") as f:
+                head = f.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else -1
+                ok = 0 < n <= size - 8
+                header: Any = None
+                if ok:
+                    try:
+                        header = json.loads(f.read(n))
+                    except ValueError:
+                        ok = False
+            if ok and isinstance(header, dict):
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+                ok = not ends or 8 + n + max(ends) <= size
+            if not ok:
+                return f"{file}: truncated or corrupted safetensors file ({size} bytes); the model directory is damaged"
+    return f"{path}: the weights do not load ({_first_line(e)})"
+
+
 def load(params: dict[str, Any]) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -130,11 +180,17 @@ def load(params: dict[str, Any]) -> LoadedModel:
         path = _check_dir(params["path"], "model", "path")
         if not os.path.exists(os.path.join(path, "config.json")):
             raise ProtocolError("not_found", f"params.path: no config.json in {path}")
-        tokenizer = load_tokenizer(path)
+        try:
+            tokenizer = load_tokenizer(path)
+        except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "unusable"
+            raise ProtocolError("not_found", _tokenizer_problem(path, e)) from None
         dtype, dtype_reason = _dtype_for(params, device, lambda: AutoConfig.from_pretrained(path, local_files_only=True))
         weight_dtype = _weight_dtype(dtype, lora)
         torch.manual_seed(params["seed"])
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=weight_dtype, local_files_only=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=weight_dtype, local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ProtocolError("bad_request", _weights_problem(path, e)) from None
     else:
         ri = params["randomInit"]
         path = None

@@ -92,6 +92,9 @@ class Dispatcher:
 
 
 def _internal(e: BaseException) -> ProtocolError:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        # A file the engine could not read or write (a full or read-only disk, permissions): not a bug.
+        return ProtocolError("internal", f"{e.filename}: {e.strerror}")
     traceback.print_exc(file=sys.stderr)
     sys.stderr.flush()
     msg_text = f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__

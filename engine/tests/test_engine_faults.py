@@ -1,0 +1,75 @@
+"""Damaged model directories and failed writes give errors that name the file and the cause."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import pytest
+from conftest import FIXTURE, load_params
+
+from erl_engine.checkpoint import _atomic_dir
+from erl_engine.engine import Engine
+from erl_engine.protocol import ProtocolError
+
+
+def copy_fixture(tmp_path: Any) -> str:
+    d = os.path.join(str(tmp_path), "model")
+    shutil.copytree(FIXTURE, d)
+    return d
+
+
+def load_error(path: str) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        Engine().call("loadModel", load_params(path=path))
+    return info.value
+
+
+def test_an_empty_weight_file_is_named(tmp_path: Any) -> None:
+    d = copy_fixture(tmp_path)
+    open(os.path.join(d, "model.safetensors"), "wb").close()
+    e = load_error(d)
+    assert "model.safetensors: empty weight file (0 bytes)" in e.message
+
+
+def test_a_truncated_weight_file_is_named(tmp_path: Any) -> None:
+    d = copy_fixture(tmp_path)
+    f = os.path.join(d, "model.safetensors")
+    size = os.path.getsize(f)
+    with open(f, "r+b") as fh:
+        fh.truncate(size // 2)
+    e = load_error(d)
+    assert f"{f}: truncated or corrupted safetensors file" in e.message
+
+
+def test_missing_tokenizer_files_are_named(tmp_path: Any) -> None:
+    d = copy_fixture(tmp_path)
+    os.remove(os.path.join(d, "tokenizer.json"))
+    e = load_error(d)
+    assert e.code == "not_found" and "no tokenizer files" in e.message and d in e.message
+
+
+def test_a_failed_write_names_the_directory_and_leaves_no_temp(tmp_path: Any) -> None:
+    final = os.path.join(str(tmp_path), "state")
+
+    def write(tmp: str) -> None:
+        with open(os.path.join(tmp, "x"), "wb") as f:
+            f.write(b"abc")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    with pytest.raises(ProtocolError) as info:
+        _atomic_dir(final, write)
+    assert info.value.message.startswith(f"{final}: writing failed")
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_full_disk_is_reported_as_such(tmp_path: Any) -> None:
+    final = os.path.join(str(tmp_path), "state")
+
+    def write(tmp: str) -> None:
+        raise OSError(28, "No space left on device", os.path.join(tmp, "trainable.safetensors"))
+
+    with pytest.raises(ProtocolError) as info:
+        _atomic_dir(final, write)
+    assert "no space left on the device" in info.value.message and final in info.value.message
