@@ -310,6 +310,33 @@ test("singleton and all-equal rules are options", async () => {
   assert.equal(byStage(rb, "reflection")[0]!.advantage, 1, "singletons are not all-equal groups");
 });
 
+test("reflectionAdvantage reference-twice: each reflection emitted and counted twice (the reference's quirk)", async () => {
+  const { ctx, options } = setup({ erl: { reflectionAdvantage: "reference-twice" } });
+  const r = await erlStep(ctx, tasks, options);
+  const xs = byStage(r, "reflection");
+  // Task 1's lone reflection (r2 = 1) becomes the all-equal pair [1, 1]: A = 0, not 1. Task 2's
+  // [0, 1] becomes [0, 0, 1, 1]: mean 0.5, unbiased std sqrt(4 · 0.25 / 3) = 0.57735, A = ±0.866.
+  const b = 0.5 / (Math.sqrt(1 / 3) + 1e-6);
+  assert.deepEqual(
+    xs.map((s) => [s.group, s.reward]),
+    [
+      [`t1:${t1}|reflection`, 1],
+      [`t1:${t1}|reflection`, 1],
+      [`t2:${t2}|reflection`, 0],
+      [`t2:${t2}|reflection`, 0],
+      [`t2:${t2}|reflection`, 1],
+      [`t2:${t2}|reflection`, 1],
+    ],
+  );
+  [0, 0, -b, -b, b, b].forEach((a, i) => near(xs[i]!.advantage, a, `reflection ${i}`));
+  // Second attempts and first attempts are unchanged.
+  [1, -A, A].forEach((a, i) => near(byStage(r, "second")[i]!.advantage, a, `second ${i}`));
+  await assert.rejects(
+    erlStep(ctx, tasks, { ...options, reflectionAdvantage: "twice" as never }),
+    /option "reflectionAdvantage"/,
+  );
+});
+
 test("the same seed gives the same step", async () => {
   const strip = (r: StepResult) => JSON.stringify([r.samples, r.rollouts, r.memoryWrites]);
   const a = setup({ seed: 11 });

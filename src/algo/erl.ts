@@ -82,6 +82,10 @@ export function validateErlOptions(o: ErlOptions): void {
   for (const key of ["noMemory", "noReflection", "noDistill"] as const)
     if (typeof o[key] !== "boolean") throw new UserError(`option "${key}": expected true or false`);
   checkRules(o);
+  if (o.reflectionAdvantage !== "grpo" && o.reflectionAdvantage !== "reference-twice")
+    throw new UserError(
+      `option "reflectionAdvantage": expected "grpo" or "reference-twice", got ${JSON.stringify(o.reflectionAdvantage)}`,
+    );
   checkSampling("attemptSampling", o.attemptSampling);
   checkSampling("reflectionSampling", o.reflectionSampling);
   checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
@@ -252,7 +256,7 @@ export async function erlStep(
   }
 
   // 7. Advantages within (batch row, stage) groups.
-  const trainSamples = withAdvantages(samples, options);
+  const trainSamples = withAdvantages(samples, options, options.reflectionAdvantage === "reference-twice");
 
   // Rollout records and metrics.
   const rollouts: RolloutRecord[] = firsts.map((o, i) => {

@@ -75,10 +75,20 @@ export function makeDistillSample(
 }
 
 /**
- * GRPO advantages within each (task, stage) group for every non-distill sample; distill samples keep
- * their weight. Samples whose group is dropped by the all-equal rule are removed.
+ * GRPO advantages within each (batch row, stage) group for every non-distill sample; distill samples
+ * keep their weight. Samples whose group is dropped by the all-equal rule are removed.
+ *
+ * `reflectionTwice` reproduces a quirk of the reference's FrozenLake and Sokoban flows, which append
+ * each reflection ("updater") trajectory to the batch twice: every reflection sample is emitted twice
+ * and counted twice in its group, so a lone reflection forms an all-equal pair (A = 0 under the
+ * default rule) and a group of k reflections is normalised by the unbiased std of 2k values.
  */
-export function withAdvantages(samples: readonly TrainSample[], rules: AdvantageRules): TrainSample[] {
+export function withAdvantages(
+  samples: readonly TrainSample[],
+  rules: AdvantageRules,
+  reflectionTwice = false,
+): TrainSample[] {
+  if (reflectionTwice) samples = samples.flatMap((s) => (s.stage === "reflection" ? [s, { ...s }] : [s]));
   const rl = samples.filter((s) => s.stage !== "distill");
   const adv = grpoAdvantages(rl, rules);
   const byIndex = new Map<TrainSample, number | null>();

@@ -67,6 +67,11 @@ export interface ErlOptions extends LoopOptions {
   noDistill: boolean;
   singleton: SingletonRule;
   allEqual: AllEqualRule;
+  /**
+   * "grpo": each reflection counted once. "reference-twice": the reference's quirk, each reflection
+   * emitted and counted twice (a lone reflection then gets A = 0); see `withAdvantages`.
+   */
+  reflectionAdvantage: "grpo" | "reference-twice";
   attemptSampling: SamplingOptions;
   reflectionSampling: SamplingOptions;
   /** Token limit of a reflection (Δ is a whole rulebook, longer than one action). */
@@ -111,6 +116,7 @@ export function defaultErlOptions(): ErlOptions {
     noDistill: false,
     singleton: "reward-as-advantage",
     allEqual: "zero",
+    reflectionAdvantage: "grpo",
     attemptSampling: { temperature: 0.7, topP: 1 },
     reflectionSampling: { temperature: 0.5, topP: 0.9 },
     maxReflectionTokens: 1024,

@@ -70,6 +70,8 @@ export interface RunConfig {
     memoryWorkers: number;
     singleton: "reward-as-advantage" | "zero";
     allEqual: "zero" | "drop";
+    /** Reflection advantages: "grpo", or the reference's "reference-twice" quirk (docs/algorithms.md). */
+    reflectionAdvantage: "grpo" | "reference-twice";
     profile: "paper" | "compact";
     attemptSampling: SamplingConfig;
     reflectionSampling: SamplingConfig;
@@ -213,6 +215,7 @@ export const SCHEMA: Field = obj({
     memoryWorkers: int(1),
     singleton: oneOf(["reward-as-advantage", "zero"]),
     allEqual: oneOf(["zero", "drop"]),
+    reflectionAdvantage: oneOf(["grpo", "reference-twice"]),
     profile: oneOf(["paper", "compact"]),
     attemptSampling: samplingSchema(),
     reflectionSampling: samplingSchema(),
@@ -281,6 +284,7 @@ export function defaultConfig(): RunConfig {
       memoryWorkers: 8,
       singleton: "reward-as-advantage",
       allEqual: "zero",
+      reflectionAdvantage: "grpo",
       profile: "compact",
       attemptSampling: { temperature: 0.7, topP: 1, topK: null },
       reflectionSampling: { temperature: 0.5, topP: 0.9, topK: null },

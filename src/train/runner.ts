@@ -106,6 +106,7 @@ export function erlOptionsFrom(cfg: RunConfig): ErlOptions {
     noDistill: a.name === "erl-no-distill",
     singleton: a.singleton,
     allEqual: a.allEqual,
+    reflectionAdvantage: a.reflectionAdvantage,
     attemptSampling: sampling(a.attemptSampling),
     reflectionSampling: sampling(a.reflectionSampling),
     maxReflectionTokens: a.maxReflectionTokens,
