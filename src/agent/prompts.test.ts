@@ -9,8 +9,11 @@ import {
   findRulebook,
   getPromptProfile,
   paperProfile,
+  REASONING_SCAFFOLD,
+  referenceProfile,
   rulebookFromReflection,
 } from "./prompts.ts";
+import { SokobanFamily } from "../envs/sokoban.ts";
 
 const env = new FrozenLakeFamily();
 const parts = env.prompt();
@@ -24,7 +27,7 @@ function playedTrace(): { trace: readonly TraceStep[]; feedback: string } {
 }
 
 test("initial prompts: task description + format reminder, no symbol meanings", () => {
-  for (const profile of [paperProfile, compactProfile]) {
+  for (const profile of [paperProfile, compactProfile, referenceProfile]) {
     const p = profile.initialSystemPrompt(parts);
     assert.ok(p.startsWith(parts.taskDescription));
     assert.ok(p.endsWith(parts.formatReminder));
@@ -32,6 +35,31 @@ test("initial prompts: task description + format reminder, no symbol meanings", 
   }
   assert.equal(getPromptProfile("compact"), compactProfile);
   assert.throws(() => getPromptProfile("long" as "paper"), /unknown prompt profile "long"/);
+});
+
+test("reference profile: the reasoning scaffold before the format reminder, and Sokoban's push reminder", () => {
+  const p = referenceProfile.initialSystemPrompt(parts);
+  assert.equal(p, `${parts.taskDescription}\n\n${REASONING_SCAFFOLD}\n\n${parts.formatReminder}`);
+  for (const piece of ["State:", "Value:", "two most promising moves", "why it is good or bad"])
+    assert.ok(REASONING_SCAFFOLD.includes(piece), piece);
+  assert.equal(getPromptProfile("reference"), referenceProfile);
+  // Sokoban adds its hint after the scaffold; it names no letter.
+  const sk = new SokobanFamily().prompt();
+  const q = referenceProfile.initialSystemPrompt(sk);
+  assert.ok(sk.reasoningHints && /cell beyond it/.test(sk.reasoningHints));
+  assert.equal(
+    q,
+    `${sk.taskDescription}\n\n${REASONING_SCAFFOLD}\n\n${sk.reasoningHints}\n\n${sk.formatReminder}`,
+  );
+  assert.ok(!/\b[A-E]\b/.test(sk.reasoningHints!), "no symbol letters");
+  // The paper profile has neither.
+  assert.ok(!paperProfile.initialSystemPrompt(sk).includes(sk.reasoningHints!));
+  // Its reflection shows the scaffolded prompt as the one the attempt ran under.
+  const { trace, feedback } = playedTrace();
+  const user = referenceProfile.reflectionMessages(parts, null, { trace, reward: 0, feedback })[1]!.content;
+  assert.ok(user.startsWith(`## The system prompt the attempt was made under\n${p}\n`));
+  const noRefl = referenceProfile.noReflectionSystemPrompt(parts, { trace, reward: 0, feedback });
+  assert.ok(noRefl.includes(REASONING_SCAFFOLD) && noRefl.endsWith(parts.formatReminder));
 });
 
 test("rulebook extraction: last non-empty <prompt> block, else the shown prompt", () => {

@@ -3,6 +3,8 @@
  *
  * - `paper`: the structure of the ERL paper (spec §1, §5) in our own words, for instruct models
  *   with a long context.
+ * - `reference`: `paper` plus a structured reasoning scaffold before each move (state, value, the two
+ *   best candidates), as the reference's solver prompt has, in our own words.
  * - `compact`: the same structure in as few tokens as possible, for a small model with a short
  *   context. The erl-tiny model is pretrained on these exact texts: change them only together
  *   with its recipe.
@@ -16,7 +18,8 @@ import type { ChatMessage } from "../engine/api.ts";
 import type { EnvPromptParts, TraceStep } from "../envs/types.ts";
 import { UserError } from "../util/errors.ts";
 
-export type PromptProfileName = "paper" | "compact";
+export type PromptProfileName = "paper" | "compact" | "reference";
+export const PROMPT_PROFILES: readonly PromptProfileName[] = ["paper", "compact", "reference"];
 
 /** What a reflection (or the w/o-reflection second attempt) is shown about a finished attempt. */
 export interface AttemptState {
@@ -112,76 +115,105 @@ const PAPER_REFLECTION_SYSTEM = [
   `Put the whole new system prompt between ${RULEBOOK_OPEN} and ${RULEBOOK_CLOSE}.`,
 ].join("\n");
 
-export const paperProfile: PromptProfile = {
-  name: "paper",
+/**
+ * The reasoning scaffold of the `reference` profile (the reference's solver prompt asks for this
+ * structure; the words are ours): the state, its value, and the two best candidate moves with their
+ * outcome and reason, before the move itself.
+ */
+export const REASONING_SCAFFOLD = [
+  "Before each move, reason in this order:",
+  "1. State: where each piece of the board is now, as far as you can tell.",
+  "2. Value: how close this state is to winning and what threatens it.",
+  "3. Candidates: the two most promising moves; for each, the state it leads to and why it is good or bad.",
+  "Then pick the better candidate.",
+].join("\n");
 
-  initialSystemPrompt(parts) {
-    return `${parts.taskDescription.trim()}\n\n${parts.formatReminder.trim()}`;
-  },
+/** A profile with the paper's texts; `reasoning` adds the scaffold (and the environment's hints). */
+function paperStyleProfile(name: PromptProfileName, reasoning: boolean): PromptProfile {
+  const guidance = (parts: EnvPromptParts): string[] =>
+    reasoning ? [REASONING_SCAFFOLD, ...(parts.reasoningHints ? [parts.reasoningHints.trim()] : [])] : [];
+  const profile: PromptProfile = {
+    name,
 
-  traceText(trace) {
-    if (trace.length === 0) return "(no actions were taken)";
-    return trace
-      .map((step, i) =>
-        [
-          `Step ${i + 1}`,
-          "Observation before the action:",
-          step.observation,
-          `Action: ${step.action.trim()}`,
-          `Effect: ${effectWord(step)} (${step.result.comment})`,
-        ].join("\n"),
-      )
-      .join("\n\n");
-  },
+    initialSystemPrompt(parts) {
+      return [parts.taskDescription.trim(), ...guidance(parts), parts.formatReminder.trim()].join("\n\n");
+    },
 
-  attemptText(state) {
-    return [
-      "## The attempt",
-      paperProfile.traceText(state.trace),
-      "",
-      "## Result",
-      `Reward: ${formatReward(state.reward)}`,
-      `Feedback: ${state.feedback}`,
-    ].join("\n");
-  },
+    traceText(trace) {
+      if (trace.length === 0) return "(no actions were taken)";
+      return trace
+        .map((step, i) =>
+          [
+            `Step ${i + 1}`,
+            "Observation before the action:",
+            step.observation,
+            `Action: ${step.action.trim()}`,
+            `Effect: ${effectWord(step)} (${step.result.comment})`,
+          ].join("\n"),
+        )
+        .join("\n\n");
+    },
 
-  reflectionMessages(parts, memory, state) {
-    // First attempts always run under the initial prompt; a memory rulebook is only a starting point.
-    const shown =
-      memory === null
-        ? ["## The system prompt the attempt was made under", paperProfile.initialSystemPrompt(parts)]
-        : [
-            "## Rulebook from memory",
-            "(It led to a success on an earlier task. The attempt below did not see it: it was made under",
-            "the initial system prompt, which holds only the task description and the action format.)",
-            memory.trim(),
-          ];
-    const user = [
-      ...shown,
-      "",
-      paperProfile.attemptText(state),
-      "",
-      `Write the improved system prompt now, inside ${RULEBOOK_OPEN}…${RULEBOOK_CLOSE}.`,
-    ].join("\n");
-    return [
-      { role: "system", content: PAPER_REFLECTION_SYSTEM },
-      { role: "user", content: user },
-    ];
-  },
+    attemptText(state) {
+      return [
+        "## The attempt",
+        profile.traceText(state.trace),
+        "",
+        "## Result",
+        `Reward: ${formatReward(state.reward)}`,
+        `Feedback: ${state.feedback}`,
+      ].join("\n");
+    },
 
-  noReflectionSystemPrompt(parts, state) {
-    return [
-      parts.taskDescription.trim(),
-      "",
-      "You have tried this task before and did not succeed. Your past attempt is shown below; use what it",
-      "reveals about the symbols and the rules to do better this time.",
-      "",
-      paperProfile.attemptText(state),
-      "",
-      parts.formatReminder.trim(),
-    ].join("\n");
-  },
-};
+    reflectionMessages(parts, memory, state) {
+      // First attempts always run under the initial prompt; a memory rulebook is only a starting point.
+      const shown =
+        memory === null
+          ? ["## The system prompt the attempt was made under", profile.initialSystemPrompt(parts)]
+          : [
+              "## Rulebook from memory",
+              "(It led to a success on an earlier task. The attempt below did not see it: it was made under",
+              "the initial system prompt, which holds only the task description and the action format.)",
+              memory.trim(),
+            ];
+      const user = [
+        ...shown,
+        "",
+        profile.attemptText(state),
+        "",
+        `Write the improved system prompt now, inside ${RULEBOOK_OPEN}…${RULEBOOK_CLOSE}.`,
+      ].join("\n");
+      return [
+        { role: "system", content: PAPER_REFLECTION_SYSTEM },
+        { role: "user", content: user },
+      ];
+    },
+
+    noReflectionSystemPrompt(parts, state) {
+      return [
+        parts.taskDescription.trim(),
+        "",
+        "You have tried this task before and did not succeed. Your past attempt is shown below; use what it",
+        "reveals about the symbols and the rules to do better this time.",
+        "",
+        profile.attemptText(state),
+        "",
+        ...guidance(parts).flatMap((g) => [g, ""]),
+        parts.formatReminder.trim(),
+      ].join("\n");
+    },
+  };
+  return profile;
+}
+
+export const paperProfile: PromptProfile = paperStyleProfile("paper", false);
+
+/**
+ * `reference`: the paper profile plus the reference's structured reasoning before each move (state,
+ * its value, the two best candidates with outcome and reason) and the environment's reasoning hints
+ * (Sokoban: push only when the cell beyond the box is free). For instruct models with a long context.
+ */
+export const referenceProfile: PromptProfile = paperStyleProfile("reference", true);
 
 // ---------------------------------------------------------------------------------------------
 // compact — keep these texts stable: erl-tiny is pretrained on them.
@@ -229,10 +261,15 @@ export const compactProfile: PromptProfile = {
   },
 };
 
-const PROFILES: Record<PromptProfileName, PromptProfile> = { paper: paperProfile, compact: compactProfile };
+const PROFILES: Record<PromptProfileName, PromptProfile> = {
+  paper: paperProfile,
+  compact: compactProfile,
+  reference: referenceProfile,
+};
 
 export function getPromptProfile(name: PromptProfileName): PromptProfile {
   const profile = PROFILES[name];
-  if (!profile) throw new UserError(`unknown prompt profile "${String(name)}" (expected paper or compact)`);
+  if (!profile)
+    throw new UserError(`unknown prompt profile "${String(name)}" (expected ${PROMPT_PROFILES.join(", ")})`);
   return profile;
 }

@@ -368,6 +368,7 @@ test("evaluation: first attempts under the initial prompt, never memory", async 
   assert.equal(res.n, 12);
   near(res.reward, 3 / 12, "eval reward");
   near(res.passAt1, (2 / 4 + 1 / 4 + 0) / 3, "pass@1");
+  near(res.passAtN, (1 + 1 + 0) / 3, "pass@n: tasks with at least one success of their 4");
   for (const c of model.calls) {
     assert.deepEqual([c.request.temperature, c.request.topP, c.request.topK], [0.7, 0.8, 20]);
     for (const conv of c.conversations) {

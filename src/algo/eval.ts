@@ -2,7 +2,8 @@
  * Evaluation (spec §3): first attempts only, under the initial system prompt, with no memory and
  * no reflection — the context type has no memory at all. n samples per task (default 4 at
  * temperature 0.7, top-p 0.8, top-k 20; HotpotQA 1). Reports mean reward over all episodes and
- * pass@1 (per task, the fraction of successful samples; averaged over tasks).
+ * pass@1 (per task, the fraction of successful samples; averaged over tasks) and pass@n (per task,
+ * 1 if any of its n samples succeeded; averaged over tasks), as the reference reports both.
  */
 import { runEpisodes } from "../agent/loop.ts";
 import { getPromptProfile } from "../agent/prompts.ts";
@@ -71,6 +72,7 @@ export async function evaluate(
   return {
     reward: mean(outcomes.map((o) => o.reward)),
     passAt1: mean(perTask),
+    passAtN: mean(perTask.map((p) => (p > 0 ? 1 : 0))),
     n: outcomes.length,
     rollouts,
   };

@@ -4,6 +4,7 @@
  * option validation and small metric helpers. Pure functions (no model calls).
  */
 import type { EpisodeOutcome } from "../agent/loop.ts";
+import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
 import type { Trajectory } from "../agent/trajectory.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
 import { TOOL_CALL_OPEN, TOOL_CALL_STOP } from "../envs/tool_protocol.ts";
@@ -254,8 +255,8 @@ export function checkRules(o: AdvantageRules): void {
 }
 
 export function checkProfile(p: unknown): void {
-  if (p !== "paper" && p !== "compact")
-    fail("profile", `expected "paper" or "compact", got ${JSON.stringify(p)}`);
+  if (!PROMPT_PROFILES.includes(p as PromptProfileName))
+    fail("profile", `expected ${PROMPT_PROFILES.map((x) => `"${x}"`).join(", ")}, got ${JSON.stringify(p)}`);
 }
 
 /** One attempt slot of a batch: task × attempt index, and its position in the batch. */

@@ -283,6 +283,8 @@ export interface EvalResult {
   reward: number;
   /** Mean over tasks of the fraction of successful samples. */
   passAt1: number;
+  /** Fraction of tasks with at least one successful sample among their n (pass@n). */
+  passAtN: number;
   /** Episodes run. */
   n: number;
   rollouts: RolloutRecord[];

@@ -112,7 +112,7 @@ export async function run(args: string[]): Promise<number> {
     );
     progress.clear();
     console.log(
-      `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${res.reward.toFixed(3)}  pass@1 ${res.passAt1.toFixed(3)}  (${((performance.now() - t0) / 1000).toFixed(1)}s)`,
+      `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${res.reward.toFixed(3)}  pass@1 ${res.passAt1.toFixed(3)}  pass@${opts.n} ${res.passAtN.toFixed(3)}  (${((performance.now() - t0) / 1000).toFixed(1)}s)`,
     );
     if (values.out) {
       try {

@@ -428,6 +428,9 @@ export function sokobanPrompt(
       "which letter is which: work it out from how the board changes after your moves. " +
       movesSentence(budget),
     formatReminder: GAME_FORMAT_REMINDER,
+    reasoningHints:
+      "Push the box only when the cell beyond it, in the direction of the push, is free: a box " +
+      "against a wall or in a corner cannot be pulled back out.",
     referenceRulebook: [
       "Sokoban rules:",
       `- ${s.player} is you (the player); ${s.playerOnGoal} is you standing on the goal.`,

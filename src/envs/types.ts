@@ -78,6 +78,11 @@ export interface EnvPromptParts {
   taskDescription: string;
   /** The action-format reminder that must end every system prompt. */
   formatReminder: string;
+  /**
+   * Reminders for the reasoning scaffold of the `reference` prompt profile (mechanics, never symbol
+   * meanings), e.g. Sokoban's "push only when the cell beyond the box is free".
+   */
+  reasoningHints?: string;
   /** A correct rulebook for this environment (symbol meanings, mechanics, goal), for diagnostics and pretraining. */
   referenceRulebook?: string;
 }

@@ -8,6 +8,7 @@
  * the key and the file (or the `--set` flag) it came from. A file gives only the keys it changes;
  * everything else takes the defaults below (the CPU-scale values, see docs/training.md).
  */
+import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
 import { knownEnvs } from "../envs/registry.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
@@ -72,7 +73,7 @@ export interface RunConfig {
     allEqual: "zero" | "drop";
     /** Reflection advantages: "grpo", or the reference's "reference-twice" quirk (docs/algorithms.md). */
     reflectionAdvantage: "grpo" | "reference-twice";
-    profile: "paper" | "compact";
+    profile: PromptProfileName;
     attemptSampling: SamplingConfig;
     reflectionSampling: SamplingConfig;
     maxReflectionTokens: number;
@@ -216,7 +217,7 @@ export const SCHEMA: Field = obj({
     singleton: oneOf(["reward-as-advantage", "zero"]),
     allEqual: oneOf(["zero", "drop"]),
     reflectionAdvantage: oneOf(["grpo", "reference-twice"]),
-    profile: oneOf(["paper", "compact"]),
+    profile: oneOf(PROMPT_PROFILES),
     attemptSampling: samplingSchema(),
     reflectionSampling: samplingSchema(),
     maxReflectionTokens: int(1),

@@ -98,5 +98,5 @@ export function stepSummary(step: number, total: number, m: Record<string, numbe
 
 /** The one-line summary of an evaluation. */
 export function evalSummary(step: number, m: Record<string, number | string>): string {
-  return `eval @${step}  reward ${fmt(m["eval/reward"], 3)}  pass@1 ${fmt(m["eval/pass@1"], 3)}  n ${m["eval/n"] ?? "-"}  ${fmt(m["time/eval"], 1)}s`;
+  return `eval @${step}  reward ${fmt(m["eval/reward"], 3)}  pass@1 ${fmt(m["eval/pass@1"], 3)}  pass@n ${fmt(m["eval/pass@n"], 3)}  n ${m["eval/n"] ?? "-"}  ${fmt(m["time/eval"], 1)}s`;
 }

@@ -306,6 +306,7 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
         time: elapsed(),
         "eval/reward": res.reward,
         "eval/pass@1": res.passAt1,
+        "eval/pass@n": res.passAtN,
         "eval/n": res.n,
         "eval/split": cfg.data.evalSplit,
         "time/eval": clock() - te,

@@ -183,6 +183,7 @@ export function counterAlgorithms(engine: CounterEngine, delayMs = 0): Algorithm
       return {
         reward,
         passAt1: reward,
+        passAtN: reward,
         n: tasks.length * o.n,
         rollouts: tasks.map((t, i) => ({
           step: ctx.step,
