@@ -7,13 +7,23 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { buildConfig, checkModelPath, listPresets, validateConfig, type RunConfig } from "../train/config.ts";
+import {
+  applyOverrides,
+  buildConfig,
+  checkModelPath,
+  listPresets,
+  validateConfig,
+  type RunConfig,
+} from "../train/config.ts";
 import { runDirFor, runTraining } from "../train/runner.ts";
 import { defaultDeps } from "../train/deps.ts";
 import { RunFiles } from "../train/runfiles.ts";
 
+/** The keys `--resume` may change: where the engine and the model are, nothing the run computes. */
+const RESUME_SETTABLE = ["engine.url", "engine.python", "model.path"];
+
 const HELP = `usage: erl train --config <file|preset> [--set key.path=value ...] [--runs-dir DIR] [--name NAME]
-       erl train --resume <run-dir>
+       erl train --resume <run-dir> [--set engine.url=URL] [--break-lock]
 
 Trains with ERL, RLVR or an ablation and writes a run directory (docs/run-format.md).
 
@@ -22,7 +32,10 @@ options:
   --set key.path=value    override one config key (repeatable), e.g. --set algo.name=rlvr
   --runs-dir DIR          parent folder of run directories (default: the config's runsDir, "runs")
   --name NAME             run name (default: <env>-<algo>-seed<seed>-<time>)
-  --resume <run-dir>      continue a stopped or crashed run from its newest checkpoint
+  --resume <run-dir>      continue a stopped or crashed run from its newest checkpoint (with --set,
+                          only engine.url, engine.python or model.path may change)
+  --break-lock            with --resume: take over the run's writer lock although its holder cannot
+                          be shown to be gone (another machine); a run has one writer
   --print-config          print the resolved config as JSON and exit
 
 presets: ${listPresets().join(", ") || "(none)"}
@@ -38,6 +51,7 @@ export async function run(args: string[]): Promise<number> {
       name: { type: "string" },
       resume: { type: "string" },
       "print-config": { type: "boolean" },
+      "break-lock": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
     allowPositionals: false,
@@ -50,14 +64,21 @@ export async function run(args: string[]): Promise<number> {
   let config: RunConfig;
   let runDir: string;
   if (values.resume) {
-    if (values.config || sets.length || values.name || values["runs-dir"])
+    if (values.config || values.name || values["runs-dir"])
       throw new UserError(
-        "--resume continues a run with its own config; drop --config, --set, --name and --runs-dir",
+        "--resume continues a run with its own config; drop --config, --name and --runs-dir",
+      );
+    // Only where the engine and model are found may change: that repairs a run whose engine.url or
+    // model.path was wrong, and changes nothing the run computes.
+    const bad = sets.find((s) => !RESUME_SETTABLE.includes(s.slice(0, s.indexOf("=")).trim()));
+    if (bad !== undefined)
+      throw new UserError(
+        `--set ${bad}: with --resume only ${RESUME_SETTABLE.join(", ")} may be set (the run keeps its own config)`,
       );
     const files = new RunFiles(resolve(values.resume));
     if (!files.exists())
       throw new UserError(`--resume ${values.resume}: not a run directory (no config.json)`);
-    config = validateConfig(files.readConfig(), { file: files.configFile });
+    config = applyOverrides(validateConfig(files.readConfig(), { file: files.configFile }), sets);
     runDir = files.dir;
   } else {
     if (!values.config)
@@ -72,7 +93,15 @@ export async function run(args: string[]): Promise<number> {
     return 0;
   }
   checkModelPath(config);
-  const summary = await runTraining({ config, runDir, resume: Boolean(values.resume), deps: defaultDeps() });
+  if (values["break-lock"] && !values.resume)
+    throw new UserError("--break-lock goes with --resume <run-dir>");
+  const summary = await runTraining({
+    config,
+    runDir,
+    resume: Boolean(values.resume),
+    breakLock: Boolean(values["break-lock"]),
+    deps: defaultDeps(),
+  });
   const ev = summary.finalEval;
   console.log(
     `${summary.alreadyFinished ? "already finished" : "finished"}: ${summary.runDir}` +

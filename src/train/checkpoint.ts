@@ -76,9 +76,14 @@ export async function writeCheckpoint(
   const tmp = join(checkpointsDir, `.tmp-${name}`);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
-  await saveEngine(join(tmp, "engine"));
-  writeFileAtomic(join(tmp, "run.json"), JSON.stringify(state) + "\n");
-  fsyncDir(tmp);
+  try {
+    await saveEngine(join(tmp, "engine"));
+    writeFileAtomic(join(tmp, "run.json"), JSON.stringify(state) + "\n");
+    fsyncDir(tmp);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true }); // a full disk: free what was written
+    throw e;
+  }
   const final = join(checkpointsDir, name);
   // A directory of this name can only be left over from a crash before `latest` named it.
   rmSync(final, { recursive: true, force: true });
@@ -123,4 +128,48 @@ export function readLatestCheckpoint(checkpointsDir: string): { dir: string; sta
       `${runFile}: checkpoint version ${state.version}, this build reads ${CHECKPOINT_VERSION}`,
     );
   return { dir, state };
+}
+
+/** A checkpoint's run state, or the reason it cannot be used. */
+export function readCheckpointDir(dir: string): { dir: string; state: RunCheckpoint } {
+  const runFile = join(dir, "run.json");
+  if (!existsSync(runFile)) throw new UserError(`${runFile}: missing; the checkpoint is incomplete`);
+  let state: RunCheckpoint;
+  try {
+    state = JSON.parse(readFileSync(runFile, "utf8")) as RunCheckpoint;
+  } catch (e) {
+    throw new UserError(`${runFile}: unreadable (${(e as Error).message})`);
+  }
+  if (typeof state !== "object" || state === null || typeof state.step !== "number")
+    throw new UserError(`${runFile}: not a checkpoint's run state`);
+  if (state.version !== CHECKPOINT_VERSION)
+    throw new UserError(
+      `${runFile}: checkpoint version ${state.version}, this build reads ${CHECKPOINT_VERSION}`,
+    );
+  return { dir, state };
+}
+
+/**
+ * The checkpoint directories to try on resume, best first: the one `latest` names, then the older
+ * complete ones, newest first (a damaged latest checkpoint falls back to the previous one). When
+ * `latest` is missing or names nothing usable, every `step-*` directory is a candidate.
+ */
+export function checkpointCandidates(checkpointsDir: string): string[] {
+  if (!existsSync(checkpointsDir)) return [];
+  const steps = readdirSync(checkpointsDir)
+    .filter((n) => /^step-\d+$/.test(n))
+    .sort()
+    .reverse();
+  const pointer = join(checkpointsDir, "latest");
+  let latest: string | null = null;
+  if (existsSync(pointer)) {
+    try {
+      const name = readFileSync(pointer, "utf8").trim();
+      if (/^step-\d+$/.test(name)) latest = name;
+    } catch {
+      latest = null;
+    }
+  }
+  const older = latest ? steps.filter((n) => n < latest) : steps;
+  return [...(latest ? [latest] : []), ...older].map((n) => join(checkpointsDir, n));
 }

@@ -61,6 +61,11 @@ export class RunFiles {
     writeFileAtomic(this.configFile, JSON.stringify(config, null, 2) + "\n");
   }
 
+  /** Replaces config.json (a resume that repairs engine.url, engine.python or model.path). */
+  writeConfig(config: unknown): void {
+    writeFileAtomic(this.configFile, JSON.stringify(config, null, 2) + "\n");
+  }
+
   exists(): boolean {
     return existsSync(this.configFile);
   }

@@ -8,7 +8,8 @@
  * steps after it with the restored RNG, data cursor, memory and engine state — so after a `kill -9`
  * at any moment the finished run has every step exactly once. status.json is replaced atomically.
  */
-import { resolve } from "node:path";
+import { mkdirSync, rmSync } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
 import type { AdamWConfig, Engine, EngineInfo } from "../engine/api.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
 import type {
@@ -28,17 +29,20 @@ import type {
 } from "../algo/types.ts";
 import { createMemory, RulebookMemory } from "../algo/memory.ts";
 import { Rng } from "../util/rng.ts";
-import { inputError, UserError } from "../util/errors.ts";
+import { inputError, systemUserError, UserError } from "../util/errors.ts";
 import { readJsonlTolerant } from "../util/jsonl.ts";
 import { attemptsPerTask, type RunConfig, type SamplingConfig } from "./config.ts";
 import {
-  readLatestCheckpoint,
+  checkpointCandidates,
+  readCheckpointDir,
   writeCheckpoint,
   type RunCheckpoint,
   CHECKPOINT_VERSION,
 } from "./checkpoint.ts";
 import { TaskCursor } from "./data.ts";
-import { processAlive, RunFiles, type RunState } from "./runfiles.ts";
+import { JSONL_FILES, RunFiles, type RunState } from "./runfiles.ts";
+import { RunLock } from "./runlock.ts";
+import { EngineError } from "../engine/protocol.ts";
 import { evalSummary, Progress, stepSummary } from "./progress.ts";
 
 export interface Algorithms {
@@ -62,6 +66,8 @@ export interface RunOptions {
   runDir: string;
   /** Continue the run in `runDir` from its newest checkpoint. */
   resume: boolean;
+  /** Take over the run's writer lock even when its holder cannot be shown to be gone. */
+  breakLock?: boolean;
   deps: TrainDeps;
   progress?: Progress;
   /** Seconds clock (monotonic); injectable for tests. */
@@ -191,41 +197,154 @@ export function engineSummary(info: EngineInfo): string[] {
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunSummary> {
+  const files = new RunFiles(opts.runDir);
+  // --- one writer: the run directory's lock is taken before anything in it is read or written
+  let createdDir = false;
+  const alreadyExists = (): UserError =>
+    new UserError(
+      `${opts.runDir} already exists; continue it with --resume ${opts.runDir} or pick another run name`,
+    );
+  if (opts.resume) {
+    if (!files.exists()) throw new UserError(`--resume ${opts.runDir}: not a run directory (no config.json)`);
+  } else {
+    if (files.exists()) throw alreadyExists();
+    try {
+      mkdirSync(dirname(opts.runDir), { recursive: true });
+      mkdirSync(opts.runDir);
+      createdDir = true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST")
+        throw systemUserError(e, "cannot create the run directory") ?? e;
+    }
+  }
+  const lock = RunLock.acquire(opts.runDir, { breakLock: opts.breakLock ?? false });
+  try {
+    // Another process may have created the run between the check above and the lock.
+    if (!opts.resume && files.exists()) throw alreadyExists();
+    return await runLocked(opts, files, lock, createdDir);
+  } finally {
+    lock.release();
+  }
+}
+
+/** A checkpoint's state if it reads, else null (for the cheap "already finished" check). */
+function readQuiet(dir: string | undefined): { dir: string; state: RunCheckpoint } | null {
+  if (!dir) return null;
+  try {
+    return readCheckpointDir(dir);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The newest checkpoint that is whole: its run state reads, the run files are at least as long as
+ * it records, and the engine accepts its state (the engine verifies checksums before it changes
+ * anything). A damaged one is reported and the previous one tried.
+ */
+async function pickCheckpoint(
+  engine: Engine,
+  candidates: readonly string[],
+  files: RunFiles,
+  progress: Progress,
+): Promise<{ dir: string; state: RunCheckpoint } | null> {
+  const rejected: string[] = [];
+  for (const dir of candidates) {
+    try {
+      const c = readCheckpointDir(dir);
+      const sizes = files.offsets();
+      for (const n of JSONL_FILES)
+        if (sizes[n] < c.state.offsets[n])
+          throw new UserError(
+            `${files.path(n)}: ${sizes[n]} bytes, shorter than the checkpoint's ${c.state.offsets[n]}`,
+          );
+      await engine.loadState(resolve(dir, "engine"));
+      if (rejected.length > 0) progress.line(`resuming from the intact checkpoint ${basename(dir)}`);
+      return c;
+    } catch (e) {
+      const dead = e instanceof EngineError && ["engine_exited", "unreachable"].includes(e.code);
+      if (!(e instanceof UserError) || dead) throw e;
+      rejected.push(`${basename(dir)}: ${e.message}`);
+      progress.line(`checkpoint ${basename(dir)} is damaged (${e.message}); trying the one before it`);
+    }
+  }
+  if (rejected.length > 0)
+    throw new UserError(
+      `${files.checkpointsDir}: no usable checkpoint; the run directory is damaged:\n  ${rejected.join("\n  ")}`,
+    );
+  return null;
+}
+
+async function runLocked(
+  opts: RunOptions,
+  files: RunFiles,
+  lock: RunLock,
+  createdDir: boolean,
+): Promise<RunSummary> {
   const { config: cfg, deps } = opts;
   const clock = opts.clock ?? (() => performance.now() / 1000);
   const progress = opts.progress ?? new Progress();
-  const files = new RunFiles(opts.runDir);
 
-  // --- run directory and starting state (before any expensive work)
-  let ckpt: { dir: string; state: RunCheckpoint } | null = null;
+  // --- starting state (before any expensive work)
+  let candidates: string[] = [];
   if (opts.resume) {
-    if (!files.exists()) throw new UserError(`--resume ${opts.runDir}: not a run directory (no config.json)`);
     const status = files.readStatus();
-    if (status?.state === "running" && status.pid !== undefined && processAlive(status.pid))
-      throw new UserError(`${opts.runDir}: still being trained by process ${status.pid}`);
-    ckpt = readLatestCheckpoint(files.checkpointsDir);
-    if (status?.state === "finished" && ckpt && ckpt.state.step === status.step) {
-      progress.line(`${opts.runDir}: already finished (${ckpt.state.step} steps)`);
+    candidates = checkpointCandidates(files.checkpointsDir);
+    const newest = readQuiet(candidates[0]);
+    if (status?.state === "finished" && newest && newest.state.step === status.step) {
+      progress.line(`${opts.runDir}: already finished (${newest.state.step} steps)`);
       return {
         runDir: opts.runDir,
-        steps: ckpt.state.step,
+        steps: newest.state.step,
         state: "finished",
-        elapsed: ckpt.state.elapsed,
+        elapsed: newest.state.elapsed,
         finalEval: lastEval(files),
-        resumedFrom: ckpt.state.step,
+        resumedFrom: newest.state.step,
         alreadyFinished: true,
       };
     }
-  } else if (files.exists()) {
-    throw new UserError(
-      `${opts.runDir} already exists; continue it with --resume ${opts.runDir} or pick another run name`,
-    );
+    // `--resume --set engine.url=...` (or model.path, engine.python): the run keeps the repair.
+    if (JSON.stringify(files.readConfig()) !== JSON.stringify(cfg)) files.writeConfig(cfg);
   }
 
   const env = await deps.getEnv(cfg.env);
   const trainTasks = env.loadSplit("train");
   const evalTasks = env.loadSplit(cfg.data.evalSplit).slice(0, cfg.data.evalTasks ?? undefined);
   if (trainTasks.length === 0) throw new UserError(`${cfg.env}: the train split is empty`);
+
+  // --- the engine before the run's files: a model that does not load or an engine that cannot be
+  // reached leaves a new run no directory, and a resumed one as it was.
+  progress.line(`starting the engine and loading ${cfg.model.path}`);
+  let engine: Engine | null = null;
+  let ckpt: { dir: string; state: RunCheckpoint } | null = null;
+  try {
+    engine = await deps.startEngine(cfg, resolve(cfg.model.path));
+    ckpt = await pickCheckpoint(engine, candidates, files, progress);
+  } catch (e) {
+    if (engine) await engine.close().catch(() => undefined);
+    const msg = e instanceof Error ? e.message : String(e);
+    if (!opts.resume) {
+      lock.release();
+      if (createdDir) rmSync(opts.runDir, { recursive: true, force: true });
+      throw new UserError(
+        `${msg}\n(nothing was written for ${opts.runDir}; fix this and run the same command again)`,
+      );
+    }
+    try {
+      files.writeStatus({
+        state: "failed",
+        step: files.readStatus()?.step ?? 0,
+        totalSteps: cfg.steps,
+        error: msg,
+      });
+    } catch {
+      /* the status is informational; the checkpoint decides where a resume starts */
+    }
+    throw new UserError(
+      `${msg}\n(the run directory is unchanged; continue with: erl train --resume ${opts.runDir}` +
+        ` — add --set engine.url=..., engine.python=... or model.path=... if one of them was wrong)`,
+    );
+  }
 
   if (!opts.resume) files.create(cfg);
   if (ckpt) files.truncateTo(ckpt.state.offsets);
@@ -260,7 +379,6 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
         : `run ${opts.runDir}`,
   );
 
-  let engine: Engine | null = null;
   let step = startStep;
   let finalEval: RunSummary["finalEval"] = null;
   let finishedAt = startStep;
@@ -274,17 +392,15 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
     process.stderr.write(
       `\n${signal}: ${opts.runDir} stopped after step ${finishedAt}/${cfg.steps} (last checkpoint: step ${checkpointed}); continue with: erl train --resume ${opts.runDir}\n`,
     );
+    lock.release();
     process.exit(signal === "SIGINT" ? 130 : 143);
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
-    progress.line(`starting the engine and loading ${cfg.model.path}`);
-    engine = await deps.startEngine(cfg, resolve(cfg.model.path));
     const info = await engine.info();
     files.recordEngine(startStep, info);
     for (const line of engineSummary(info)) progress.line(line);
-    if (ckpt) await engine.loadState(resolve(ckpt.dir, "engine"));
     const model = await deps.makeBackend(engine);
     const algos = await deps.algorithms();
     const evalOpts = evalOptionsFrom(cfg);
@@ -387,11 +503,19 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
     }
     status("finished", finishedAt);
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
+    // A full or read-only disk is named as such (path, cause, code), not as a bug.
+    const sys = e instanceof UserError ? null : systemUserError(e);
+    const msg = sys ? sys.message : e instanceof Error ? e.message : String(e);
     const done = Math.max(startStep, step - 1);
-    status("failed", done, msg);
+    let statusNote = "";
+    try {
+      status("failed", done, msg);
+    } catch (se) {
+      // The same full disk usually refuses status.json too: say so rather than hide the first error.
+      statusNote = ` (status.json could not be updated either: ${systemUserError(se)?.message ?? String(se)})`;
+    }
     progress.clear();
-    const hint = `the run directory is consistent; continue with: erl train --resume ${opts.runDir}`;
+    const hint = `the run directory is consistent; continue with: erl train --resume ${opts.runDir}${statusNote}`;
     if (e instanceof UserError) throw new UserError(`${e.message}\n(${hint})`, e.exitCode);
     const err = new UserError(`training failed during step ${step}: ${msg}\n(${hint})`, 1);
     (err as Error & { cause?: unknown }).cause = e;

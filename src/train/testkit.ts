@@ -67,10 +67,14 @@ export class CounterEngine {
         );
       },
       loadState: async (dir) => {
-        const s = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as {
-          updates: number;
-          checksum: number;
-        };
+        // Like the real engine, a damaged state is a clear error naming the file, before any change.
+        const file = join(dir, "state.json");
+        let s: { updates: number; checksum: number };
+        try {
+          s = JSON.parse(readFileSync(file, "utf8")) as typeof s;
+        } catch (e) {
+          throw new UserError(`${file}: corrupted (${(e as Error).message})`);
+        }
         this.updates = s.updates;
         this.checksum = s.checksum;
       },

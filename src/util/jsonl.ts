@@ -8,6 +8,7 @@ import {
   closeSync,
   writeFileSync,
   renameSync,
+  unlinkSync,
 } from "node:fs";
 import { inputError } from "./errors.ts";
 
@@ -65,12 +66,22 @@ export function appendJsonl(file: string, records: readonly unknown[]): void {
 /** Writes a file atomically: temp file, fsync, rename. */
 export function writeFileAtomic(file: string, content: string | Uint8Array): void {
   const tmp = `${file}.tmp-${process.pid}`;
-  writeFileSync(tmp, content);
-  const fd = openSync(tmp, "r+");
   try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    writeFileSync(tmp, content);
+    const fd = openSync(tmp, "r+");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, file);
+  } catch (e) {
+    // A full or read-only disk: leave no temp file behind (the old file, if any, is intact).
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* never created */
+    }
+    throw e;
   }
-  renameSync(tmp, file);
 }

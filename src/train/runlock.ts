@@ -1,0 +1,176 @@
+/**
+ * One writer per run directory. The writer holds `<run>/writer.lock`, created with O_EXCL (so of two
+ * processes that try at once exactly one succeeds) and holding the owner's pid, host and process
+ * start time. A lock whose process is gone — or whose pid now belongs to another process, as after a
+ * reboot (the start time or boot id differ) — is stale and is taken over; taking over is itself
+ * serialised by a second O_EXCL file, so two processes that both find the same stale lock cannot
+ * both win. A lock this host cannot judge (another host, or no /proc) is only broken on request
+ * (`erl train --resume <run> --break-lock`).
+ */
+import { closeSync, openSync, readFileSync, unlinkSync, writeSync, fsyncSync } from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import { UserError } from "../util/errors.ts";
+
+export const LOCK_FILE = "writer.lock";
+
+export interface LockOwner {
+  pid: number;
+  host: string;
+  /** "<boot id>:<start time in clock ticks>" from /proc, or null where /proc is not available. */
+  start: string | null;
+  since: string;
+  command: string;
+}
+
+/** This host's boot id and a process's start time, or null when /proc cannot tell. */
+export function processStart(pid: number): string | null {
+  try {
+    const boot = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Field 22 (starttime); fields after the parenthesised command name, which may contain spaces.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const start = fields[19];
+    return start ? `${boot}:${start}` : null;
+  } catch {
+    return null;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Whether the lock's owner is still running: "alive", "dead" (stale for sure) or "unknown" (another
+ * host, or a live pid whose start time cannot be checked).
+ */
+export function ownerState(owner: LockOwner): "alive" | "dead" | "unknown" {
+  if (owner.host !== hostname()) return "unknown";
+  if (owner.pid === process.pid)
+    return owner.start === null || owner.start === processStart(process.pid) ? "alive" : "dead";
+  if (!Number.isInteger(owner.pid) || owner.pid <= 0 || !pidAlive(owner.pid)) return "dead";
+  if (owner.start === null) return "unknown";
+  const now = processStart(owner.pid);
+  if (now === null) return "unknown";
+  return now === owner.start ? "alive" : "dead"; // a different process now has this pid
+}
+
+function readOwner(file: string): LockOwner | null {
+  try {
+    const v = JSON.parse(readFileSync(file, "utf8")) as LockOwner;
+    return typeof v === "object" && v !== null && typeof v.pid === "number" ? v : null;
+  } catch {
+    return null; // vanished, or being written this instant
+  }
+}
+
+function createExclusive(file: string, content: string): boolean {
+  let fd: number;
+  try {
+    fd = openSync(file, "wx");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw e;
+  }
+  try {
+    writeSync(fd, content);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return true;
+}
+
+function describe(owner: LockOwner): string {
+  return `process ${owner.pid} on ${owner.host} (since ${owner.since}: ${owner.command})`;
+}
+
+export class RunLock {
+  private released = false;
+  private constructor(
+    readonly file: string,
+    private readonly content: string,
+  ) {}
+
+  /**
+   * Takes the run directory's writer lock (the directory must exist). Throws a `UserError` naming the
+   * holder when another live process has it. `breakLock` takes over a lock whose holder cannot be
+   * checked from here (another host, no /proc) or that is believed live.
+   */
+  static acquire(runDir: string, opts: { breakLock?: boolean; command?: string } = {}): RunLock {
+    const file = join(runDir, LOCK_FILE);
+    const me: LockOwner = {
+      pid: process.pid,
+      host: hostname(),
+      start: processStart(process.pid),
+      since: new Date().toISOString(),
+      command: opts.command ?? process.argv.slice(1).join(" "),
+    };
+    const content = JSON.stringify(me) + "\n";
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (createExclusive(file, content)) return new RunLock(file, content);
+      const owner = readOwner(file);
+      if (owner === null) continue; // just removed, or half-written by its creator: look again
+      const state = ownerState(owner);
+      if (state === "alive" && !opts.breakLock)
+        throw new UserError(
+          `${runDir}: this run is being written by ${describe(owner)}; a run has one writer. Wait for it, or stop it first`,
+        );
+      if (state === "unknown" && !opts.breakLock)
+        throw new UserError(
+          `${runDir}: locked by ${describe(owner)}, which cannot be checked from this machine; if no process is training this run, take it over with --break-lock`,
+        );
+      RunLock.takeOver(file, owner);
+    }
+    throw new UserError(`${file}: could not take the run's lock (it keeps changing hands)`);
+  }
+
+  /** Replaces a stale lock, but only the one that was judged: another process may have taken it since. */
+  private static takeOver(file: string, judged: LockOwner): void {
+    const breaker = `${file}.break`;
+    const mine = JSON.stringify({ pid: process.pid, start: processStart(process.pid) });
+    if (!createExclusive(breaker, mine)) {
+      // Someone else is breaking it right now, or died doing so: clear a dead breaker, then retry.
+      const b = readOwner(breaker);
+      if (b && ownerState({ ...b, host: hostname(), since: "", command: "" } as LockOwner) === "dead")
+        unlinkQuiet(breaker);
+      return;
+    }
+    try {
+      const now = readOwner(file);
+      if (now && now.pid === judged.pid && now.since === judged.since && now.host === judged.host)
+        unlinkQuiet(file);
+    } finally {
+      unlinkQuiet(breaker);
+    }
+  }
+
+  /** Whether the lock file still holds this process's claim. */
+  held(): boolean {
+    try {
+      return !this.released && readFileSync(this.file, "utf8") === this.content;
+    } catch {
+      return false;
+    }
+  }
+
+  release(): void {
+    if (this.released) return;
+    if (this.held()) unlinkQuiet(this.file);
+    this.released = true;
+  }
+}
+
+function unlinkQuiet(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    /* already gone */
+  }
+}
