@@ -219,6 +219,17 @@ def training_in_subprocess(device: str, b: int, t: int, repeats: int, dtype: str
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def machine_line(device: str) -> str:
+    """The CPU (model name, avx2/avx512/amx flags) and what dtype "auto" picks here for the bench model."""
+    from erl_engine.autotune import cpu_summary, resolve_dtype
+
+    cpu = cpu_summary()
+    cfg = type("BenchConfig", (), BENCH_CONFIG)()
+    dtype, reason = resolve_dtype("auto", torch.device(device), cfg)
+    return (f"cpu: {cpu['model']} ({cpu['logicalCpus']} logical CPUs; flags: {', '.join(cpu['flags']) or 'none'}; "
+            f"torch capability {cpu['capability']}); dtype auto here -> {dtype} [{reason}]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller settings, one repeat")
@@ -240,6 +251,7 @@ def main() -> None:
         return
     print(f"# engine benchmarks: torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f}")
+    print(machine_line(args.device))
     n_params = sum(p.numel() for p in make_engine("float32", args.device).need_model().model.parameters())
     print(f"model: random Llama, {n_params / 1e6:.1f}M parameters, vocab 105")
     if args.only in (None, "sample"):
