@@ -35,6 +35,9 @@ from .protocol import ProtocolError
 FAST_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 # Tests switch this off to check that both paths agree.
 FAST_DECODE = True
+# Identical prompts in one request (a task's samples sent as separate rows) are prefilled once and
+# their cache rows copied; tests switch this off to check that the results do not change.
+DEDUP_PROMPTS = True
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -129,10 +132,15 @@ def sample(
     stops = StopStrings(lm.tokenizer, req["stopStrings"]) if req.get("stopStrings") else None
 
     n_prompts = len(prompts)
+    # src[i]: the prefill row of prompt i (identical prompts share one row when DEDUP_PROMPTS).
+    first: dict[bytes, int] = {}
+    src = [first.setdefault(p.tobytes(), len(first)) if DEDUP_PROMPTS else i for i, p in enumerate(prompts)]
+    n_unique = max(src) + 1
+    unique = [prompts[src.index(u)] for u in range(n_unique)] if n_unique < n_prompts else prompts
     pad = 0
-    ids = torch.full((n_prompts, longest), pad, dtype=torch.long)
-    mask = torch.zeros((n_prompts, longest), dtype=torch.long)
-    for i, p in enumerate(prompts):
+    ids = torch.full((len(unique), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(unique), longest), dtype=torch.long)
+    for i, p in enumerate(unique):
         ids[i, longest - len(p) :] = torch.from_numpy(p)
         mask[i, longest - len(p) :] = 1
     ids, mask = ids.to(dev), mask.to(dev)
@@ -155,7 +163,11 @@ def sample(
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
         next_pos = pos[:, -1] + 1
-        if n > 1:
+        if n_unique < n_prompts:
+            rows = torch.tensor(src, device=dev).repeat_interleave(n)
+            cache.batch_select_indices(rows)
+            logits, mask, next_pos = logits[rows], mask[rows], next_pos[rows]
+        elif n > 1:
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
             mask = mask.repeat_interleave(n, dim=0)

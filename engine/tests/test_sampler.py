@@ -237,3 +237,28 @@ def test_logprobs_at_a_temperature_match_forward_at_that_temperature(engine: Any
         tail = lp[len(prompts[s["promptIndex"]]) - 1 :]
         assert np.allclose(s["logprobs"], tail, atol=1e-4)
         assert not np.allclose(s["logprobs"], s1["logprobs"], atol=1e-3)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_identical_prompts_are_prefilled_once_with_the_same_results(engine: Any, monkeypatch: Any, fast: bool) -> None:
+    """A task's samples sent as separate identical prompts share one prefill row; the sequences are
+    those of a request without the sharing (same draws, log-probs equal to forward's)."""
+    from erl_engine import sampler
+
+    monkeypatch.setattr(sampler, "FAST_DECODE", fast)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[1]]
+    prefill_rows: list[int] = []
+    model = engine.need_model().model
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: prefill_rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True,
+    )
+    try:
+        shared = check_against_forward(engine, prompts, 1e-4)
+    finally:
+        hook.remove()
+    assert prefill_rows[0] == 3  # the sampler's prefill (then check_against_forward's own forward)
+    monkeypatch.setattr(sampler, "DEDUP_PROMPTS", False)
+    plain = check_against_forward(engine, prompts, 1e-4)
+    assert [s["tokens"] for s in shared] == [s["tokens"] for s in plain]
+    assert [s["promptIndex"] for s in shared] == [i for i in range(5) for _ in range(2)]
