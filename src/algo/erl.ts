@@ -28,6 +28,9 @@
  * Ablations (options): noMemory (reflection always shown the initial prompt, memory never
  * written), noReflection (no Δ; the second attempt's system prompt is the initial prompt + the past
  * attempt + the format reminder; memory never written; distill kept), noDistill.
+ * Extensions: an external reflector (`ctx.reflector`, an OpenAI-compatible endpoint) writes Δ in
+ * step 3 instead of the policy; Δ is used as above but not trained (no reflection sample). erl-icl
+ * runs this step with noDistill and the runner trains nothing (docs/reflectors.md).
  * Deviations: perWorker memory slots are assigned by batch position (position mod k) rather than by
  * rollout worker; a reflection whose prompt does not fit the context gets an empty reply (Δ = the
  * shown prompt) and trains nothing; a distill replay longer than the context window is dropped.
@@ -100,7 +103,8 @@ interface Retry {
   slot: number;
   memoryBefore: string | null;
   system: string;
-  reflection?: { prompt: string; text: string; rulebook: string; sample: TrainSample; tagFound: boolean };
+  /** `sample` is absent when an external reflector wrote Δ (its tokens are not the policy's). */
+  reflection?: { prompt: string; text: string; rulebook: string; sample?: TrainSample; tagFound: boolean };
 }
 
 export async function erlStep(
@@ -157,19 +161,23 @@ export async function erlStep(
     const shown = retries.map((r) => r.memoryBefore ?? initialPrompt);
     const chats = retries.map((r) => profile.reflectionMessages(parts, r.memoryBefore, stateOf(r.first)));
     ctx.onProgress?.({ phase: "reflection", done: 0, total: retries.length });
+    // An external reflector (ctx.reflector) writes Δ in place of the policy; its limits are its own.
+    const external = ctx.reflector !== undefined;
     const replies = await sampleReplies(
       chats.map((messages) => ({
         messages,
         sampling: options.reflectionSampling,
         maxTokens: options.maxReflectionTokens,
       })),
-      {
-        model,
-        rng: ctx.rng,
-        timing,
-        maxContextTokens: options.maxContextTokens,
-        logprobTemperature: options.logprobTemperature,
-      },
+      external
+        ? { model: ctx.reflector!, rng: ctx.rng, maxContextTokens: Number.MAX_SAFE_INTEGER }
+        : {
+            model,
+            rng: ctx.rng,
+            timing,
+            maxContextTokens: options.maxContextTokens,
+            logprobTemperature: options.logprobTemperature,
+          },
     );
     ctx.onProgress?.({ phase: "reflection", done: retries.length, total: retries.length });
     retries.forEach((r, i) => {
@@ -181,8 +189,10 @@ export async function erlStep(
         text: reply.text,
         rulebook,
         tagFound: findRulebook(reply.text) !== null,
-        // Scored by r2 once the second attempt is done.
-        sample: makeSample("reflection", r.attempt, r.first.request.id, reply.trajectory, 0),
+        // Scored by r2 once the second attempt is done; none for an external reflector.
+        ...(external
+          ? {}
+          : { sample: makeSample("reflection", r.attempt, r.first.request.id, reply.trajectory, 0) }),
       };
     });
   }
@@ -228,7 +238,7 @@ export async function erlStep(
   for (let i = 0; i < retries.length; i++) {
     const r = retries[i]!;
     const second = seconds[i]!;
-    if (r.reflection) samples.push({ ...r.reflection.sample, reward: second.reward });
+    if (r.reflection?.sample) samples.push({ ...r.reflection.sample, reward: second.reward });
     samples.push(makeSample("second", r.attempt, second.request.id, second.trajectory, second.reward));
   }
   if (!options.noDistill) {
@@ -303,7 +313,7 @@ export async function erlStep(
   const sampledTokens =
     [...firsts, ...seconds].reduce((a, o) => a + o.sampledTokens, 0) +
     retries.reduce(
-      (a, r) => a + (r.reflection ? r.reflection.sample.mask.reduce<number>((x, m) => x + m, 0) : 0),
+      (a, r) => a + (r.reflection?.sample ? r.reflection.sample.mask.reduce<number>((x, m) => x + m, 0) : 0),
       0,
     );
   const metrics: Record<string, number> = {

@@ -36,7 +36,7 @@ export async function evaluate(
 ): Promise<EvalResult> {
   validateEvalOptions(options);
   const { env, model, step } = ctx;
-  const system = getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
+  const system = options.system ?? getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
   const attempts = expandAttempts(tasks, options.n);
   const outcomes = await runEpisodes(
     attempts.map((a) => ({

@@ -95,6 +95,11 @@ export interface EvalOptions extends LoopOptions {
   profile: PromptProfileName;
   /** Label for the rollout records (`eval/split`), e.g. "test". */
   split: string;
+  /**
+   * The system prompt of the evaluated attempts; absent = the profile's initial prompt (the paper's
+   * evaluation). erl-icl passes its memory's rulebook, its deployed artifact.
+   */
+  system?: string;
 }
 
 const LOOP_DEFAULTS: LoopOptions = {
@@ -258,10 +263,15 @@ export interface AlgoContext {
   step: number;
   /** Called with coarse progress events (e.g. for a progress bar). */
   onProgress?: (event: ProgressEvent) => void;
+  /**
+   * Writes the reflections instead of the policy (an OpenAI-compatible endpoint, docs/reflectors.md).
+   * Its replies are not the policy's tokens, so they are used but never trained.
+   */
+  reflector?: ModelBackend;
 }
 
 /** Evaluation never sees memory: its context has none. */
-export type EvalContext = Omit<AlgoContext, "memory">;
+export type EvalContext = Omit<AlgoContext, "memory" | "reflector">;
 
 export interface ProgressEvent {
   phase: "first" | "reflection" | "second" | "eval" | "distill";

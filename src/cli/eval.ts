@@ -4,6 +4,7 @@
  *
  *   erl eval --model models/erl-tiny --env frozenlake --split test --n 4
  *   erl eval --model runs/my-run --split test
+ *   erl eval --policy openai:gpt-4o-mini --env frozenlake      # any OpenAI-compatible endpoint
  */
 import { parseArgs } from "node:util";
 import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
@@ -16,16 +17,25 @@ import { buildConfig, checkModelPath, applyOverrides, type RunConfig } from "../
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
 import { evalOptionsFrom } from "../train/runner.ts";
 import { Progress } from "../train/progress.ts";
+import type { Engine } from "../engine/api.ts";
+import type { ModelBackend } from "../agent/backend.ts";
 
 const HELP = `usage: erl eval --model <model-dir|run-dir> [--env <env>] [--split test|train] [--n N] [--tasks N]
                 [--config <file|preset>] [--set key=value ...] [--seed S] [--out rollouts.jsonl]
+       erl eval --policy openai:<model> --env <env> [--base-url URL] [--api-key-env VAR] [...]
 
 First-attempt evaluation: initial prompt, no memory, no reflection; n samples per task at the
 evaluation sampling settings (T 0.7, top-p 0.8, top-k 20 unless the config says otherwise).
 With a run directory, its newest checkpoint and its config are used (--env defaults to the run's).
+An erl-icl run is evaluated under its memory's rulebook (its deployed artifact), next to the
+initial prompt with the same seeds.
 
 options:
   --model DIR     an HF model directory, or a run directory
+  --policy P      openai:<model>: a model behind an OpenAI-compatible endpoint (training-free
+                  baseline; top-k is not sent, OpenAI has none; lengths count characters)
+  --base-url URL  the endpoint (default $OPENAI_BASE_URL, else https://api.openai.com/v1)
+  --api-key-env V the environment variable holding the key (default OPENAI_API_KEY)
   --env ENV       ${knownEnvs().join(", ")}
   --split S       test (default) or train
   --n N           samples per task (default 4; HotpotQA 1)
@@ -46,6 +56,9 @@ export async function run(args: string[]): Promise<number> {
       set: { type: "string", multiple: true },
       seed: { type: "string" },
       out: { type: "string" },
+      policy: { type: "string" },
+      "base-url": { type: "string" },
+      "api-key-env": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -53,7 +66,14 @@ export async function run(args: string[]): Promise<number> {
     console.log(HELP);
     return 0;
   }
-  if (!values.model) throw new UserError(`--model is required\n\n${HELP}`);
+  if (values.policy !== undefined && values.model !== undefined)
+    throw new UserError("give either --model or --policy, not both");
+  if (
+    values.policy === undefined &&
+    (values["base-url"] !== undefined || values["api-key-env"] !== undefined)
+  )
+    throw new UserError("--base-url and --api-key-env go with --policy openai:<model>");
+  if (!values.model && !values.policy) throw new UserError(`--model or --policy is required\n\n${HELP}`);
   const split = values.split ?? "test";
   if (split !== "test" && split !== "train")
     throw new UserError(`--split must be test or train, got ${split}`);
@@ -66,64 +86,115 @@ export async function run(args: string[]): Promise<number> {
   if (seed !== null) sets.push(`seed=${seed}`);
   sets.push(...(values.set ?? []));
 
-  const modelArg = resolve(values.model);
-  const isRun = existsSync(join(modelArg, "checkpoints")) && existsSync(join(modelArg, "config.json"));
   let config: RunConfig;
   let state: string | null = null;
-  if (isRun) {
-    const r = await loadRunForInference(modelArg);
-    if (values.env && values.env !== r.config.env) sets.push(`env=${values.env}`);
-    config = applyOverrides(r.config, sets);
-    state = r.checkpoint;
-    console.log(`evaluating ${modelArg} at step ${r.step}`);
-  } else {
+  let rulebook: string | null = null;
+  let apiPolicy: { model: string; baseUrl: string; apiKeyEnv: string } | null = null;
+  if (values.policy !== undefined) {
+    const m = /^openai:(.+)$/.exec(values.policy);
+    if (!m)
+      throw new UserError(`--policy ${values.policy}: expected openai:<model>, e.g. openai:gpt-4o-mini`);
     if (!values.env)
-      throw new UserError(`--env is required with a model directory (one of ${knownEnvs().join(", ")})`);
-    config = buildConfig(values.config ?? `${values.env}-tiny`, [
-      `env=${values.env}`,
-      `model.path=${values.model}`,
-      ...sets,
-    ]).config;
+      throw new UserError(`--env is required with --policy (one of ${knownEnvs().join(", ")})`);
+    const baseUrl = values["base-url"] ?? process.env.OPENAI_BASE_URL ?? "https://api.openai.com/v1";
+    if (!/^https?:\/\//.test(baseUrl))
+      throw new UserError(`--base-url ${baseUrl}: must start with http:// or https://`);
+    apiPolicy = { model: m[1]!, baseUrl, apiKeyEnv: values["api-key-env"] ?? "OPENAI_API_KEY" };
+    config = buildConfig(values.config ?? `${values.env}-tiny`, [`env=${values.env}`, ...sets]).config;
+  } else {
+    const modelArg = resolve(values.model!);
+    const isRun = existsSync(join(modelArg, "checkpoints")) && existsSync(join(modelArg, "config.json"));
+    if (isRun) {
+      const r = await loadRunForInference(modelArg);
+      if (values.env && values.env !== r.config.env) sets.push(`env=${values.env}`);
+      config = applyOverrides(r.config, sets);
+      if (config.algo.name === "erl-icl") {
+        // The artifact is the memory: the weights are the base model's (or the API's).
+        rulebook = r.memory?.slots[0] ?? null;
+        if (config.policy.kind === "openai")
+          apiPolicy = {
+            model: config.policy.model!,
+            baseUrl: config.policy.baseUrl!,
+            apiKeyEnv: config.policy.apiKeyEnv,
+          };
+        console.log(
+          `evaluating the erl-icl run ${modelArg} at step ${r.step} under its memory${rulebook === null ? " (empty: the initial prompt)" : ""}`,
+        );
+      } else {
+        state = r.checkpoint;
+        console.log(`evaluating ${modelArg} at step ${r.step}`);
+      }
+    } else {
+      if (!values.env)
+        throw new UserError(`--env is required with a model directory (one of ${knownEnvs().join(", ")})`);
+      config = buildConfig(values.config ?? `${values.env}-tiny`, [
+        `env=${values.env}`,
+        `model.path=${values.model}`,
+        ...sets,
+      ]).config;
+    }
   }
-  checkModelPath(config);
+  if (!apiPolicy) checkModelPath(config);
 
   const deps = defaultDeps();
   const progress = new Progress();
   const env = await deps.getEnv(config.env);
   const tasks = env.loadSplit(config.data.evalSplit).slice(0, config.data.evalTasks ?? undefined);
-  progress.line(`starting the engine and loading ${config.model.path}`);
-  const engine = await deps.startEngine(config, resolve(config.model.path));
+  let engine: Engine | null = null;
   try {
-    if (state) await engine.loadState(state);
-    const model = await deps.makeBackend(engine);
+    let model: ModelBackend;
+    if (apiPolicy) {
+      const { apiBackendFor } = await import("../train/deps.ts");
+      model = await apiBackendFor("policy", {
+        ...config.policy,
+        baseUrl: apiPolicy.baseUrl,
+        model: apiPolicy.model,
+        apiKeyEnv: apiPolicy.apiKeyEnv,
+      });
+      progress.line(`policy: openai:${apiPolicy.model} at ${apiPolicy.baseUrl}`);
+    } else {
+      progress.line(`starting the engine and loading ${config.model.path}`);
+      engine = await deps.startEngine(config, resolve(config.model.path));
+      if (state) await engine.loadState(state);
+      model = await deps.makeBackend(engine);
+    }
     const { evaluate } = await deps.algorithms();
     const opts = evalOptionsFrom(config);
-    const t0 = performance.now();
-    const res = await evaluate(
-      {
-        env,
-        model,
-        rng: new Rng(`${config.seed}/eval/cli`),
-        step: 0,
-        onProgress: (e) => progress.update(e.phase, e.done, e.total),
-      },
-      tasks,
-      opts,
-    );
-    progress.clear();
-    console.log(
-      `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${res.reward.toFixed(3)}  pass@1 ${res.passAt1.toFixed(3)}  pass@${opts.n} ${res.passAtN.toFixed(3)}  (${((performance.now() - t0) / 1000).toFixed(1)}s)`,
-    );
+    const once = async (system: string | null) => {
+      const t0 = performance.now();
+      const res = await evaluate(
+        {
+          env,
+          model,
+          rng: new Rng(`${config.seed}/eval/cli`),
+          step: 0,
+          onProgress: (e) => progress.update(e.phase, e.done, e.total),
+        },
+        tasks,
+        system !== null ? { ...opts, system } : opts,
+      );
+      progress.clear();
+      return { res, seconds: (performance.now() - t0) / 1000 };
+    };
+    const line = (label: string, r: Awaited<ReturnType<typeof once>>) =>
+      console.log(
+        `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${r.res.reward.toFixed(3)}  pass@1 ${r.res.passAt1.toFixed(3)}  pass@${opts.n} ${r.res.passAtN.toFixed(3)}${label}  (${r.seconds.toFixed(1)}s)`,
+      );
+    const main = await once(rulebook);
+    if (rulebook !== null) {
+      line("  under memory", main);
+      line("  initial prompt", await once(null));
+    } else line("", main);
     if (values.out) {
       try {
-        appendJsonl(values.out, res.rollouts);
+        appendJsonl(values.out, main.res.rollouts);
       } catch (e) {
         throw systemUserError(e, `--out ${values.out}: writing the episodes failed`) ?? e;
       }
       console.log(`episodes: ${values.out}`);
     }
   } finally {
-    await engine.close().catch(() => undefined);
+    if (engine) await engine.close().catch(() => undefined);
   }
   return 0;
 }

@@ -15,7 +15,14 @@ import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { inputError, UserError } from "../util/errors.ts";
 
-export const ALGOS = ["erl", "rlvr", "erl-no-memory", "erl-no-reflection", "erl-no-distill"] as const;
+export const ALGOS = [
+  "erl",
+  "rlvr",
+  "erl-no-memory",
+  "erl-no-reflection",
+  "erl-no-distill",
+  "erl-icl",
+] as const;
 export type AlgoName = (typeof ALGOS)[number];
 /** The shipped environments; `knownEnvs()` adds any registered with `--env-module`. */
 export const ENVS = ["frozenlake", "sokoban", "hotpotqa"] as const;
@@ -25,6 +32,22 @@ export interface SamplingConfig {
   temperature: number;
   topP: number;
   topK: number | null;
+}
+
+/** An OpenAI-compatible chat endpoint (docs/reflectors.md). */
+export interface ApiEndpointConfig {
+  /** e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1 (`erl engine serve --openai`). */
+  baseUrl: string | null;
+  model: string | null;
+  /** Name of the environment variable that holds the API key (the key itself is never in a config). */
+  apiKeyEnv: string;
+  /** Seconds per call. */
+  timeout: number;
+  /** Retries of a failed call (connection errors, 408, 409, 429, 5xx), with exponential back-off. */
+  maxRetries: number;
+  /** Prices per token (any currency), for the `…/cost` metric; null = not recorded. */
+  pricePerInputToken: number | null;
+  pricePerOutputToken: number | null;
 }
 
 export interface RunConfig {
@@ -62,6 +85,23 @@ export interface RunConfig {
     /** Python interpreter for a local engine; null = $ERL_PYTHON or .venv/bin/python. */
     python: string | null;
   };
+  /**
+   * Who writes reflections: "policy" (the model being trained, as in the paper) or "openai" (any
+   * OpenAI-compatible endpoint; its reflections are used but not trained).
+   */
+  reflector: ApiEndpointConfig & {
+    kind: "policy" | "openai";
+    /** null = algo.reflectionSampling's. */
+    temperature: number | null;
+    topP: number | null;
+    /** The API's max_tokens for a reflection; null = algo.maxReflectionTokens. */
+    maxTokens: number | null;
+  };
+  /**
+   * The policy: "engine" (the model at model.path in the engine) or "openai" (an endpoint; only for
+   * algo.name "erl-icl", which trains nothing).
+   */
+  policy: ApiEndpointConfig & { kind: "engine" | "openai" };
   algo: {
     name: AlgoName;
     /** Attempts per task; null = the algorithm's default (ERL 4, RLVR 10). */
@@ -171,6 +211,16 @@ const samplingSchema = (): Field =>
     topK: int(1, { nullable: true }),
   });
 
+const endpointFields = (): Record<string, Field> => ({
+  baseUrl: str({ nullable: true, nonEmpty: true }),
+  model: str({ nullable: true, nonEmpty: true }),
+  apiKeyEnv: str({ nonEmpty: true }),
+  timeout: num({ min: 0, exclusiveMin: true }),
+  maxRetries: int(0, { max: 20 }),
+  pricePerInputToken: num({ min: 0, nullable: true }),
+  pricePerOutputToken: num({ min: 0, nullable: true }),
+});
+
 export const SCHEMA: Field = obj({
   description: str(),
   name: str({ nullable: true, nonEmpty: true }),
@@ -209,6 +259,14 @@ export const SCHEMA: Field = obj({
     url: str({ nullable: true, nonEmpty: true }),
     python: str({ nullable: true, nonEmpty: true }),
   }),
+  reflector: obj({
+    kind: oneOf(["policy", "openai"]),
+    ...endpointFields(),
+    temperature: num({ min: 0, max: 2, nullable: true }),
+    topP: num({ min: 0, max: 1, exclusiveMin: true, nullable: true }),
+    maxTokens: int(1, { nullable: true }),
+  }),
+  policy: obj({ kind: oneOf(["engine", "openai"]), ...endpointFields() }),
   algo: obj({
     name: oneOf(ALGOS),
     n: int(1, { nullable: true }),
@@ -260,6 +318,18 @@ export const SCHEMA: Field = obj({
   checkpoint: obj({ every: int(1), keep: int(1) }),
 });
 
+function defaultEndpoint(): ApiEndpointConfig {
+  return {
+    baseUrl: null,
+    model: null,
+    apiKeyEnv: "OPENAI_API_KEY",
+    timeout: 60,
+    maxRetries: 2,
+    pricePerInputToken: null,
+    pricePerOutputToken: null,
+  };
+}
+
 /** Defaults: CPU scale for erl-tiny on FrozenLake; presets and files override them. */
 export function defaultConfig(): RunConfig {
   return {
@@ -278,6 +348,14 @@ export function defaultConfig(): RunConfig {
       gradientCheckpointing: false,
     },
     engine: { url: null, python: null },
+    reflector: {
+      kind: "policy",
+      ...defaultEndpoint(),
+      temperature: null,
+      topP: null,
+      maxTokens: null,
+    },
+    policy: { kind: "engine", ...defaultEndpoint() },
     algo: {
       name: "erl",
       n: null,
@@ -461,6 +539,27 @@ function crossCheck(cfg: RunConfig, where: { file?: string }): void {
       '"base" needs LoRA (model.lora); use "copy" for full fine-tuning',
     );
   if (cfg.loss.clipHigh <= 0) throw inputError({ ...where, key: "loss.clipHigh" }, "must be > 0");
+  for (const [block, api] of [
+    ["reflector", cfg.reflector.kind === "openai"],
+    ["policy", cfg.policy.kind === "openai"],
+  ] as const) {
+    if (!api) continue;
+    for (const k of ["baseUrl", "model"] as const)
+      if (cfg[block][k] === null)
+        throw inputError({ ...where, key: `${block}.${k}` }, `required when ${block}.kind is "openai"`);
+    if (!/^https?:\/\//.test(cfg[block].baseUrl!))
+      throw inputError({ ...where, key: `${block}.baseUrl` }, "must start with http:// or https://");
+  }
+  if (cfg.policy.kind === "openai" && cfg.algo.name !== "erl-icl")
+    throw inputError(
+      { ...where, key: "policy.kind" },
+      `an API policy cannot be trained: "openai" needs algo.name "erl-icl" (got "${cfg.algo.name}")`,
+    );
+  if (cfg.algo.name === "erl-icl" && cfg.algo.memory !== "global")
+    throw inputError(
+      { ...where, key: "algo.memory" },
+      'erl-icl deploys one rulebook, so it needs "global" memory',
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
  */
 import { join } from "node:path";
 import type { Engine, LoadModelRequest } from "../engine/api.ts";
-import type { RunConfig } from "./config.ts";
+import type { ApiEndpointConfig, RunConfig } from "./config.ts";
 import type { TrainDeps } from "./runner.ts";
+import type { MemoryJSON } from "../algo/types.ts";
 
 /** The engine's model request for a run config. */
 export function loadModelRequest(cfg: RunConfig, modelPath: string): LoadModelRequest {
@@ -83,7 +84,7 @@ export function defaultDeps(): TrainDeps {
 /** A run directory's config and newest checkpoint, for `erl eval` and `erl export`. */
 export async function loadRunForInference(
   runDir: string,
-): Promise<{ config: RunConfig; checkpoint: string; step: number }> {
+): Promise<{ config: RunConfig; checkpoint: string; step: number; memory: MemoryJSON | undefined }> {
   const { RunFiles } = await import("./runfiles.ts");
   const { readLatestCheckpoint } = await import("./checkpoint.ts");
   const { validateConfig } = await import("./config.ts");
@@ -93,5 +94,47 @@ export async function loadRunForInference(
   const config = validateConfig(files.readConfig(), { file: files.configFile });
   const ckpt = readLatestCheckpoint(files.checkpointsDir);
   if (!ckpt) throw new UserError(`${runDir}: has no checkpoint yet (nothing trained to use)`);
-  return { config, checkpoint: join(ckpt.dir, "engine"), step: ckpt.state.step };
+  return {
+    config,
+    checkpoint: join(ckpt.dir, "engine"),
+    step: ckpt.state.step,
+    memory: (ckpt.state.memory ?? undefined) as MemoryJSON | undefined,
+  };
+}
+
+/**
+ * The OpenAI-compatible backend of a config block (`reflector` or `policy` with kind "openai"); the
+ * key comes from the environment variable the block names.
+ */
+export async function apiBackendFor(
+  block: "reflector" | "policy",
+  endpoint: ApiEndpointConfig,
+  sampling: { temperature?: number; topP?: number; maxTokens?: number } = {},
+): Promise<import("../agent/openai-backend.ts").OpenAIBackend> {
+  const { OpenAIBackend, apiKeyFrom } = await import("../agent/openai-backend.ts");
+  if (!endpoint.baseUrl || !endpoint.model)
+    throw new (await import("../util/errors.ts")).UserError(`${block}: baseUrl and model are required`);
+  return new OpenAIBackend({
+    baseUrl: endpoint.baseUrl,
+    model: endpoint.model,
+    apiKey: apiKeyFrom(endpoint.apiKeyEnv, `${block}.apiKeyEnv`),
+    timeout: endpoint.timeout,
+    maxRetries: endpoint.maxRetries,
+    ...(endpoint.pricePerInputToken !== null ? { pricePerInputToken: endpoint.pricePerInputToken } : {}),
+    ...(endpoint.pricePerOutputToken !== null ? { pricePerOutputToken: endpoint.pricePerOutputToken } : {}),
+    ...sampling,
+  });
+}
+
+/** The reflector of a run: undefined when the policy reflects (the default). */
+export async function reflectorFor(
+  cfg: RunConfig,
+): Promise<import("../agent/openai-backend.ts").OpenAIBackend | undefined> {
+  const r = cfg.reflector;
+  if (r.kind === "policy") return undefined;
+  return apiBackendFor("reflector", r, {
+    ...(r.temperature !== null ? { temperature: r.temperature } : {}),
+    ...(r.topP !== null ? { topP: r.topP } : {}),
+    maxTokens: r.maxTokens ?? cfg.algo.maxReflectionTokens,
+  });
 }

@@ -44,6 +44,8 @@ import { JSONL_FILES, RunFiles, type RunState } from "./runfiles.ts";
 import { RunLock } from "./runlock.ts";
 import { EngineError } from "../engine/protocol.ts";
 import { evalSummary, Progress, stepSummary } from "./progress.ts";
+import { apiBackendFor, reflectorFor } from "./deps.ts";
+import { usageMetrics, type ApiUsage, type OpenAIBackend } from "../agent/openai-backend.ts";
 
 export interface Algorithms {
   erlStep: ErlStepFn;
@@ -109,7 +111,8 @@ export function erlOptionsFrom(cfg: RunConfig): ErlOptions {
     memory: a.memory === "global" ? { kind: "global" } : { kind: "perWorker", k: a.memoryWorkers },
     noMemory: a.name === "erl-no-memory",
     noReflection: a.name === "erl-no-reflection",
-    noDistill: a.name === "erl-no-distill",
+    // erl-icl updates no weights, so it needs no distill samples (nor their scoring pass).
+    noDistill: a.name === "erl-no-distill" || a.name === "erl-icl",
     singleton: a.singleton,
     allEqual: a.allEqual,
     reflectionAdvantage: a.reflectionAdvantage,
@@ -243,7 +246,7 @@ function readQuiet(dir: string | undefined): { dir: string; state: RunCheckpoint
  * anything). A damaged one is reported and the previous one tried.
  */
 async function pickCheckpoint(
-  engine: Engine,
+  engine: Engine | null,
   candidates: readonly string[],
   files: RunFiles,
   progress: Progress,
@@ -258,7 +261,7 @@ async function pickCheckpoint(
           throw new UserError(
             `${files.path(n)}: ${sizes[n]} bytes, shorter than the checkpoint's ${c.state.offsets[n]}`,
           );
-      await engine.loadState(resolve(dir, "engine"));
+      if (engine) await engine.loadState(resolve(dir, "engine"));
       if (rejected.length > 0) progress.line(`resuming from the intact checkpoint ${basename(dir)}`);
       return c;
     } catch (e) {
@@ -314,12 +317,17 @@ async function runLocked(
 
   // --- the engine before the run's files: a model that does not load or an engine that cannot be
   // reached leaves a new run no directory, and a resumed one as it was.
-  progress.line(`starting the engine and loading ${cfg.model.path}`);
+  // An API policy (erl-icl only) needs no engine.
+  const icl = cfg.algo.name === "erl-icl";
   let engine: Engine | null = null;
   let ckpt: { dir: string; state: RunCheckpoint } | null = null;
   try {
-    engine = await deps.startEngine(cfg, resolve(cfg.model.path));
-    ckpt = await pickCheckpoint(engine, candidates, files, progress);
+    if (cfg.policy.kind === "engine") {
+      progress.line(`starting the engine and loading ${cfg.model.path}`);
+      engine = await deps.startEngine(cfg, resolve(cfg.model.path));
+    }
+    // erl-icl checkpoints hold no weights: the engine keeps the base model.
+    ckpt = await pickCheckpoint(icl ? null : engine, candidates, files, progress);
   } catch (e) {
     if (engine) await engine.close().catch(() => undefined);
     const msg = e instanceof Error ? e.message : String(e);
@@ -397,11 +405,22 @@ async function runLocked(
   };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
+  // erl-icl trains nothing: the engine's weights stay the base model's and the memory is the artifact.
   try {
-    const info = await engine.info();
-    files.recordEngine(startStep, info);
-    for (const line of engineSummary(info)) progress.line(line);
-    const model = await deps.makeBackend(engine);
+    let model: ModelBackend;
+    let apiPolicy: OpenAIBackend | undefined;
+    if (engine === null) {
+      apiPolicy = await apiBackendFor("policy", cfg.policy);
+      progress.line(`policy: ${apiPolicy.label} at ${cfg.policy.baseUrl}`);
+      model = apiPolicy;
+    } else {
+      const info = await engine.info();
+      files.recordEngine(startStep, info);
+      for (const line of engineSummary(info)) progress.line(line);
+      model = await deps.makeBackend(engine);
+    }
+    const reflector = await reflectorFor(cfg);
+    if (reflector) progress.line(`reflector: ${reflector.label} at ${cfg.reflector.baseUrl}`);
     const algos = await deps.algorithms();
     const evalOpts = evalOptionsFrom(cfg);
 
@@ -410,13 +429,16 @@ async function runLocked(
     const runEval = async (atStep: number): Promise<void> => {
       const te = clock();
       // A separate stream per evaluation, so the cadence of evaluation never changes training.
-      const evalRng = new Rng(`${cfg.seed}/eval/${atStep}`);
+      const evalRng = () => new Rng(`${cfg.seed}/eval/${atStep}`);
+      // erl-icl evaluates first attempts under its memory's rulebook, and next to it (same seeds)
+      // under the initial prompt; other algorithms evaluate under the initial prompt only.
+      const rulebook = icl ? memory.read(0) : null;
       const res = await algos.evaluate(
-        { env, model, rng: evalRng, step: atStep, onProgress },
+        { env, model, rng: evalRng(), step: atStep, onProgress },
         evalTasks,
-        evalOpts,
+        rulebook !== null ? { ...evalOpts, system: rulebook } : evalOpts,
       );
-      const record = {
+      const record: Record<string, number | string> = {
         kind: "eval",
         step: atStep,
         time: elapsed(),
@@ -425,8 +447,21 @@ async function runLocked(
         "eval/pass@n": res.passAtN,
         "eval/n": res.n,
         "eval/split": cfg.data.evalSplit,
-        "time/eval": clock() - te,
       };
+      if (icl) {
+        const base =
+          rulebook === null
+            ? res
+            : await algos.evaluate(
+                { env, model, rng: evalRng(), step: atStep, onProgress },
+                evalTasks,
+                evalOpts,
+              );
+        record["eval/initial_reward"] = base.reward;
+        record["eval/initial_pass@1"] = base.passAt1;
+        record["eval/memory"] = rulebook === null ? 0 : 1;
+      }
+      record["time/eval"] = clock() - te;
       files.append("rollouts", res.rollouts);
       files.append("metrics", [record]);
       progress.line(evalSummary(atStep, record));
@@ -439,22 +474,47 @@ async function runLocked(
     for (step = startStep + 1; step <= cfg.steps && !alreadyDone; step++) {
       const ts = clock();
       const tasks: Task[] = cursor.next(cfg.batchSize);
-      const ctx: AlgoContext = { env, model, memory: memory.snapshot(), rng, step, onProgress };
+      const ctx: AlgoContext = {
+        env,
+        model,
+        memory: memory.snapshot(),
+        rng,
+        step,
+        onProgress,
+        ...(reflector ? { reflector } : {}),
+      };
+      const usageBefore: [ApiUsage | null, ApiUsage | null] = [
+        reflector ? { ...reflector.usage } : null,
+        apiPolicy ? { ...apiPolicy.usage } : null,
+      ];
       const result: StepResult =
         cfg.algo.name === "rlvr"
           ? await algos.rlvrStep(ctx, tasks, rlvrOptionsFrom(cfg))
           : await algos.erlStep(ctx, tasks, erlOpts);
-      progress.update("  train", 0, 1);
       const tt = clock();
-      const trainMetrics = await algos.trainOnSamples(
-        engine,
-        result.samples,
-        learnerConfigFrom(cfg),
-        optimConfigFrom(cfg),
-        new Rng(`${cfg.seed}/minibatches/${step}`),
-      );
+      let trainMetrics: Record<string, number> = {};
+      if (!icl) {
+        progress.update("  train", 0, 1);
+        trainMetrics = await algos.trainOnSamples(
+          engine!,
+          result.samples,
+          learnerConfigFrom(cfg),
+          optimConfigFrom(cfg),
+          new Rng(`${cfg.seed}/minibatches/${step}`),
+        );
+        progress.update("  train", 1, 1);
+      }
       const trainTime = clock() - tt;
-      progress.update("  train", 1, 1);
+      if (reflector)
+        Object.assign(
+          trainMetrics,
+          usageMetrics("reflector", usageBefore[0]!, reflector.usage, reflector.priced),
+        );
+      if (apiPolicy)
+        Object.assign(
+          trainMetrics,
+          usageMetrics("policy", usageBefore[1]!, apiPolicy.usage, apiPolicy.priced),
+        );
       memory.apply(result.memoryWrites);
       counters["memory/total"] = (counters["memory/total"] ?? 0) + result.memoryWrites.length;
 
@@ -492,7 +552,8 @@ async function runLocked(
             counters,
             final: last,
           },
-          (dir) => eng.saveState(dir),
+          // erl-icl changes no weight: its checkpoints hold the run state (memory included) only.
+          icl || !eng ? (dir) => Promise.resolve(void mkdirSync(dir)) : (dir) => eng.saveState(dir),
           cfg.checkpoint.keep,
         );
         checkpointed = step;
