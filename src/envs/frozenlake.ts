@@ -6,23 +6,23 @@
  */
 import { join } from "node:path";
 import { readJsonl } from "../util/jsonl.ts";
-import { inputError, UserError } from "../util/errors.ts";
+import { inputError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
-import type { EnvFamily, EnvPromptParts, Split, StepResult, Task } from "./types.ts";
+import type { EnvPromptParts, Split, Task } from "./types.ts";
+import {
+  GridGameEpisode,
+  GridGameFamily,
+  type GridGameOptions,
+  type GridMove,
+  type GridStatus,
+} from "./grid-game.ts";
 import {
   asRecord,
   DELTA,
   DIRECTIONS,
-  defaultDataDir,
-  gameFeedback,
-  parseDirection,
   renderGrid,
-  stepsLine,
-  TracedEpisode,
-  validateSymbols,
   type Direction,
   GAME_FORMAT_REMINDER,
-  MOVE_HELP,
   movesSentence,
 } from "./common.ts";
 
@@ -342,120 +342,43 @@ export function loadFrozenLakeMaps(dir: string, split: Split): FrozenLakeTask[] 
 // ---------------------------------------------------------------------------------------------
 // Text episodes
 
-export interface FrozenLakeOptions {
-  /** Replaces some or all of the paper's letters. */
-  symbols?: Partial<FrozenLakeSymbols>;
-  /** Action budget (default 8, the paper's). */
-  budget?: number;
-  /** Folder holding `{train,test}_maps.jsonl` (default: data/frozenlake). */
-  dataDir?: string;
-}
+export type FrozenLakeOptions = GridGameOptions<FrozenLakeSymbols>;
 
-export class FrozenLakeEpisode extends TracedEpisode {
-  readonly initialObservation: string;
-  private state: FrozenLakeState;
-  private used = 0;
-  private noEffect = 0;
-  private invalid = 0;
-  private lastAction: string | null = null;
-
-  constructor(
-    readonly task: FrozenLakeTask,
-    private readonly symbols: FrozenLakeSymbols = FROZENLAKE_SYMBOLS,
-    readonly budget = FROZENLAKE_BUDGET,
-  ) {
-    super();
-    this.state = frozenLakeInitialState(task);
-    this.initialObservation = `${stepsLine(0, budget)}\n${this.board()}`;
-  }
-
-  get success(): boolean {
-    return this.state.status === "goal";
+export class FrozenLakeEpisode extends GridGameEpisode<FrozenLakeTask, FrozenLakeState, FrozenLakeSymbols> {
+  constructor(task: FrozenLakeTask, symbols = FROZENLAKE_SYMBOLS, budget = FROZENLAKE_BUDGET) {
+    super(task, symbols, budget, frozenLakeInitialState(task));
   }
 
   board(): string {
     return renderFrozenLake(this.task, this.state, this.symbols);
   }
 
-  protected advance(actionText: string): StepResult {
-    const dir = parseDirection(actionText);
-    this.used += 1;
-    let moved = false;
-    if (dir === null) {
-      this.invalid += 1;
-      this.lastAction = "invalid";
-    } else {
-      const next = frozenLakeMove(this.task, this.state, dir);
-      moved = next.moved;
-      this.state = next.state;
-      this.lastAction = dir;
-    }
-    if (!moved) this.noEffect += 1;
-    const status = this.state.status;
-    const outOfSteps = status === "playing" && this.used >= this.budget;
-    const done = status !== "playing" || outOfSteps;
-    const reward = status === "goal" ? 1 : 0;
-    const what =
-      dir === null
-        ? `No valid action found (expected ${MOVE_HELP} in a fenced block); nothing changed.`
-        : moved
-          ? `You moved ${dir}.`
-          : `You tried ${dir}; nothing changed.`;
-    const end =
-      status === "goal"
-        ? " The episode is over: you won."
-        : status === "hole"
-          ? " The episode is over: you lost."
-          : outOfSteps
-            ? " The episode is over: no steps left."
-            : "";
-    const comment =
-      (dir === null ? "invalid action" : moved ? `moved ${dir}` : `${dir}: no effect`) +
-      (status === "goal"
-        ? "; reached the goal"
-        : status === "hole"
-          ? "; fell into a hole"
-          : outOfSteps
-            ? "; out of steps"
-            : "");
-    return {
-      observation: `${what}${end} ${stepsLine(this.used, this.budget)}\n${this.board()}`,
-      observationRole: "user",
-      reward,
-      done,
-      stopReason: status === "goal" ? "goal" : status === "hole" ? "failure" : outOfSteps ? "budget" : null,
-      effective: moved,
-      valid: dir !== null,
-      comment,
-      info: {
-        action: dir,
-        agent: [this.state.row, this.state.col],
-        cell: frozenLakeCell(this.task, this.state.row, this.state.col),
-        status,
-        stepsUsed: this.used,
-        stepsLeft: this.budget - this.used,
-      },
-    };
+  protected move(dir: Direction): GridMove {
+    const next = frozenLakeMove(this.task, this.state, dir);
+    this.state = next.state;
+    return { moved: next.moved };
   }
 
-  feedback(): string {
-    const s = this.state.status;
-    return gameFeedback({
-      outcome:
-        s === "goal"
-          ? "reached the goal"
-          : s === "hole"
-            ? "fell into a hole"
-            : this.done
-              ? "ran out of steps"
-              : "not finished",
-      reward: this.totalReward,
-      stepsUsed: this.used,
-      budget: this.budget,
-      noEffect: this.noEffect,
-      invalid: this.invalid,
-      lastAction: this.lastAction,
-    });
+  protected status(): GridStatus {
+    return this.state.status === "goal" ? "won" : this.state.status === "hole" ? "lost" : "playing";
+  }
+
+  protected endComment(status: "won" | "lost"): string {
+    return status === "won" ? "reached the goal" : "fell into a hole";
+  }
+
+  protected outcome(status: GridStatus, done: boolean): string {
+    if (status === "won") return "reached the goal";
+    if (status === "lost") return "fell into a hole";
+    return done ? "ran out of steps" : "not finished";
+  }
+
+  protected stepInfo(): Record<string, unknown> {
+    return {
+      agent: [this.state.row, this.state.col],
+      cell: frozenLakeCell(this.task, this.state.row, this.state.col),
+      status: this.state.status,
+    };
   }
 }
 
@@ -483,23 +406,9 @@ export function frozenLakePrompt(
   };
 }
 
-export class FrozenLakeFamily implements EnvFamily<FrozenLakeTask> {
-  readonly name = "frozenlake";
-  readonly symbols: FrozenLakeSymbols;
-  readonly budget: number;
-  readonly dataDir: string;
-
+export class FrozenLakeFamily extends GridGameFamily<FrozenLakeTask, FrozenLakeSymbols> {
   constructor(opts: FrozenLakeOptions = {}) {
-    this.symbols = { ...FROZENLAKE_SYMBOLS, ...opts.symbols };
-    validateSymbols(this.symbols, "frozenlake");
-    this.budget = opts.budget ?? FROZENLAKE_BUDGET;
-    if (!Number.isInteger(this.budget) || this.budget < 1)
-      throw new UserError(`frozenlake: budget must be a positive integer, got ${opts.budget}`);
-    this.dataDir = opts.dataDir ?? join(defaultDataDir(), "frozenlake");
-  }
-
-  get maxTurns(): number {
-    return this.budget;
+    super("frozenlake", { symbols: FROZENLAKE_SYMBOLS, budget: FROZENLAKE_BUDGET }, opts);
   }
 
   loadSplit(split: Split): FrozenLakeTask[] {

@@ -8,21 +8,21 @@ import { join } from "node:path";
 import { readJsonl } from "../util/jsonl.ts";
 import { inputError, UserError } from "../util/errors.ts";
 import type { Rng } from "../util/rng.ts";
-import type { EnvFamily, EnvPromptParts, Split, StepResult, Task } from "./types.ts";
+import type { EnvPromptParts, Split, Task } from "./types.ts";
+import {
+  GridGameEpisode,
+  GridGameFamily,
+  type GridGameOptions,
+  type GridMove,
+  type GridStatus,
+} from "./grid-game.ts";
 import {
   asRecord,
   DELTA,
   DIRECTIONS,
-  defaultDataDir,
-  gameFeedback,
-  parseDirection,
   renderGrid,
-  stepsLine,
-  TracedEpisode,
-  validateSymbols,
   type Direction,
   GAME_FORMAT_REMINDER,
-  MOVE_HELP,
   movesSentence,
 } from "./common.ts";
 
@@ -310,109 +310,46 @@ export function loadSokobanSplit(dir: string, split: Split): SokobanTask[] {
 // ---------------------------------------------------------------------------------------------
 // Text episodes
 
-export interface SokobanOptions {
-  symbols?: Partial<SokobanSymbols>;
-  /** Action budget (default 8, the paper's). */
-  budget?: number;
-  /** Folder holding `{train,test}.jsonl` (default: data/sokoban). */
-  dataDir?: string;
-}
+export type SokobanOptions = GridGameOptions<SokobanSymbols>;
 
-export class SokobanEpisode extends TracedEpisode {
-  readonly initialObservation: string;
-  private state: SokobanState;
-  private used = 0;
-  private noEffect = 0;
-  private invalid = 0;
-  private lastAction: string | null = null;
-  private solved = false;
+export class SokobanEpisode extends GridGameEpisode<SokobanTask, SokobanState, SokobanSymbols> {
+  private pushed = false;
 
-  constructor(
-    readonly task: SokobanTask,
-    private readonly symbols: SokobanSymbols = SOKOBAN_SYMBOLS,
-    readonly budget = SOKOBAN_BUDGET,
-  ) {
-    super();
-    this.state = sokobanInitialState(task);
-    this.initialObservation = `${stepsLine(0, budget)}\n${this.board()}`;
-  }
-
-  get success(): boolean {
-    return this.solved;
+  constructor(task: SokobanTask, symbols = SOKOBAN_SYMBOLS, budget = SOKOBAN_BUDGET) {
+    super(task, symbols, budget, sokobanInitialState(task));
   }
 
   board(): string {
     return renderSokoban(this.task, this.state, this.symbols);
   }
 
-  protected advance(actionText: string): StepResult {
-    const dir = parseDirection(actionText);
-    this.used += 1;
-    let moved = false;
-    let pushed = false;
-    if (dir === null) {
-      this.invalid += 1;
-      this.lastAction = "invalid";
-    } else {
-      const next = sokobanMove(this.task, this.state, dir);
-      ({ moved, pushed } = next);
-      this.state = next.state;
-      this.lastAction = dir;
-    }
-    if (!moved) this.noEffect += 1;
-    this.solved = isSolved(this.task, this.state);
-    const outOfSteps = !this.solved && this.used >= this.budget;
-    const done = this.solved || outOfSteps;
-    const what =
-      dir === null
-        ? `No valid action found (expected ${MOVE_HELP} in a fenced block); nothing changed.`
-        : moved
-          ? `You moved ${dir}.`
-          : `You tried ${dir}; nothing changed.`;
-    const end = this.solved
-      ? " The episode is over: you won."
-      : outOfSteps
-        ? " The episode is over: no steps left."
-        : "";
-    const comment =
-      (dir === null
-        ? "invalid action"
-        : !moved
-          ? `${dir}: no effect`
-          : pushed
-            ? `moved ${dir}, pushed the box`
-            : `moved ${dir}`) + (this.solved ? "; box on the goal" : outOfSteps ? "; out of steps" : "");
-    return {
-      observation: `${what}${end} ${stepsLine(this.used, this.budget)}\n${this.board()}`,
-      observationRole: "user",
-      reward: this.solved ? 1 : 0,
-      done,
-      stopReason: this.solved ? "goal" : outOfSteps ? "budget" : null,
-      effective: moved,
-      valid: dir !== null,
-      comment,
-      info: {
-        action: dir,
-        player: this.state.player,
-        box: this.state.box,
-        goal: this.task.goal,
-        pushed,
-        stepsUsed: this.used,
-        stepsLeft: this.budget - this.used,
-      },
-    };
+  protected move(dir: Direction): GridMove {
+    const next = sokobanMove(this.task, this.state, dir);
+    this.state = next.state;
+    this.pushed = next.pushed;
+    return { moved: next.moved, ...(next.pushed ? { comment: `moved ${dir}, pushed the box` } : {}) };
   }
 
-  feedback(): string {
-    return gameFeedback({
-      outcome: this.solved ? "solved" : this.done ? "not solved, ran out of steps" : "not finished",
-      reward: this.totalReward,
-      stepsUsed: this.used,
-      budget: this.budget,
-      noEffect: this.noEffect,
-      invalid: this.invalid,
-      lastAction: this.lastAction,
-    });
+  protected status(): GridStatus {
+    return isSolved(this.task, this.state) ? "won" : "playing";
+  }
+
+  protected endComment(): string {
+    return "box on the goal";
+  }
+
+  protected outcome(status: GridStatus, done: boolean): string {
+    if (status === "won") return "solved";
+    return done ? "not solved, ran out of steps" : "not finished";
+  }
+
+  protected stepInfo(move: GridMove): Record<string, unknown> {
+    return {
+      player: this.state.player,
+      box: this.state.box,
+      goal: this.task.goal,
+      pushed: move.moved && this.pushed,
+    };
   }
 }
 
@@ -445,23 +382,9 @@ export function sokobanPrompt(
   };
 }
 
-export class SokobanFamily implements EnvFamily<SokobanTask> {
-  readonly name = "sokoban";
-  readonly symbols: SokobanSymbols;
-  readonly budget: number;
-  readonly dataDir: string;
-
+export class SokobanFamily extends GridGameFamily<SokobanTask, SokobanSymbols> {
   constructor(opts: SokobanOptions = {}) {
-    this.symbols = { ...SOKOBAN_SYMBOLS, ...opts.symbols };
-    validateSymbols(this.symbols, "sokoban");
-    this.budget = opts.budget ?? SOKOBAN_BUDGET;
-    if (!Number.isInteger(this.budget) || this.budget < 1)
-      throw new UserError(`sokoban: budget must be a positive integer, got ${opts.budget}`);
-    this.dataDir = opts.dataDir ?? join(defaultDataDir(), "sokoban");
-  }
-
-  get maxTurns(): number {
-    return this.budget;
+    super("sokoban", { symbols: SOKOBAN_SYMBOLS, budget: SOKOBAN_BUDGET }, opts);
   }
 
   loadSplit(split: Split): SokobanTask[] {
