@@ -53,23 +53,22 @@ import { UserError } from "../util/errors.ts";
 import { scoringDatum } from "./learner.ts";
 import { describeMemoryMode, sameMemoryMode, validateMemoryMode } from "./memory.ts";
 import {
-  checkLoopOptions,
+  checkAttemptOptions,
   checkPositiveInt,
-  checkProfile,
   checkRules,
   checkSampling,
   envStopStrings,
   episodeId,
   expandAttempts,
+  runAttempts,
   type Attempt,
   groupKey,
   makeDistillSample,
   makeSample,
-  mean,
-  rolloutRecord,
   withAdvantages,
   withRecomputedLogprobs,
 } from "./samples.ts";
+import { attemptRecords, mean, rolloutRecord, timingMetrics } from "./records.ts";
 import type {
   AlgoContext,
   ErlOptions,
@@ -80,7 +79,7 @@ import type {
 } from "./types.ts";
 
 export function validateErlOptions(o: ErlOptions): void {
-  checkPositiveInt("n", o.n);
+  checkAttemptOptions(o, "attemptSampling", o.attemptSampling);
   validateMemoryMode(o.memory);
   for (const key of ["noMemory", "noReflection", "noDistill"] as const)
     if (typeof o[key] !== "boolean") throw new UserError(`option "${key}": expected true or false`);
@@ -89,11 +88,8 @@ export function validateErlOptions(o: ErlOptions): void {
     throw new UserError(
       `option "reflectionAdvantage": expected "grpo" or "reference-twice", got ${JSON.stringify(o.reflectionAdvantage)}`,
     );
-  checkSampling("attemptSampling", o.attemptSampling);
   checkSampling("reflectionSampling", o.reflectionSampling);
   checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
-  checkLoopOptions(o);
-  checkProfile(o.profile);
 }
 
 /** What a retried attempt carries from reflection to the second attempt. */
@@ -129,15 +125,13 @@ export async function erlStep(
 
   // 1. First attempts.
   const attempts = expandAttempts(tasks, options.n);
-  const firsts = await runEpisodes(
-    attempts.map((a) => ({
-      id: episodeId(step, a.taskIndex, a.attempt, "first"),
-      task: a.task,
-      system: initialPrompt,
-      sampling: options.attemptSampling,
-    })),
-    { ...loopDeps, onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: "first", done, total }) },
-  );
+  const firsts = await runAttempts(ctx, attempts, {
+    stage: "first",
+    system: initialPrompt,
+    sampling: options.attemptSampling,
+    settings: options,
+    timing,
+  });
 
   // 2. Gate: only failures go on.
   const retries: Retry[] = [];
@@ -269,18 +263,13 @@ export async function erlStep(
   const trainSamples = withAdvantages(samples, options, options.reflectionAdvantage === "reference-twice");
 
   // Rollout records and metrics.
-  const rollouts: RolloutRecord[] = firsts.map((o, i) => {
-    const a = attempts[i]!;
-    return rolloutRecord({
-      step,
-      env,
-      task: a.task,
-      outcome: o,
-      stage: "first",
-      attempt: a.attempt,
-      group: groupKey(a, "first"),
-      ...(perWorker ? { worker: memory.slotFor(a.position) } : {}),
-    });
+  const rollouts: RolloutRecord[] = attemptRecords({
+    step,
+    env,
+    stage: "first",
+    slots: attempts,
+    outcomes: firsts,
+    ...(perWorker ? { worker: (a: Attempt) => memory.slotFor(a.position) } : {}),
   });
   retries.forEach((r, i) => {
     const rec = rolloutRecord({
@@ -330,10 +319,6 @@ export async function erlStep(
     "episodes/first": firsts.length,
     "episodes/second": seconds.length,
     "tokens/sampled": sampledTokens,
-    "time/sample": timing.sample,
-    "time/env": timing.env,
-    "time/render": timing.render,
-    "sample/calls": timing.sampleCalls,
   };
   if (seconds.length > 0) {
     metrics["reward/second"] = mean(r2);
@@ -346,8 +331,6 @@ export async function erlStep(
     );
     metrics["reflection/tag_rate"] = mean(reflections.map((r) => (r.reflection!.tagFound ? 1 : 0)));
   }
-  const elapsed = (performance.now() - started) / 1000;
-  metrics["time/rollout"] = elapsed;
-  metrics["time/other"] = Math.max(0, elapsed - timing.sample - timing.env);
+  Object.assign(metrics, timingMetrics(timing, started));
   return { samples: trainSamples, rollouts, memoryWrites, metrics };
 }

@@ -5,28 +5,14 @@
  * pass@1 (per task, the fraction of successful samples; averaged over tasks) and pass@n (per task,
  * 1 if any of its n samples succeeded; averaged over tasks), as the reference reports both.
  */
-import { runEpisodes } from "../agent/loop.ts";
 import { getPromptProfile } from "../agent/prompts.ts";
 import type { Task } from "../envs/types.ts";
-import {
-  checkLoopOptions,
-  checkPositiveInt,
-  checkProfile,
-  checkSampling,
-  envStopStrings,
-  episodeId,
-  expandAttempts,
-  groupKey,
-  mean,
-  rolloutRecord,
-} from "./samples.ts";
+import { checkAttemptOptions, expandAttempts, runAttempts } from "./samples.ts";
+import { attemptRecords, mean } from "./records.ts";
 import type { EvalContext, EvalOptions, EvalResult } from "./types.ts";
 
 export function validateEvalOptions(o: EvalOptions): void {
-  checkPositiveInt("n", o.n);
-  checkSampling("sampling", o.sampling);
-  checkLoopOptions(o);
-  checkProfile(o.profile);
+  checkAttemptOptions(o, "sampling", o.sampling);
 }
 
 export async function evaluate(
@@ -35,40 +21,20 @@ export async function evaluate(
   options: EvalOptions,
 ): Promise<EvalResult> {
   validateEvalOptions(options);
-  const { env, model, step } = ctx;
+  const { env, step } = ctx;
   const system = options.system ?? getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
   const attempts = expandAttempts(tasks, options.n);
-  const outcomes = await runEpisodes(
-    attempts.map((a) => ({
-      id: `eval-${episodeId(step, a.taskIndex, a.attempt, "eval")}`,
-      task: a.task,
-      system,
-      sampling: options.sampling,
-    })),
-    {
-      env,
-      model,
-      rng: ctx.rng,
-      settings: options,
-      stopStrings: envStopStrings(env),
-      onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: "eval", done, total }),
-    },
-  );
+  const outcomes = await runAttempts(ctx, attempts, {
+    stage: "eval",
+    system,
+    sampling: options.sampling,
+    settings: options,
+  });
+
   const perTask = tasks.map((_, t) =>
     mean(outcomes.filter((_, i) => attempts[i]!.taskIndex === t).map((o) => (o.success ? 1 : 0))),
   );
-  const rollouts = outcomes.map((o, i) => {
-    const a = attempts[i]!;
-    return rolloutRecord({
-      step,
-      env,
-      task: a.task,
-      outcome: o,
-      stage: "eval",
-      attempt: a.attempt,
-      group: groupKey(a, "eval"),
-    });
-  });
+  const rollouts = attemptRecords({ step, env, stage: "eval", slots: attempts, outcomes });
   return {
     reward: mean(outcomes.map((o) => o.reward)),
     passAt1: mean(perTask),

@@ -1,23 +1,17 @@
 /**
- * Sample and record construction shared by the ERL and RLVR steps and evaluation: training samples
- * from trajectories, GRPO advantages over (task, stage) groups, rollout records for the run files,
- * option validation and small metric helpers. Pure functions (no model calls).
+ * Sample construction shared by the ERL and RLVR steps and evaluation: the batch's attempt slots,
+ * training samples from trajectories, GRPO advantages over (batch row, stage) groups, and option
+ * validation, and `runAttempts`, the one episode per slot of first attempts and evaluation. Records
+ * and metrics are in records.ts.
  */
-import type { EpisodeOutcome } from "../agent/loop.ts";
+import { runEpisodes, type EpisodeOutcome, type LoopTiming } from "../agent/loop.ts";
 import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
 import type { Trajectory } from "../agent/trajectory.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
 import { TOOL_CALL_OPEN, TOOL_CALL_STOP } from "../envs/tool_protocol.ts";
 import { UserError } from "../util/errors.ts";
 import { grpoAdvantages, type AdvantageRules } from "./advantages.ts";
-import type {
-  LoopOptions,
-  RolloutRecord,
-  RolloutTraceStep,
-  SamplingOptions,
-  Stage,
-  TrainSample,
-} from "./types.ts";
+import type { AlgoContext, LoopOptions, SamplingOptions, Stage, TrainSample } from "./types.ts";
 
 /**
  * The GRPO group of an attempt slot: its task's position in the batch, the task id and the stage.
@@ -115,100 +109,6 @@ export function withRecomputedLogprobs(sample: TrainSample, targetLogprobs: read
   return { ...sample, logprobs };
 }
 
-export function rolloutRecord(args: {
-  step: number;
-  env: EnvFamily;
-  task: Task;
-  outcome: EpisodeOutcome;
-  stage: RolloutRecord["stage"];
-  attempt: number;
-  group: string;
-  worker?: number;
-  reflection?: RolloutRecord["reflection"];
-}): RolloutRecord {
-  const { outcome } = args;
-  const [system, ...messages] = outcome.messages;
-  const rec: RolloutRecord = {
-    step: args.step,
-    task: args.task.id,
-    episode: outcome.request.id,
-    group: args.group,
-    stage: args.stage,
-    attempt: args.attempt,
-    reward: outcome.reward,
-    success: outcome.success,
-    stopReason: outcome.stopReason,
-    system: system?.content ?? "",
-    messages,
-    trace: outcome.trace.map((t) => {
-      const step: RolloutTraceStep = {
-        observation: t.observation,
-        action: t.action,
-        effective: t.result.effective,
-        valid: t.result.valid,
-        comment: t.result.comment,
-        reward: t.result.reward,
-      };
-      const info = t.result.info ? compactInfo(t.result.info) : undefined;
-      if (info && Object.keys(info).length > 0) step.info = info;
-      return step;
-    }),
-    feedback: outcome.feedback,
-    env: args.env.name,
-    taskData: { ...args.task } as Record<string, unknown>,
-    sampledTokens: outcome.sampledTokens,
-  };
-  // Each step's observation is the one seen *before* acting, so the state after the last action
-  // (the final board, the answer's verdict) is only in the last result.
-  const finalObservation = outcome.trace[outcome.trace.length - 1]?.result.observation;
-  if (finalObservation) rec.finalObservation = finalObservation;
-  if (args.reflection) rec.reflection = args.reflection;
-  if (args.worker !== undefined) rec.worker = args.worker;
-  return rec;
-}
-
-// Limits for step info in rollout records: the shipped environments' info is already small
-// (positions, search hit ids/titles/scores); these bound what a user's environment might put there
-// so that one step cannot blow up rollouts.jsonl (long texts belong in the observation, once).
-const INFO_MAX_DEPTH = 6;
-const INFO_MAX_ITEMS = 16;
-const INFO_MAX_KEYS = 24;
-const INFO_MAX_STRING = 200;
-
-/**
- * A JSON-safe, bounded copy of an environment's step `info`: strings cut to 200 characters (with
- * "…"), arrays to 16 items, objects to 24 keys, nesting to 6 levels (arrays count); non-finite numbers, functions
- * and undefined values are dropped.
- */
-export function compactInfo(info: Record<string, unknown>): Record<string, unknown> {
-  const walk = (v: unknown, depth: number): unknown => {
-    if (v === null || typeof v === "boolean") return v;
-    if (typeof v === "number") return Number.isFinite(v) ? v : undefined;
-    if (typeof v === "string") return v.length > INFO_MAX_STRING ? v.slice(0, INFO_MAX_STRING - 1) + "…" : v;
-    if (typeof v !== "object" || depth >= INFO_MAX_DEPTH) return undefined;
-    if (Array.isArray(v))
-      return v.slice(0, INFO_MAX_ITEMS).map((x) => {
-        const y = walk(x, depth + 1);
-        return y === undefined ? null : y;
-      });
-    const out: Record<string, unknown> = {};
-    let keys = 0;
-    for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
-      if (keys >= INFO_MAX_KEYS) break;
-      const y = walk(x, depth + 1);
-      if (y === undefined) continue;
-      out[k] = y;
-      keys++;
-    }
-    return out;
-  };
-  return walk(info, 0) as Record<string, unknown>;
-}
-
-export function mean(xs: readonly number[]): number {
-  return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;
-}
-
 /** Stop strings an environment asks for (e.g. the end of a tool call), when it declares any. */
 export function envStopStrings(env: EnvFamily): string[] | undefined {
   const declared = (env as EnvFamily & { stopStrings?: readonly string[] }).stopStrings;
@@ -278,4 +178,48 @@ export function expandAttempts(tasks: readonly Task[], n: number): Attempt[] {
       position: taskIndex * n + attempt,
     })),
   );
+}
+
+/** Runs one episode per attempt slot under one system prompt (first attempts, evaluation). */
+export function runAttempts(
+  ctx: Pick<AlgoContext, "env" | "model" | "rng" | "step" | "onProgress">,
+  slots: readonly Attempt[],
+  o: {
+    stage: "first" | "eval";
+    system: string;
+    sampling: SamplingOptions;
+    settings: LoopOptions;
+    timing?: LoopTiming;
+  },
+): Promise<EpisodeOutcome[]> {
+  const prefix = o.stage === "eval" ? "eval-" : "";
+  return runEpisodes(
+    slots.map((a) => ({
+      id: prefix + episodeId(ctx.step, a.taskIndex, a.attempt, o.stage),
+      task: a.task,
+      system: o.system,
+      sampling: o.sampling,
+    })),
+    {
+      env: ctx.env,
+      model: ctx.model,
+      rng: ctx.rng,
+      settings: o.settings,
+      stopStrings: envStopStrings(ctx.env),
+      ...(o.timing ? { timing: o.timing } : {}),
+      onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: o.stage, done, total }),
+    },
+  );
+}
+
+/** The checks every attempt-running function makes: n, its sampling, the loop settings, the profile. */
+export function checkAttemptOptions(
+  o: LoopOptions & { n: number; profile: unknown },
+  samplingKey: string,
+  sampling: SamplingOptions,
+): void {
+  checkPositiveInt("n", o.n);
+  checkSampling(samplingKey, sampling);
+  checkLoopOptions(o);
+  checkProfile(o.profile);
 }

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import type { EpisodeOutcome } from "../agent/loop.ts";
-import { compactInfo, rolloutRecord } from "../algo/samples.ts";
+import { compactInfo, rolloutRecord } from "../algo/records.ts";
 import type { RolloutRecord } from "../algo/types.ts";
 import type { ChatMessage } from "../engine/api.ts";
 import { getEnv } from "../envs/index.ts";
