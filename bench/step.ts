@@ -79,12 +79,18 @@ function timed(engine: Engine, clock: BusyClock): Engine {
 }
 
 const stepsN = Number(values.steps);
+let chosen = values.dtype;
 const rows: string[] = [];
 for (const algo of ["erl", "rlvr"] as AlgoName[]) {
   const clock = new BusyClock();
   const deps = defaultDeps();
   const start = deps.startEngine;
-  deps.startEngine = async (cfg, path) => timed(await start(cfg, path), clock);
+  deps.startEngine = async (cfg, path) => {
+    const engine = await start(cfg, path);
+    const info = await engine.info();
+    chosen = `${info.dtype}${info.dtypeReason ? `: ${info.dtypeReason}` : ""}; ${info.threads ?? "?"} thread(s)${info.threadsReason ? `: ${info.threadsReason}` : ""}`;
+    return timed(engine, clock);
+  };
   const config = validateConfig({
     env: values.env,
     model: { path: values.model, dtype: values.dtype },
@@ -133,7 +139,7 @@ for (const algo of ["erl", "rlvr"] as AlgoName[]) {
   );
 }
 console.log(
-  `env ${values.env}, model ${values.model} (${values.dtype}), ${values.batch} tasks/step, ${values.tokens} tokens/turn, mean of steps 2..${stepsN}; ${cpus()[0]?.model ?? "cpu"} × ${cpus().length}`,
+  `env ${values.env}, model ${values.model} (dtype ${values.dtype} -> ${chosen}), ${values.batch} tasks/step, ${values.tokens} tokens/turn, mean of steps 2..${stepsN}; ${cpus()[0]?.model ?? "cpu"} × ${cpus().length}`,
 );
 console.log(
   "| algo | step s | engine busy (all calls) | engine sample | engine render/decode/score | engine train | env (TS) | TypeScript total (incl. env) |",
