@@ -11,7 +11,7 @@ dtype "auto":
   CUDA  bfloat16 where the device supports it, else float32.
   CPU   bfloat16 only where a short probe shows it clearly faster (at least BF16_MARGIN times) than
         float32: one MLP block with the model's own hidden and intermediate sizes, forward and
-        backward, once in float32 and once under bf16 autocast (the engine's bf16 mode), best of a few
+        backward, once in float32 and once under bf16 autocast (the engine's bf16 mode), best of 9
         interleaved repeats after a warm-up. CPUs with native bf16 (AVX512-BF16, AMX) usually pass;
         CPUs without it (AVX2 only) run bf16 matmuls several times slower and fall back to float32.
 The verdict and its reason (the measured times) go into EngineInfo (`dtypeReason`, `threadsReason`).
@@ -151,7 +151,7 @@ def model_shape(config: Any) -> tuple[int, int]:
     return hidden, inter
 
 
-def probe_cpu_bf16(hidden: int, inter: int, repeats: int = 3) -> tuple[float, float, int]:
+def probe_cpu_bf16(hidden: int, inter: int, repeats: int = 9) -> tuple[float, float, int]:
     """Best seconds of one MLP block's forward + backward in fp32 and under bf16 autocast, and the
     probe's token count. The block is Llama-shaped (gate/up, SiLU, down) with fp32 weights, as the
     engine keeps trainable weights in fp32 and computes under autocast."""
