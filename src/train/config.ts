@@ -525,9 +525,10 @@ export function validateConfig(
   value: unknown,
   where: { file?: string } = {},
   base: RunConfig = defaultConfig(),
+  cross = true,
 ): RunConfig {
   const cfg = check(SCHEMA, value, base, "", where) as RunConfig;
-  crossCheck(cfg, where);
+  if (cross) crossCheck(cfg, where);
   return cfg;
 }
 
@@ -665,8 +666,10 @@ export function applyOverrides(cfg: RunConfig, sets: readonly string[]): RunConf
     // Build the one-key partial object and validate it over the current config.
     let partial: unknown = value;
     for (let i = path.length - 1; i >= 0; i--) partial = { [path[i]!]: partial };
-    out = validateConfig(partial, { file: "--set" }, out);
+    // Constraints between keys are checked once all overrides are in (one --set may need another).
+    out = validateConfig(partial, { file: "--set" }, out, false);
   }
+  if (sets.length > 0) crossCheck(out, { file: "--set" });
   return out;
 }
 

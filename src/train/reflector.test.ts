@@ -10,6 +10,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import OpenAI from "openai";
 import { REPO_ROOT } from "../engine/client.ts";
 import { spawnOpenAIServe, stopServe } from "../serve/spawn.ts";
 import { validateConfig } from "./config.ts";
@@ -100,6 +101,26 @@ test("ERL on erl-tiny with a second engine's OpenAI endpoint as reflector", asyn
   const memory = readJsonl(join(runDir, "memory.jsonl"));
   const deltas = new Set(seconds.map((r) => (r.reflection as { rulebook: string }).rulebook));
   for (const w of memory) assert.ok(deltas.has(w.rulebook as string));
+
+  // The trained run, served: `erl engine serve --openai --model <run>` loads its newest checkpoint.
+  const served = await spawnOpenAIServe(runDir, token);
+  try {
+    const client = new OpenAI({ baseURL: served.url, apiKey: token, maxRetries: 0 });
+    const models = await client.models.list();
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      ["run@step-2"],
+    );
+    const reply = await client.chat.completions.create({
+      model: "run@step-2",
+      messages: [{ role: "user", content: "P _\n_ G" }],
+      max_tokens: 8,
+      seed: 1,
+    });
+    assert.ok((reply.usage?.completion_tokens ?? 0) > 0);
+  } finally {
+    await stopServe(served.child);
+  }
 });
 
 test("reflector and policy blocks: clear errors", async () => {
@@ -126,6 +147,18 @@ test("reflector and policy blocks: clear errors", async () => {
       (e: unknown) => e instanceof UserError && re.test(e.message) && e.message.includes("x.json"),
       String(re),
     );
+  // --set overrides are cross-checked once all are in, so their order does not matter.
+  const { applyOverrides, defaultConfig } = await import("./config.ts");
+  const set = applyOverrides(defaultConfig(), [
+    "reflector.kind=openai",
+    "reflector.baseUrl=http://127.0.0.1:8000/v1",
+    "reflector.model=erl-tiny",
+  ]);
+  assert.equal(set.reflector.kind, "openai");
+  assert.throws(
+    () => applyOverrides(defaultConfig(), ["reflector.kind=openai"]),
+    /--set.*reflector\.baseUrl/,
+  );
   // The key's variable must be set when the run starts.
   const cfg = validateConfig({
     reflector: {
