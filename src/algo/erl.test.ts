@@ -187,6 +187,8 @@ test("ERL step: gating, sample kinds, contexts, rewards, groups and advantages",
     { step: 1, episode: "s1-t1-a1-second", task: t1, rulebook: deltas[0], previous: null },
     { step: 1, episode: "s1-t2-a1-second", task: t2, rulebook: deltas[2], previous: deltas[0] },
   ]);
+  assert.equal(memory.read(0), null, "the step only reads memory: its caller writes");
+  memory.apply(r.memoryWrites);
   assert.equal(memory.read(0), deltas[2]);
   assert.equal(secondRecs[2]!.reflection!.memoryBefore, null);
 
@@ -230,6 +232,7 @@ test("perWorker memory: slots by batch position, read at batch start, written at
       [1, d1, null],
     ],
   );
+  memory.apply(r.memoryWrites);
   assert.deepEqual(memory.toJSON().slots, [null, d1, null, d0]);
   assert.deepEqual(
     r.rollouts.filter((x) => x.stage === "first").map((x) => x.worker),

@@ -15,9 +15,9 @@
  * 4. Second attempt: the same task from the same start, Δ replacing the system prompt. It does not
  *    see the first attempt.
  * 5. Memory: slot ← Δ when the second attempt succeeds (the code's `r2 ≥ 1`; the paper's `r2 > 1`
- *    can never hold for 0/1 rewards). The batch reads a snapshot taken at its start and its writes
- *    are applied at its end, in batch order (in global mode the last success of the batch wins).
- *    Memory is read only here, by reflections.
+ *    can never hold for 0/1 rewards). The step only reads memory and returns its writes in batch
+ *    order; the runner applies them after the step (in global mode the last success of the batch
+ *    wins). Memory is read only here, by reflections.
  * 6. Samples: every first attempt (r1); for each retried attempt a reflection sample (Δ's raw
  *    sampled tokens, scored by r2), a second-attempt sample (r2) and a distill sample: the second
  *    attempt's sampled tokens re-rendered under the initial prompt, weight max(r2, 0), old log-probs
@@ -119,7 +119,7 @@ export async function erlStep(
   const profile = getPromptProfile(options.profile);
   const parts = env.prompt();
   const initialPrompt = profile.initialSystemPrompt(parts);
-  const memory = ctx.memory.snapshot(); // read at batch start
+  const memory = ctx.memory; // read only: the runner applies the returned writes after the step
   const loopDeps = { env, model, rng: ctx.rng, settings: options, stopStrings: envStopStrings(env), timing };
   const perWorker = options.memory.kind === "perWorker";
 
@@ -202,10 +202,10 @@ export async function erlStep(
     { ...loopDeps, onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: "second", done, total }) },
   );
 
-  // 5. Memory writes for successful second attempts (applied to the store at the end of the batch).
+  // 5. Memory writes for successful second attempts, in batch order; the caller applies them.
   const memoryWrites: MemoryWrite[] = [];
   if (!options.noMemory && !options.noReflection) {
-    const scratch = memory.snapshot();
+    const latest = new Map<number, string>(); // each slot's value after the writes so far
     retries.forEach((r, i) => {
       const second = seconds[i]!;
       if (!second.success || !r.reflection) return;
@@ -214,10 +214,10 @@ export async function erlStep(
         episode: second.request.id,
         task: r.attempt.task.id,
         rulebook: r.reflection.rulebook,
-        previous: scratch.read(r.slot),
+        previous: latest.get(r.slot) ?? memory.read(r.slot),
       };
       if (perWorker) w.worker = r.slot;
-      scratch.apply([w]);
+      latest.set(r.slot, w.rulebook);
       memoryWrites.push(w);
     });
   }
@@ -291,8 +291,6 @@ export async function erlStep(
       };
     rollouts.push(rec);
   });
-
-  ctx.memory.apply(memoryWrites); // written at batch end
 
   const r1 = firsts.map((o) => o.reward);
   const r2 = seconds.map((o) => o.reward);

@@ -1,8 +1,8 @@
 /**
  * Rulebook memory (spec §1.5). `global` keeps one slot for the whole run; `perWorker(k)` keeps k
  * independent slots and an attempt's slot is its position in the batch modulo k (the reference
- * keeps one slot per rollout worker). A batch reads a snapshot taken when it starts and its writes
- * are applied when it ends, so the order of episodes inside a batch never changes what they read.
+ * keeps one slot per rollout worker). A step only reads it and returns its writes; the runner applies
+ * them after the step, so the order of episodes inside a batch never changes what they read.
  */
 import { UserError } from "../util/errors.ts";
 import type { MemoryJSON, MemoryMode, MemoryStore, MemoryWrite } from "./types.ts";
@@ -41,10 +41,6 @@ export class RulebookMemory implements MemoryStore {
       this.read(slot); // range check
       this.slots[slot] = w.rulebook;
     }
-  }
-
-  snapshot(): MemoryStore {
-    return new RulebookMemory(this.mode, this.slots);
   }
 
   toJSON(): MemoryJSON {

@@ -245,19 +245,20 @@ export interface MemoryStore {
   read(slot: number): string | null;
   /** Applies writes in order (later writes to the same slot win). */
   apply(writes: readonly MemoryWrite[]): void;
-  /** A frozen copy, read by a batch that started now. */
-  snapshot(): MemoryStore;
   toJSON(): MemoryJSON;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Step functions
 
+/** What a step may do with memory: read it. The runner, the only writer, applies a step's writes. */
+export type MemoryView = Pick<MemoryStore, "mode" | "slotFor" | "read">;
+
 /** Everything a step needs. The engine's sample calls get seeds drawn from `rng`. */
 export interface AlgoContext {
   env: EnvFamily;
   model: ModelBackend;
-  memory: MemoryStore;
+  memory: MemoryView;
   rng: Rng;
   /** The step number being run (1-based), written into records and episode ids. */
   step: number;
@@ -350,10 +351,9 @@ export function defaultOptimConfig(): AdamWConfig {
 }
 
 /**
- * `erlStep` reads `ctx.memory` through a snapshot taken when the batch starts, applies its writes to
- * `ctx.memory` when the batch ends, and also returns them (`StepResult.memoryWrites`) for the run
- * files. Applying the same writes again to a store that already has them changes nothing, so a
- * caller may pass a snapshot and apply the writes to its own store itself.
+ * `erlStep` only reads `ctx.memory` (every read of a batch sees the memory as it was when the batch
+ * started, since nothing writes during a step) and returns its writes (`StepResult.memoryWrites`), in
+ * batch order; the caller — the runner — applies them, and is memory's only writer.
  */
 export type ErlStepFn = (
   ctx: AlgoContext,

@@ -477,7 +477,7 @@ async function runLocked(
       const ctx: AlgoContext = {
         env,
         model,
-        memory: memory.snapshot(),
+        memory, // read-only to the step; applied below (the runner is memory's only writer)
         rng,
         step,
         onProgress,
