@@ -8,7 +8,7 @@ import { runEpisodes, type EpisodeOutcome, type LoopTiming } from "../agent/loop
 import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
 import type { Trajectory } from "../agent/trajectory.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
-import { TOOL_CALL_OPEN, TOOL_CALL_STOP } from "../envs/tool_protocol.ts";
+import { TOOL_CALL_OPEN, TOOL_CALL_STOP } from "../envs/tool-protocol.ts";
 import { UserError } from "../util/errors.ts";
 import { grpoAdvantages, type AdvantageRules } from "./advantages.ts";
 import type { AlgoContext, LoopOptions, SamplingOptions, Stage, TrainSample } from "./types.ts";

@@ -10,7 +10,7 @@ import { UserError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
 import { getEnv, knownEnvs, type EnvOptions } from "../envs/registry.ts";
 import type { EnvFamily, Split, Task } from "../envs/types.ts";
-import { formatToolCall, SEARCH_TOOL, TOOL_CALL_OPEN } from "../envs/tool_protocol.ts";
+import { formatToolCall, SEARCH_TOOL, TOOL_CALL_OPEN } from "../envs/tool-protocol.ts";
 
 const HELP = `usage: erl play <env> [--split test|train] [--index N | --seed S] [options]
 

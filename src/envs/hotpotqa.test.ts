@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { HotpotEpisode, HotpotFamily, loadOfficialHotpot, passageId, type HotpotTask } from "./hotpotqa.ts";
 import { corpusIndex, loadCorpusJsonl, SearchIndex } from "./search.ts";
-import { formatToolCall, parseToolCalls, TOOL_CALL_STOP } from "./tool_protocol.ts";
+import { formatToolCall, parseToolCalls, TOOL_CALL_STOP } from "./tool-protocol.ts";
 
 const PASSAGES = [
   {

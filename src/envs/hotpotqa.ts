@@ -13,7 +13,7 @@ import { readJsonl } from "../util/jsonl.ts";
 import { inputError, UserError } from "../util/errors.ts";
 import type { EnvFamily, EnvPromptParts, Split, StepResult, Task } from "./types.ts";
 import { asRecord, defaultDataDir, TracedEpisode } from "./common.ts";
-import { extractBoxed, scoreAnswer, type AnswerScore } from "./qa_metrics.ts";
+import { extractBoxed, scoreAnswer, type AnswerScore } from "./qa-metrics.ts";
 import { corpusIndex, type Passage, type SearchHit, type SearchIndex } from "./search.ts";
 import {
   formatToolCall,
@@ -23,7 +23,7 @@ import {
   TOOL_CALL_OPEN,
   TOOL_CALL_STOP,
   type ParsedToolCall,
-} from "./tool_protocol.ts";
+} from "./tool-protocol.ts";
 
 export interface HotpotTask extends Task {
   env: "hotpotqa";

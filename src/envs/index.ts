@@ -9,5 +9,5 @@ export * from "./frozenlake.ts";
 export * from "./sokoban.ts";
 export * from "./hotpotqa.ts";
 export * from "./search.ts";
-export * from "./qa_metrics.ts";
-export * from "./tool_protocol.ts";
+export * from "./qa-metrics.ts";
+export * from "./tool-protocol.ts";

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { exactMatch, extractBoxed, f1Score, normalizeAnswer, scoreAnswer } from "./qa_metrics.ts";
+import { exactMatch, extractBoxed, f1Score, normalizeAnswer, scoreAnswer } from "./qa-metrics.ts";
 
 test("normalisation: case, ASCII punctuation, articles as whole words, whitespace", () => {
   assert.equal(normalizeAnswer("The Eiffel-Tower!"), "eiffeltower");
