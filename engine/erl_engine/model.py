@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -108,11 +109,26 @@ def precheck(params: dict[str, Any]) -> None:
         raise ProtocolError("bad_request", "params.reference: 'base' needs LoRA (adapters disabled); use 'copy'")
     if "path" in params:
         path = _check_dir(params["path"], "model", "path")
-        if not os.path.exists(os.path.join(path, "config.json")):
+        cfg_file = os.path.join(path, "config.json")
+        if not os.path.exists(cfg_file):
             raise ProtocolError("not_found", f"params.path: no config.json in {path}")
+        try:
+            with open(cfg_file, encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, ValueError) as e:
+            raise ProtocolError("bad_request", f"{cfg_file}: not a readable JSON file ({_first_line(e)})") from None
     else:
         _check_dir(params["randomInit"]["tokenizerPath"], "tokenizer", "randomInit.tokenizerPath")
     resolve_device(params["device"])
+
+
+def _read_config(path: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - a malformed or unsupported config.json
+        raise ProtocolError("bad_request", f"{os.path.join(path, 'config.json')}: cannot be read ({_first_line(e)})") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -184,7 +200,7 @@ def load(params: dict[str, Any]) -> LoadedModel:
             tokenizer = load_tokenizer(path)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "unusable"
             raise ProtocolError("not_found", _tokenizer_problem(path, e)) from None
-        dtype, dtype_reason = _dtype_for(params, device, lambda: AutoConfig.from_pretrained(path, local_files_only=True))
+        dtype, dtype_reason = _dtype_for(params, device, lambda: _read_config(path))
         weight_dtype = _weight_dtype(dtype, lora)
         torch.manual_seed(params["seed"])
         try:

@@ -429,6 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--max-body", type=int, default=MAX_HTTP_BODY, help=f"largest request body in bytes (default {MAX_HTTP_BODY})"
     )
+    ap.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_DEADLINE_S,
+        help=f"seconds a connection has to send a request head (default {HEADER_DEADLINE_S:g})",
+    )
+    ap.add_argument(
+        "--max-connections", type=int, default=MAX_CONNECTIONS, help=f"connections served at once (default {MAX_CONNECTIONS})"
+    )
     ap.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
     args = ap.parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
@@ -447,7 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        server = make_http_server(args.host, args.port, token, max_body=args.max_body)
+        server = make_http_server(
+            args.host,
+            args.port,
+            token,
+            max_body=args.max_body,
+            max_connections=args.max_connections,
+            header_deadline=args.header_timeout,
+        )
     except OSError as e:
         print(f"erl engine: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -54,12 +54,18 @@ export function readJsonlTolerant<T = unknown>(file: string): T[] {
 /** Appends records as complete lines in one write, then fsyncs, so a crash never leaves half a record. */
 export function appendJsonl(file: string, records: readonly unknown[]): void {
   if (records.length === 0) return;
-  appendFileSync(file, records.map((r) => JSON.stringify(r)).join("\n") + "\n");
-  const fd = openSync(file, "r+");
   try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    appendFileSync(file, records.map((r) => JSON.stringify(r)).join("\n") + "\n");
+    const fd = openSync(file, "r+");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    // A failed write (a full disk) says which file; a partial line is cut by the next resume.
+    if (e && typeof e === "object" && !("path" in e)) (e as NodeJS.ErrnoException).path = file;
+    throw e;
   }
 }
 
@@ -82,6 +88,7 @@ export function writeFileAtomic(file: string, content: string | Uint8Array): voi
     } catch {
       /* never created */
     }
+    if (e && typeof e === "object" && !("path" in e)) (e as NodeJS.ErrnoException).path = file;
     throw e;
   }
 }
