@@ -239,8 +239,10 @@ class StdioTransport implements Transport {
     }
     this.child.stdin?.end();
     this.child.ref();
-    const timer = setTimeout(() => this.child.kill("SIGTERM"), 5000);
-    const killer = setTimeout(() => this.child.kill("SIGKILL"), 10000);
+    // Python's own teardown (torch, a process group) takes seconds on a loaded 2-core machine; a
+    // signal sent too early turns a clean exit into a kill.
+    const timer = setTimeout(() => this.child.kill("SIGTERM"), 20_000);
+    const killer = setTimeout(() => this.child.kill("SIGKILL"), 30_000);
     await this.exited;
     clearTimeout(timer);
     clearTimeout(killer);
