@@ -3,7 +3,7 @@ optim_step against a plain hand-written PyTorch training step; bf16 vs fp32; pea
 with batch and sequence length. Prints one line per measurement and the ratios.
 
 Run from the repository root:
-  .venv/bin/python bench/engine_bench.py [--quick] [--only sample|train|scaling] [--device cpu|cuda]
+  .venv/bin/python bench/engine_bench.py [--quick] [--only sample|shared|train|scaling] [--device cpu|cuda]
 
 The model is a randomly initialised ~6.4M-parameter Llama (8 layers, hidden 256) with the tiny
 fixture's character tokenizer, so nothing is downloaded. Each figure is the best of a few repeats
@@ -146,6 +146,36 @@ def bench_sampling(device: str, n_prompts: int, n: int, max_tokens: int, repeats
         del e, lm, model
 
 
+def bench_shared_prompts(device: str, repeats: int) -> None:
+    """A turn-0 sampling call of the agent loop: each task's samples arrive as separate identical prompts.
+    The engine prefills each distinct prompt once (sampler.DEDUP_PROMPTS); against one prefill per row."""
+    from erl_engine import sampler
+
+    rng = np.random.default_rng(1)
+    base = [[4] + rng.integers(9, 100, size=299).tolist() for _ in range(4)]
+    prompts = [base[i // 10] for i in range(40)]
+    print("\n## identical prompts: 40 rows (4 distinct 300-token prompts x 10 rows), 48 new tokens")
+    for dtype in ("float32", "bfloat16"):
+        e = make_engine(dtype, device)
+        e.need_model().eos_ids = []
+        req = {"prompts": prompts, "n": 1, "maxTokens": 48, "temperature": 1.0, "seed": 0}
+
+        def run(flag: bool) -> Callable[[], None]:
+            def fn() -> None:
+                sampler.DEDUP_PROMPTS = flag
+                try:
+                    call(e, "sample", req)
+                finally:
+                    sampler.DEDUP_PROMPTS = True
+            return fn
+
+        run(True)()
+        run(False)()
+        t = interleaved_best({"shared": run(True), "per_row": run(False)}, repeats)
+        print(f"{dtype:9s} one prefill per distinct prompt {t['shared']:.2f}s   one per row {t['per_row']:.2f}s   "
+              f"{t['per_row'] / t['shared']:.2f}x")
+
+
 # ---- training -------------------------------------------------------------------------------------
 
 
@@ -233,7 +263,7 @@ def machine_line(device: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller settings, one repeat")
-    ap.add_argument("--only", choices=["sample", "train", "scaling"])
+    ap.add_argument("--only", choices=["sample", "shared", "train", "scaling"])
     ap.add_argument("--one", help="internal: B,T,dtype of one training measurement, printed as JSON")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--device", default="cpu")
@@ -257,6 +287,8 @@ def main() -> None:
     if args.only in (None, "sample"):
         bench_sampling(args.device, 64, 1, 32 if args.quick else 64, repeats)
         bench_sampling(args.device, 16, 4, 32 if args.quick else 64, repeats)
+    if args.only in (None, "shared"):
+        bench_shared_prompts(args.device, repeats)
     if args.only in (None, "train"):
         print("\n## forward_backward + optim_step (PPO) vs a plain PyTorch step on the same batch "
               "(each line a fresh process: its peak RSS)")
