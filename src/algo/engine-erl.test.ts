@@ -137,3 +137,46 @@ test("ERL step through the engine: sampled tokens are trained with their own log
   assert.notDeepEqual(after[0], scored[0]);
   assert.ok(r.metrics["samples/reflection"]! > 0);
 });
+
+test("the reference's optimiser end to end: log-probs at T, ratio 1 at the first mini-batch, then several steps", async () => {
+  const env = new FrozenLakeFamily();
+  const model = await EngineBackend.create(engine);
+  const tasks = env.loadSplit("test").slice(1, 2);
+  const options = {
+    ...defaultErlOptions(),
+    n: 2,
+    maxTokensPerTurn: 12,
+    maxReflectionTokens: 24,
+    profile: "compact" as const,
+    logprobTemperature: 0.7,
+  };
+  const ctx: AlgoContext = { env, model, memory: createMemory({ kind: "global" }), rng: new Rng(9), step: 1 };
+  const r = await erlStep(ctx, tasks, options);
+  const trained = r.samples.filter((s) => s.mask.some((m) => m === 1));
+  // Rollout and distill log-probs are the engine's at T = 0.7, not at T = 1.
+  const atT = await engine.forward(trained.map(scoringDatum), { temperature: 0.7 });
+  const at1 = await engine.forward(trained.map(scoringDatum));
+  let gap1 = 0;
+  trained.forEach((s, k) =>
+    s.ids.forEach((_, i) => {
+      if (s.mask[i] !== 1) return;
+      assert.ok(Math.abs(atT[k]![i - 1]! - s.logprobs[i]!) < 1e-3, `${s.stage} token ${i}`);
+      gap1 = Math.max(gap1, Math.abs(at1[k]![i - 1]! - s.logprobs[i]!));
+    }),
+  );
+  assert.ok(gap1 > 1e-2, "T = 1 log-probs differ");
+  // One mini-batch: the ratio is 1 at T = 0.7. Several: one optimiser step each.
+  const batch = r.samples.map((s, i) => ({ ...s, advantage: i % 2 === 0 ? 1 : -1 }));
+  const cfg = { ...defaultLearnerConfig(), temperature: 0.7, logRatioClamp: 20, klClamp: 10 };
+  const one = await trainOnSamples(engine, batch, cfg, { lr: 0, gradClip: 1 });
+  assert.ok(Math.abs(one["ratio/mean"]! - 1) < 1e-3, `ratio ${one["ratio/mean"]}`);
+  const many = await trainOnSamples(
+    engine,
+    batch,
+    { ...cfg, miniBatchSize: 2 },
+    { lr: 1e-3, gradClip: 1 },
+    new Rng(1),
+  );
+  assert.equal(many["optim/steps"], Math.ceil(trained.length / 2));
+  assert.ok(many["ratio/max"]! - many["ratio/min"]! > 1e-4, "later mini-batches see a moved policy");
+});

@@ -31,9 +31,17 @@
  * Extensions: an external reflector (`ctx.reflector`, an OpenAI-compatible endpoint) writes Δ in
  * step 3 instead of the policy; Δ is used as above but not trained (no reflection sample). erl-icl
  * runs this step with noDistill and the runner trains nothing (docs/reflectors.md).
+ * Against the reference (verl), as options: log-probs at the sampling temperature, PPO mini-batches
+ * with several shuffled optimiser steps per step, and the log-ratio / k3 clamps (learner.ts; the
+ * paper presets set them, the CPU presets keep one step at T = 1); its doubled reflection rows
+ * (`reflectionAdvantage: "reference-twice"`, off by default); its solver prompt's reasoning scaffold
+ * (profile `reference`); pass@n next to pass@1 (eval.ts).
  * Deviations: perWorker memory slots are assigned by batch position (position mod k) rather than by
  * rollout worker; a reflection whose prompt does not fit the context gets an empty reply (Δ = the
  * shown prompt) and trains nothing; a distill replay longer than the context window is dropped.
+ *
+ * Layout: the algorithm (`erlStep`, steps 1–7 as numbered above) first; below the BOOKKEEPING banner
+ * the rollout records and metrics it reports, and the option checks.
  */
 import {
   replayWithSystem,
@@ -78,19 +86,9 @@ import type {
   TrainSample,
 } from "./types.ts";
 
-export function validateErlOptions(o: ErlOptions): void {
-  checkAttemptOptions(o, "attemptSampling", o.attemptSampling);
-  validateMemoryMode(o.memory);
-  for (const key of ["noMemory", "noReflection", "noDistill"] as const)
-    if (typeof o[key] !== "boolean") throw new UserError(`option "${key}": expected true or false`);
-  checkRules(o);
-  if (o.reflectionAdvantage !== "grpo" && o.reflectionAdvantage !== "reference-twice")
-    throw new UserError(
-      `option "reflectionAdvantage": expected "grpo" or "reference-twice", got ${JSON.stringify(o.reflectionAdvantage)}`,
-    );
-  checkSampling("reflectionSampling", o.reflectionSampling);
-  checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
-}
+// =============================================================================================
+// ALGORITHM
+// =============================================================================================
 
 /** What a retried attempt carries from reflection to the second attempt. */
 interface Retry {
@@ -262,7 +260,41 @@ export async function erlStep(
   // 7. Advantages within (batch row, stage) groups.
   const trainSamples = withAdvantages(samples, options, options.reflectionAdvantage === "reference-twice");
 
-  // Rollout records and metrics.
+  const { rollouts, metrics } = report({
+    ctx,
+    options,
+    attempts,
+    firsts,
+    retries,
+    seconds,
+    trainSamples,
+    memoryWrites,
+    distillTooLong,
+  });
+  Object.assign(metrics, timingMetrics(timing, started));
+  return { samples: trainSamples, rollouts, memoryWrites, metrics };
+}
+
+// =============================================================================================
+// BOOKKEEPING: what the step reports (rollout records, metrics) and its option checks; no
+// decision of the algorithm is made below this line.
+// =============================================================================================
+
+/** The step's rollout records (first attempts, then second attempts with their reflection) and metrics. */
+function report(a: {
+  ctx: AlgoContext;
+  options: ErlOptions;
+  attempts: readonly Attempt[];
+  firsts: readonly EpisodeOutcome[];
+  retries: readonly Retry[];
+  seconds: readonly EpisodeOutcome[];
+  trainSamples: readonly TrainSample[];
+  memoryWrites: readonly MemoryWrite[];
+  distillTooLong: number;
+}): { rollouts: RolloutRecord[]; metrics: Record<string, number> } {
+  const { ctx, attempts, firsts, retries, seconds, trainSamples, memoryWrites, distillTooLong } = a;
+  const { env, step, memory } = ctx;
+  const perWorker = a.options.memory.kind === "perWorker";
   const rollouts: RolloutRecord[] = attemptRecords({
     step,
     env,
@@ -329,6 +361,19 @@ export async function erlStep(
     );
     metrics["reflection/tag_rate"] = mean(reflections.map((r) => (r.reflection!.tagFound ? 1 : 0)));
   }
-  Object.assign(metrics, timingMetrics(timing, started));
-  return { samples: trainSamples, rollouts, memoryWrites, metrics };
+  return { rollouts, metrics };
+}
+
+export function validateErlOptions(o: ErlOptions): void {
+  checkAttemptOptions(o, "attemptSampling", o.attemptSampling);
+  validateMemoryMode(o.memory);
+  for (const key of ["noMemory", "noReflection", "noDistill"] as const)
+    if (typeof o[key] !== "boolean") throw new UserError(`option "${key}": expected true or false`);
+  checkRules(o);
+  if (o.reflectionAdvantage !== "grpo" && o.reflectionAdvantage !== "reference-twice")
+    throw new UserError(
+      `option "reflectionAdvantage": expected "grpo" or "reference-twice", got ${JSON.stringify(o.reflectionAdvantage)}`,
+    );
+  checkSampling("reflectionSampling", o.reflectionSampling);
+  checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
 }
