@@ -329,6 +329,7 @@ export interface LearnerConfig {
   klClamp: number | null;
 }
 
+/** The learner's defaults: the one table, also the run config's `loss` defaults (train/config.ts). */
 export function defaultLearnerConfig(): LearnerConfig {
   return {
     clipLow: 0.2,

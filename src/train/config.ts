@@ -9,6 +9,7 @@
  * everything else takes the defaults below (the CPU-scale values, see docs/training.md).
  */
 import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
+import { defaultLearnerConfig } from "../algo/types.ts";
 import { knownEnvs } from "../envs/registry.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
@@ -377,19 +378,10 @@ export function defaultConfig(): RunConfig {
     timeBudget: null,
     batchSize: 8,
     optim: { lr: 1e-5, weightDecay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, gradClip: 1 },
-    loss: {
-      clipLow: 0.2,
-      clipHigh: 0.28,
-      dualClip: 3,
-      klCoef: 0.001,
-      aggregation: "seq-mean-token-sum",
-      microBatchSize: 8,
-      tisCap: null,
-      miniBatchTasks: null,
-      temperature: 1,
-      logRatioClamp: null,
-      klClamp: null,
-    },
+    // The learner's one table of defaults (algo/types.ts); mini-batches are counted in tasks here.
+    loss: (({ miniBatchSize: _sequences, ...loss }) => ({ ...loss, miniBatchTasks: null }))(
+      defaultLearnerConfig(),
+    ),
     eval: {
       every: 5,
       final: true,
