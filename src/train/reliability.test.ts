@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, utimesSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -289,4 +289,18 @@ test("a full disk while checkpointing is named, status says failed, no temporary
     readdirSync(dir).filter((n) => n.includes(".tmp-")),
     [],
   );
+});
+
+test("a lock file torn by a crash (empty, or half its JSON) is taken over once it is not fresh", () => {
+  const dir = tmp();
+  for (const torn of ["", '{"pid": 12']) {
+    writeFileSync(join(dir, LOCK_FILE), torn);
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(join(dir, LOCK_FILE), old, old);
+    writeFileSync(join(dir, `${LOCK_FILE}.break`), ""); // a takeover that was killed too
+    utimesSync(join(dir, `${LOCK_FILE}.break`), old, old);
+    const lock = RunLock.acquire(dir);
+    assert.ok(lock.held());
+    lock.release();
+  }
 });

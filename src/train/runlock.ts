@@ -7,7 +7,7 @@
  * both win. A lock this host cannot judge (another host, or no /proc) is only broken on request
  * (`erl train --resume <run> --break-lock`).
  */
-import { closeSync, openSync, readFileSync, unlinkSync, writeSync, fsyncSync } from "node:fs";
+import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync, fsyncSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
@@ -61,13 +61,38 @@ export function ownerState(owner: LockOwner): "alive" | "dead" | "unknown" {
   return now === owner.start ? "alive" : "dead"; // a different process now has this pid
 }
 
-function readOwner(file: string): LockOwner | null {
+function readRaw(file: string): string | null {
   try {
-    const v = JSON.parse(readFileSync(file, "utf8")) as LockOwner;
+    return readFileSync(file, "utf8");
+  } catch {
+    return null;
+  }
+}
+
+function parseOwner(raw: string): LockOwner | null {
+  try {
+    const v = JSON.parse(raw) as LockOwner;
     return typeof v === "object" && v !== null && typeof v.pid === "number" ? v : null;
   } catch {
-    return null; // vanished, or being written this instant
+    return null; // being written this instant, or torn by a crash
   }
+}
+
+function readOwner(file: string): LockOwner | null {
+  const raw = readRaw(file);
+  return raw === null ? null : parseOwner(raw);
+}
+
+function ageMs(file: string): number {
+  try {
+    return Date.now() - statSync(file).mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 function createExclusive(file: string, content: string): boolean {
@@ -113,10 +138,17 @@ export class RunLock {
       command: opts.command ?? process.argv.slice(1).join(" "),
     };
     const content = JSON.stringify(me) + "\n";
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (let attempt = 0; attempt < 40; attempt++) {
       if (createExclusive(file, content)) return new RunLock(file, content);
-      const owner = readOwner(file);
-      if (owner === null) continue; // just removed, or half-written by its creator: look again
+      const raw = readRaw(file);
+      if (raw === null) continue; // removed just now: try again
+      const owner = parseOwner(raw);
+      if (owner === null) {
+        // Empty or half-written: its creator is writing it this instant, or was killed doing so.
+        if (opts.breakLock || ageMs(file) > 2000) RunLock.takeOver(file, raw);
+        else sleepSync(100);
+        continue;
+      }
       const state = ownerState(owner);
       if (state === "alive" && !opts.breakLock)
         throw new UserError(
@@ -126,26 +158,27 @@ export class RunLock {
         throw new UserError(
           `${runDir}: locked by ${describe(owner)}, which cannot be checked from this machine; if no process is training this run, take it over with --break-lock`,
         );
-      RunLock.takeOver(file, owner);
+      RunLock.takeOver(file, raw);
     }
     throw new UserError(`${file}: could not take the run's lock (it keeps changing hands)`);
   }
 
-  /** Replaces a stale lock, but only the one that was judged: another process may have taken it since. */
-  private static takeOver(file: string, judged: LockOwner): void {
+  /** Removes a stale lock, but only the one that was judged: another process may have taken it since. */
+  private static takeOver(file: string, judged: string): void {
     const breaker = `${file}.break`;
     const mine = JSON.stringify({ pid: process.pid, start: processStart(process.pid) });
     if (!createExclusive(breaker, mine)) {
       // Someone else is breaking it right now, or died doing so: clear a dead breaker, then retry.
       const b = readOwner(breaker);
-      if (b && ownerState({ ...b, host: hostname(), since: "", command: "" } as LockOwner) === "dead")
-        unlinkQuiet(breaker);
+      const dead = b
+        ? ownerState({ ...b, host: hostname(), since: "", command: "" } as LockOwner) === "dead"
+        : ageMs(breaker) > 2000; // torn by a crash while it was being written
+      if (dead) unlinkQuiet(breaker);
+      else sleepSync(20);
       return;
     }
     try {
-      const now = readOwner(file);
-      if (now && now.pid === judged.pid && now.since === judged.since && now.host === judged.host)
-        unlinkQuiet(file);
+      if (readRaw(file) === judged) unlinkQuiet(file);
     } finally {
       unlinkQuiet(breaker);
     }
