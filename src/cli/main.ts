@@ -45,6 +45,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "pretrain the erl-tiny base model from its synthetic recipe",
     load: () => import("./pretrain.ts"),
   },
+  models: {
+    summary: "known models: `erl models list`, `erl models install <name>`",
+    load: () => import("./models.ts"),
+  },
   demo: { summary: "the ERL-vs-RLVR demo on erl-tiny (CPU)", load: () => import("./demo.ts") },
 };
 
