@@ -93,13 +93,14 @@ def test_lora_step_lowers_loss_and_exports_reproduce_logits(tmp_path: Any) -> No
     assert info["parameters"]["total"] > 100_000_000
     assert 0 < info["parameters"]["trainable"] < 1_000_000
     before, after, ctx = one_step(e, lr=2e-3)
+    print(f"LoRA step: loss {before:.4f} -> {after:.4f}")
     assert after < before - 1e-3, f"LoRA step: loss {before:.4f} -> {after:.4f}"
 
     # Export after the step (adapters no longer zero) and compare logits in a fresh process.
     adapter, merged = str(tmp_path / "adapter"), str(tmp_path / "merged")
     call(e, "export", {"dir": adapter})
     call(e, "export", {"dir": merged, "mergeLora": True})
-    ids = ctx["datums"][0]["inputIds"].tolist()
+    ids = [int(x) for x in ctx["datums"][0]["inputIds"]]
     assert e.lm is not None
     with torch.no_grad():
         want = e.lm.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
@@ -125,6 +126,7 @@ print(json.dumps(out))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     diffs = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"export vs engine logits, max |diff|: {diffs}")
     # Stated tolerance: 1e-3 absolute on logits of magnitude ~20 (fp32; merging reorders the sums).
     assert diffs["adapter"] < 1e-3, diffs
     assert diffs["merged"] < 1e-3, diffs
@@ -136,4 +138,5 @@ def test_full_fine_tuning_step_lowers_loss() -> None:
     info = e.info()
     assert info["parameters"]["trainable"] == info["parameters"]["total"]
     before, after, _ = one_step(e, lr=1e-5)
+    print(f"full fine-tuning step: loss {before:.4f} -> {after:.4f}")
     assert after < before - 1e-3, f"full fine-tuning step: loss {before:.4f} -> {after:.4f}"
