@@ -209,9 +209,9 @@ test("sampled turns: appended as sampled, the continuation equals an incremental
   }
   assert.ok(n >= 2, "some sampled tokens");
   console.log(`sampler vs forward log-probs (fp32): max |diff| ${worst.toExponential(2)} over ${n} tokens`);
-  // Stated tolerance (fp32): 2e-3 nats per token. The sampler decodes one token at a time over a KV
+  // Stated tolerance (fp32): 5e-4 nats per token (measured here: 2e-5). The sampler decodes one token at a time over a KV
   // cache, forward runs the whole sequence at once; the two differ only by float summation order.
-  assert.ok(worst < 2e-3, `max |sampler - forward| log-prob difference ${worst} over ${n} tokens`);
+  assert.ok(worst < 5e-4, `max |sampler - forward| log-prob difference ${worst} over ${n} tokens`);
   console.log(`sampled turns that were canonical tokenisations of their text: ${oneShots.length} of 2`);
 });
 
