@@ -16,7 +16,7 @@ import type { ChatMessage } from "../engine/api.ts";
 import { FrozenLakeFamily } from "../envs/frozenlake.ts";
 import { SokobanFamily } from "../envs/sokoban.ts";
 import { HotpotFamily } from "../envs/hotpotqa.ts";
-import { formatToolCall } from "../envs/tool_protocol.ts";
+import { formatToolCall } from "../envs/tool-protocol.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
 import { Rng } from "../util/rng.ts";
 import { findModel, modelDir } from "./registry.ts";
