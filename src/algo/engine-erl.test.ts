@@ -71,20 +71,25 @@ async function trainedRuns(s: TrainSample): Promise<string[]> {
   return runs;
 }
 
-test("ERL step through the engine: sampled tokens are trained with their own log-probs", async () => {
-  const env = new FrozenLakeFamily();
-  // Small boards keep several turns and the reflections inside the fixture's 1024 positions.
-  const tasks = env
+/** Small boards keep several turns and the reflections inside the fixture's 1024 positions. */
+function smallBoards(env: FrozenLakeFamily, index: number) {
+  return env
     .loadSplit("test")
     .filter((t) => t.size <= 3)
-    .slice(0, 1);
-  const options = {
-    ...defaultErlOptions(),
-    n: 2,
-    maxTokensPerTurn: 12,
-    maxReflectionTokens: 24,
-    profile: "compact" as const,
-  };
+    .slice(index, index + 1);
+}
+const SMALL_ERL = {
+  ...defaultErlOptions(),
+  n: 2,
+  maxTokensPerTurn: 12,
+  maxReflectionTokens: 24,
+  profile: "compact" as const,
+};
+
+test("ERL step through the engine: sampled tokens are trained with their own log-probs", async () => {
+  const env = new FrozenLakeFamily();
+  const tasks = smallBoards(env, 0);
+  const options = SMALL_ERL;
   const ctx: AlgoContext = { env, model, memory: createMemory({ kind: "global" }), rng: new Rng(5), step: 1 };
   const r = await erlStep(ctx, tasks, options);
   assert.equal(r.rollouts.filter((x) => x.stage === "first").length, 2);
@@ -141,15 +146,8 @@ test("ERL step through the engine: sampled tokens are trained with their own log
 test("the reference's optimiser end to end: log-probs at T, ratio 1 at the first mini-batch, then several steps", async () => {
   const env = new FrozenLakeFamily();
   const model = await EngineBackend.create(engine);
-  const tasks = env.loadSplit("test").slice(1, 2);
-  const options = {
-    ...defaultErlOptions(),
-    n: 2,
-    maxTokensPerTurn: 12,
-    maxReflectionTokens: 24,
-    profile: "compact" as const,
-    logprobTemperature: 0.7,
-  };
+  const tasks = smallBoards(env, 1);
+  const options = { ...SMALL_ERL, logprobTemperature: 0.7 };
   const ctx: AlgoContext = { env, model, memory: createMemory({ kind: "global" }), rng: new Rng(9), step: 1 };
   const r = await erlStep(ctx, tasks, options);
   const trained = r.samples.filter((s) => s.mask.some((m) => m === 1));

@@ -32,25 +32,21 @@ test("a sample becomes a shifted datum: the advantage lands on trained targets o
 
 test("the spec's loss settings reach the engine", () => {
   const loss = lossConfigFor(defaultLearnerConfig());
-  assert.deepEqual(loss, {
+  const spec = {
     name: "ppo",
     aggregation: "seq-mean-token-sum",
     clipLow: 0.2,
     clipHigh: 0.28,
     dualClip: 3,
     klCoef: 0.001,
-  });
+  };
+  assert.deepEqual(loss, spec);
   assert.equal(lossConfigFor({ ...defaultLearnerConfig(), dualClip: null }).dualClip, undefined);
   // The reference's temperature and clamps, when set, reach the engine too.
   assert.deepEqual(
     lossConfigFor({ ...defaultLearnerConfig(), temperature: 0.7, logRatioClamp: 20, klClamp: 10 }, 5),
     {
-      name: "ppo",
-      aggregation: "seq-mean-token-sum",
-      clipLow: 0.2,
-      clipHigh: 0.28,
-      dualClip: 3,
-      klCoef: 0.001,
+      ...spec,
       temperature: 0.7,
       logRatioClamp: 20,
       klClamp: 10,
