@@ -194,7 +194,9 @@ _CURRENT: Dist | None = None
 def current() -> Dist | None:
     """The rank context when this process was started by torchrun with more than one rank."""
     global _CURRENT
-    if _CURRENT is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    # ERL_ENGINE_DIST=1 takes the rank path with a single rank too (the GPU check's one NCCL rank).
+    ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1 or (os.environ.get("ERL_ENGINE_DIST") == "1" and "RANK" in os.environ)
+    if _CURRENT is None and ranks:
         _CURRENT = Dist()
     return _CURRENT
 

@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
     args = ap.parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+    if "WORLD_SIZE" in os.environ and int(os.environ.get("RANK", "0")) != 0:
         return follow()
     if not args.http:
         return serve_stdio()

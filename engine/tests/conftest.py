@@ -21,7 +21,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def load_params(**over: Any) -> dict[str, Any]:
-    p: dict[str, Any] = {"path": FIXTURE, "dtype": "float32", "device": "cpu", "seed": 0}
+    # ERL_TEST_DEVICE=cuda runs the model tests on a GPU (bench/gpu-check.sh).
+    p: dict[str, Any] = {"path": FIXTURE, "dtype": "float32", "device": os.environ.get("ERL_TEST_DEVICE", "cpu"), "seed": 0}
     p.update(over)
     return p
 

@@ -21,18 +21,21 @@ from conftest import ENGINE_DIR, FIXTURE, REPO, call, datum, load_params, unpack
 from erl_engine.engine import Engine
 
 MICRO = 24  # padded tokens per micro-batch: several micro-batches, and uneven counts per rank
+# bench/gpu-check.sh runs this file with one NCCL rank on a GPU: ERL_TEST_RANKS=1 ERL_TEST_DEVICE=cuda.
+NPROC = int(os.environ.get("ERL_TEST_RANKS", "2"))
 
 
 class Ranks:
     """A torchrun-launched engine with `nproc` ranks, spoken to over stdio like the TypeScript client."""
 
-    def __init__(self, nproc: int = 2, **env: str):
+    def __init__(self, nproc: int = NPROC, **env: str):
         full_env = {
             **os.environ,
             "PYTHONPATH": ENGINE_DIR,
             "ERL_TEST": "1",
             "ERL_ENGINE_MICROBATCH_TOKENS": str(MICRO),
             "OMP_NUM_THREADS": "1",
+            "ERL_ENGINE_DIST": "1",
             **env,
         }
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
@@ -203,12 +206,14 @@ def test_bad_request_is_refused_like_single_process(ddp: Ranks) -> None:
 
 
 def test_error_on_one_rank_is_reported_by_rank_zero() -> None:
-    r = Ranks(ERL_ENGINE_PARALLEL="ddp", ERL_ENGINE_FAULT="1:forwardBackward")
+    last = NPROC - 1
+    r = Ranks(ERL_ENGINE_PARALLEL="ddp", ERL_ENGINE_FAULT=f"{last}:forwardBackward")
     try:
         r("loadModel", load_params())
         answer = r.raw("forwardBackward", {"datums": uneven_datums(), "loss": {"name": "cross_entropy"}})
         assert not answer["ok"] and answer["error"]["code"] == "internal"
-        assert answer["error"]["message"].startswith("rank 1: engine error (RuntimeError: injected fault on rank 1")
+        prefix = f"rank {last}: " if last else ""
+        assert answer["error"]["message"].startswith(f"{prefix}engine error (RuntimeError: injected fault on rank {last}")
         # No rank hangs: both keep serving, and the gradient of the failed call was never applied.
         assert r("optimStep", {"lr": 1e-3})["metrics"]["grad_norm"] == 0.0
         e = single()

@@ -76,6 +76,8 @@ export interface StdioEngineOptions {
    * speaks the protocol; see docs/scaling.md.
    */
   ranks?: number;
+  /** Command line after the interpreter (default: the engine server, see `engineArgs`). */
+  args?: string[];
 }
 
 /** The engine's command line after the interpreter: one process, or `ranks` of them under torchrun. */
@@ -431,7 +433,7 @@ export async function startEngine(opts: StdioEngineOptions = {}): Promise<Engine
     ...opts.env,
   };
   const ranks = opts.ranks ?? Number(process.env.ERL_ENGINE_RANKS || "1");
-  const child = spawn(python, engineArgs(ranks), {
+  const child = spawn(python, opts.args ?? engineArgs(ranks), {
     cwd: REPO_ROOT,
     env,
     stdio: ["pipe", "pipe", "pipe"],

@@ -85,6 +85,10 @@ export interface RunConfig {
     url: string | null;
     /** Python interpreter for a local engine; null = $ERL_PYTHON or .venv/bin/python. */
     python: string | null;
+    /** Who samples rollouts: the engine itself, or vLLM in its own process (src/engine/vllm.ts). */
+    sampler: "engine" | "vllm";
+    /** Python of the vLLM virtualenv; null = $ERL_VLLM_PYTHON or .venv-vllm/bin/python. */
+    vllmPython: string | null;
   };
   /**
    * Who writes reflections: "policy" (the model being trained, as in the paper) or "openai" (any
@@ -259,6 +263,8 @@ export const SCHEMA: Field = obj({
   engine: obj({
     url: str({ nullable: true, nonEmpty: true }),
     python: str({ nullable: true, nonEmpty: true }),
+    sampler: oneOf(["engine", "vllm"]),
+    vllmPython: str({ nullable: true, nonEmpty: true }),
   }),
   reflector: obj({
     kind: oneOf(["policy", "openai"]),
@@ -348,7 +354,7 @@ export function defaultConfig(): RunConfig {
       reference: "auto",
       gradientCheckpointing: false,
     },
-    engine: { url: null, python: null },
+    engine: { url: null, python: null, sampler: "engine", vllmPython: null },
     reflector: {
       kind: "policy",
       ...defaultEndpoint(),

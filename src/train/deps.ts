@@ -40,11 +40,17 @@ export function loadModelRequest(cfg: RunConfig, modelPath: string): LoadModelRe
 /** Starts (or connects to) an engine and loads the run's model; closes the engine if loading fails. */
 export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise<Engine> {
   const { openEngine } = await import("../engine/client.ts");
-  const engine = await openEngine({
+  let engine: Engine = await openEngine({
     ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
     ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
   });
   try {
+    if (cfg.engine.sampler === "vllm") {
+      const { VllmSampledEngine } = await import("../engine/vllm.ts");
+      engine = await VllmSampledEngine.start(engine, {
+        ...(cfg.engine.vllmPython ? { python: cfg.engine.vllmPython } : {}),
+      });
+    }
     await engine.loadModel(loadModelRequest(cfg, modelPath));
   } catch (e) {
     await engine.close().catch(() => undefined);
