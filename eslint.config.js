@@ -7,6 +7,8 @@ export default tseslint.config(
     ignores: [
       "node_modules/",
       ".venv/",
+      ".venv-vllm/",
+      ".gpu-pydeps/",
       "runs/",
       "models/",
       "data/",

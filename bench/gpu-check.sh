@@ -15,7 +15,7 @@
 #
 # Python: $ERL_PYTHON, else python3 (or .venv/bin/python in a dry run). Pure-Python packages the GPU
 # machine lacks (pytest, peft) can travel in .gpu-pydeps/ (made here by `bash bench/gpu-check.sh
-# --prepare`, about 10 MB), which is put on PYTHONPATH when present.
+# --prepare`, about 16 MB), which is put on PYTHONPATH when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
