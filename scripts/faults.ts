@@ -204,6 +204,7 @@ function counterChild(
   dir: string,
   resume: boolean,
   killAfterMs: number | null,
+  marker = "run ",
 ): Promise<Proc> {
   const cfgFile = join(
     WORK,
@@ -216,7 +217,7 @@ function counterChild(
     ["--import", "tsx", CHILD, cfgFile, dir, ...(resume ? ["--resume"] : [])],
     {
       onOutput: (p, out) => {
-        if (killAfterMs !== null && timer === undefined && out.includes("run "))
+        if (killAfterMs !== null && timer === undefined && out.includes(marker))
           timer = setTimeout(() => p.kill("SIGKILL"), killAfterMs);
       },
     },
@@ -295,15 +296,20 @@ for (let i = 1; i <= 10; i++)
   kase("kill -9", `counter run #${i}, random moment`, 90, async () => {
     const ref = await counterReference(killCfg, 10);
     const dir = fresh(`kill-${i}`);
-    const at = rng.intBetween(0, Math.ceil(ref.ms * 0.9));
-    const killed = await counterChild(killCfg, dir, false, at);
+    // The moment: a random delay after a random step's progress line (or the start), so the kill
+    // lands in a step, an evaluation or a checkpoint write however fast or slow the machine is.
+    const after = rng.intBetween(0, 9);
+    const marker = after === 0 ? "run " : `step ${String(after).padStart(2)}/10`;
+    const delay = rng.intBetween(0, 25);
+    const killed = await counterChild(killCfg, dir, false, delay, marker);
     check(killed.signal === "SIGKILL", `not killed (finished first, exit ${killed.code}):\n${killed.out}`);
+    const at = `${delay} ms after ${after === 0 ? "the start" : `step ${after}`}`;
     const done = steps(dir);
     const resumed = await counterChild(killCfg, dir, existsSync(join(dir, "config.json")), null);
     check(resumed.code === 0, `resume failed:\n${resumed.out}`);
     check(records(dir) === ref.records, "the resumed run differs from the uninterrupted one");
     check(state(dir) === "finished", "status is not finished");
-    return `killed at ${at} ms (${done} steps written); resumed, identical`;
+    return `killed ${at} (${done} steps written); resumed, identical`;
   });
 function steps(dir: string): number {
   return existsSync(join(dir, "metrics.jsonl")) ? trainSteps(dir).length : 0;
