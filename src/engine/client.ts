@@ -474,7 +474,7 @@ export async function openEngine(
     const token = opts.token ?? process.env.ERL_ENGINE_TOKEN;
     if (!token)
       throw new UserError(
-        `engine.url ${opts.url}: a remote engine needs its bearer token; set ERL_ENGINE_TOKEN to the token \`erl engine serve\` printed`,
+        `engine.url ${opts.url}: a remote engine needs a bearer token; set ERL_ENGINE_TOKEN to the token \`erl engine serve\` printed`,
       );
     return connectEngine(opts.url, { token, protocolVersion: opts.protocolVersion });
   }
