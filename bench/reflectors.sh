@@ -35,7 +35,8 @@ for seed in $SEEDS; do
     --set algo.name=erl-icl --set seed="$seed" --set steps="$STEPS" --set batchSize=4 --set algo.n=2 \
     --set data.evalTasks=16 --set eval.n=2 --set eval.every=0 --set eval.initial=false \
     --set reflector.kind=openai --set reflector.baseUrl="http://127.0.0.1:$PORT/v1" \
-    --set reflector.model="$NAME" --set reflector.apiKeyEnv=REFLECTOR_KEY > "/tmp/erl-$run.log" 2>&1 \
+    --set reflector.model="$NAME" --set reflector.apiKeyEnv=REFLECTOR_KEY --set reflector.timeout=900 \
+    > "/tmp/erl-$run.log" 2>&1 \
     || { tail -20 "/tmp/erl-$run.log"; exit 1; }
   node -e '
     const fs = require("fs");

@@ -87,7 +87,9 @@ function sendError(res: ServerResponse, e: ApiError): void {
     res.end(`data: ${JSON.stringify({ error: errorBody(e).error })}\n\n`);
     return;
   }
-  sendJson(res, e.status, errorBody(e), e.status === 401 ? { "WWW-Authenticate": "Bearer" } : {});
+  const extra: Record<string, string> =
+    e.status === 401 ? { "WWW-Authenticate": "Bearer" } : e.status === 429 ? { "Retry-After": "2" } : {};
+  sendJson(res, e.status, errorBody(e), extra);
 }
 
 function errorBody(e: ApiError) {
