@@ -289,7 +289,7 @@ def _dtype_for(params: dict[str, Any], device: torch.device, config: Any) -> tup
     """The request's dtype with "auto" resolved by measurement (the config is read only then)."""
     from .autotune import resolve_dtype
 
-    requested = params["dtype"]
+    requested = params.get("dtype", "auto")
     if requested != "auto":
         return requested, "requested"
     try:

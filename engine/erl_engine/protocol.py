@@ -279,8 +279,9 @@ PARAMS: dict[str, Validator] = {
     "hello": Obj({"protocolVersion": Int()}, {"client": Str()}),
     "info": Obj({}),
     "loadModel": Obj(
-        {"dtype": Enum("auto", "float32", "bfloat16"), "device": Enum("cpu", "cuda", "auto"), "seed": Int()},
+        {"device": Enum("cpu", "cuda", "auto"), "seed": Int()},
         {
+            "dtype": Enum("auto", "float32", "bfloat16"),
             "path": Str(True),
             "randomInit": Obj({"config": AnyObject(), "tokenizerPath": Str(True), "seed": Int()}),
             "lora": LORA,

@@ -107,7 +107,7 @@ class VllmSampler:
                 raise ProtocolError("bad_request", f"params.lora.rank: vLLM supports LoRA ranks up to {LORA_RANKS[-1]}")
             kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1)
         # bf16 on a GPU; on a CPU the engine's own dtype (vLLM's CPU bf16 path is slower, see docs).
-        dtype = p["dtype"] if p["device"] != "cpu" else "float32"
+        dtype = p.get("dtype", "auto") if p["device"] != "cpu" else "float32"
         self.max_len = int(cfg.get("max_position_embeddings") or 2048)
         # GPU layouts (docs/scaling.md): tensor parallelism and vLLM's share of each GPU's memory.
         if os.environ.get("ERL_VLLM_TENSOR_PARALLEL"):

@@ -84,3 +84,11 @@ def test_info_names_the_cpu() -> None:
     assert isinstance(info["cpu"]["flags"], list)
     assert info["threads"] == torch.get_num_threads()
     assert info["threadsReason"]
+
+
+def test_auto_is_the_loaders_default() -> None:
+    params = load_params()
+    del params["dtype"]
+    info = call(Engine(), "loadModel", params)
+    assert info["dtype"] in ("float32", "bfloat16")
+    assert info["dtypeReason"].startswith("auto: ")

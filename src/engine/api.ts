@@ -31,7 +31,8 @@ export interface LoadModelRequest {
   path?: string;
   /** Create a randomly initialised model of this HF config (a plain object) with this tokenizer directory. */
   randomInit?: { config: Record<string, unknown>; tokenizerPath: string; seed: number };
-  dtype: DTypeRequest;
+  /** Default "auto". */
+  dtype?: DTypeRequest;
   device: Device;
   /** Full fine-tuning when absent. */
   lora?: LoraConfig;

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import type {
   AdamWConfig,
   ChatMessage,
+  ChatRender,
   Datum,
   Engine,
   EngineInfo,
@@ -73,7 +74,8 @@ export class VllmSampledEngine implements Engine {
     if (!req.path)
       throw new UserError('sampler "vllm" loads the model from a directory: set model.path (no randomInit)');
     const info = await this.trainer.loadModel(req);
-    await this.vllm.loadModel(req);
+    // The sampler computes in the dtype the trainer resolved ("auto" is measured there).
+    await this.vllm.loadModel({ ...req, dtype: info.dtype });
     this.lora = req.lora !== undefined;
     return info;
   }
@@ -81,11 +83,19 @@ export class VllmSampledEngine implements Engine {
   renderChat(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): Promise<number[]> {
     return this.trainer.renderChat(messages, opts);
   }
+  renderChats(chats: ChatRender[]): Promise<number[][]> {
+    if (this.trainer.renderChats) return this.trainer.renderChats(chats);
+    return Promise.all(chats.map((c) => this.trainer.renderChat(c.messages, c)));
+  }
   encode(text: string, opts?: { addSpecialTokens?: boolean }): Promise<number[]> {
     return this.trainer.encode(text, opts);
   }
   decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): Promise<string> {
     return this.trainer.decode(ids, opts);
+  }
+  decodeMany(seqs: number[][], opts?: { skipSpecialTokens?: boolean }): Promise<string[]> {
+    if (this.trainer.decodeMany) return this.trainer.decodeMany(seqs, opts);
+    return Promise.all(seqs.map((ids) => this.trainer.decode(ids, opts)));
   }
 
   sample(req: SampleRequest): Promise<SampledSequence[]> {
