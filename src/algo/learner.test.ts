@@ -3,7 +3,9 @@ import assert from "node:assert/strict";
 import type { AdamWConfig, Datum, ForwardBackwardResult, LossConfig } from "../engine/api.ts";
 import { Rng } from "../util/rng.ts";
 import { batchNormalizer, lossConfigFor, miniBatches, sampleToDatum, trainOnSamples } from "./learner.ts";
-import { defaultLearnerConfig, defaultOptimConfig, type TrainSample } from "./types.ts";
+import { defaultLearnerConfig, type TrainSample } from "./types.ts";
+
+const OPTIM = { lr: 1e-5, weightDecay: 0.01, gradClip: 1 };
 
 function sample(over: Partial<TrainSample> = {}): TrainSample {
   return {
@@ -53,7 +55,6 @@ test("the spec's loss settings reach the engine", () => {
       normalizer: 5,
     },
   );
-  assert.deepEqual(defaultOptimConfig(), { lr: 1e-6, weightDecay: 0.01, gradClip: 1 });
 });
 
 class FakeEngine {
@@ -92,12 +93,7 @@ test("trainOnSamples: micro-batched calls share one normaliser, then one optimis
     sample({ episode: "e3", mask: [0, 0, 0, 0, 0, 0] }), // nothing to train: left out
     sample({ stage: "distill", group: "", advantage: 1, distillWeight: 1, mask: [0, 1, 1, 1, 1, 1] }),
   ];
-  const m = await trainOnSamples(
-    engine,
-    samples,
-    { ...defaultLearnerConfig(), microBatchSize: 2 },
-    defaultOptimConfig(),
-  );
+  const m = await trainOnSamples(engine, samples, { ...defaultLearnerConfig(), microBatchSize: 2 }, OPTIM);
   assert.deepEqual(
     engine.calls.map((c) => c.datums.length),
     [2, 1],
@@ -116,7 +112,7 @@ test("trainOnSamples: micro-batched calls share one normaliser, then one optimis
   assert.deepEqual(engine.calls[1]!.datums[0]!.advantages, [1, 1, 1, 1, 1]);
 
   const one = new FakeEngine();
-  await trainOnSamples(one, samples, defaultLearnerConfig(), defaultOptimConfig());
+  await trainOnSamples(one, samples, defaultLearnerConfig(), OPTIM);
   assert.equal(one.calls.length, 1);
   assert.equal(one.calls[0]!.loss.normalizer, undefined, "one call: the engine's own divisor is the batch's");
 });
@@ -130,7 +126,7 @@ test("token-mean normalises by trained tokens; an empty batch skips the optimise
     engine,
     [sample({ mask: [0, 0, 0, 0, 0, 0] })],
     defaultLearnerConfig(),
-    defaultOptimConfig(),
+    OPTIM,
   );
   assert.equal(engine.calls.length + engine.optim.length, 0);
   assert.equal(m["samples/trained"], 0);
@@ -154,7 +150,7 @@ test("rollout rows carry the sampler's log-probs; the gap is averaged over their
     engine,
     [sample(), sample({ episode: "e2" })],
     { ...defaultLearnerConfig(), microBatchSize: 1 },
-    defaultOptimConfig(),
+    OPTIM,
   );
   assert.ok(Math.abs(m["mismatch/abs_mean"]! - (0.1 * 3 + 0.5) / 4) < 1e-12);
   assert.ok(Math.abs(m["mismatch/k3"]! - (0.01 * 3 + 0.05) / 4) < 1e-12);
@@ -170,12 +166,7 @@ test("with tisCap the trainer's own log-probs become the PPO anchor of rollout r
     return datums.map((d) => d.targetIds.map((t) => -t / 100));
   };
   const distill = sample({ stage: "distill", group: "", distillWeight: 1, mask: [0, 1, 1, 1, 1, 1] });
-  await trainOnSamples(
-    engine,
-    [sample(), distill],
-    { ...defaultLearnerConfig(), tisCap: 2 },
-    defaultOptimConfig(),
-  );
+  await trainOnSamples(engine, [sample(), distill], { ...defaultLearnerConfig(), tisCap: 2 }, OPTIM);
   assert.equal(scored.length, 1);
   assert.equal(scored[0]!.length, 1, "only the rollout row is rescored");
   assert.equal(scored[0]![0]!.oldLogprobs, undefined);
@@ -185,12 +176,7 @@ test("with tisCap the trainer's own log-probs become the PPO anchor of rollout r
   assert.deepEqual(dist!.oldLogprobs, [0, -0.5, -0.25, 0, -2], "distill rows keep their recomputed ones");
   assert.equal(engine.calls[0]!.loss.tisCap, 2);
   await assert.rejects(
-    trainOnSamples(
-      new FakeEngine(),
-      [sample()],
-      { ...defaultLearnerConfig(), tisCap: 2 },
-      defaultOptimConfig(),
-    ),
+    trainOnSamples(new FakeEngine(), [sample()], { ...defaultLearnerConfig(), tisCap: 2 }, OPTIM),
     /needs an engine with forward/,
   );
 });
@@ -211,7 +197,7 @@ test("PPO mini-batches: a seeded shuffle, then one optimiser step per mini-batch
   assert.throws(() => miniBatches(samples, cfg), /need an RNG/);
 
   const engine = new FakeEngine();
-  const m = await trainOnSamples(engine, samples, cfg, defaultOptimConfig(), new Rng("mb"));
+  const m = await trainOnSamples(engine, samples, cfg, OPTIM, new Rng("mb"));
   // Calls: mini-batch 1 as 2 + 1 (normaliser 3), mini-batch 2 the same, mini-batch 3 alone (its own divisor).
   assert.deepEqual(
     engine.calls.map((c) => [c.datums.length, c.loss.normalizer]),
@@ -235,6 +221,6 @@ test("PPO mini-batches: a seeded shuffle, then one optimiser step per mini-batch
 
   // Without mini-batches: one step, today's behaviour, and no RNG needed.
   const one = new FakeEngine();
-  await trainOnSamples(one, samples, { ...cfg, miniBatchSize: null }, defaultOptimConfig());
+  await trainOnSamples(one, samples, { ...cfg, miniBatchSize: null }, OPTIM);
   assert.equal(one.optim.length, 1);
 });

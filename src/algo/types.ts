@@ -346,11 +346,6 @@ export function defaultLearnerConfig(): LearnerConfig {
   };
 }
 
-/** AdamW at the reference values (4B–7B models; small models need their own, see docs). */
-export function defaultOptimConfig(): AdamWConfig {
-  return { lr: 1e-6, weightDecay: 0.01, gradClip: 1.0 };
-}
-
 /**
  * `erlStep` only reads `ctx.memory` (every read of a batch sees the memory as it was when the batch
  * started, since nothing writes during a step) and returns its writes (`StepResult.memoryWrites`), in
