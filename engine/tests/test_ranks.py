@@ -249,3 +249,16 @@ def test_fsdp2_equals_single_process(tmp_path: Any) -> None:
         train_both(r, single(lora=lora), lora=True)
     finally:
         assert r.close() == 0
+
+
+def test_auto_dtype_is_rank_zeros_verdict_on_every_rank(ddp: Ranks) -> None:
+    """Each rank probes, rank 0's verdict holds for all: the ranks compute in the dtype reported."""
+    info = ddp("loadModel", load_params(dtype="auto"))
+    assert info["dtype"] in ("float32", "bfloat16")
+    assert info["dtypeReason"].startswith("auto: ")
+    e = single(dtype=info["dtype"])
+    datums = uneven_datums()
+    have = logprobs(ddp("forward", {"datums": datums}))
+    want = logprobs(call(e, "forward", {"datums": datums}))
+    for a, b in zip(have, want):
+        assert np.allclose(a, b, atol=1e-5 if info["dtype"] == "float32" else 3e-2)
