@@ -126,6 +126,13 @@ class VllmSampler:
         return self.info()
 
     def sample(self, p: dict[str, Any]) -> dict[str, Any]:
+        if p.get("logprobTemperature", 1.0) != 1.0:
+            # vLLM reports raw (T = 1) log-probs; silently returning them would skew every PPO ratio.
+            raise ProtocolError(
+                "bad_request",
+                f"params.logprobTemperature: {p['logprobTemperature']} is not supported by the vLLM sampler, which "
+                "returns raw (temperature 1) log-probs; use loss.temperature 1 with engine.sampler vllm",
+            )
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

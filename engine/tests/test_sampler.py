@@ -262,3 +262,14 @@ def test_identical_prompts_are_prefilled_once_with_the_same_results(engine: Any,
     plain = check_against_forward(engine, prompts, 1e-4)
     assert [s["tokens"] for s in shared] == [s["tokens"] for s in plain]
     assert [s["promptIndex"] for s in shared] == [i for i in range(5) for _ in range(2)]
+
+
+def test_the_vllm_sampler_refuses_log_probs_at_a_temperature() -> None:
+    """vLLM returns raw (T = 1) log-probs: a request for them at another temperature is an error, not
+    a silent mismatch (the check runs before vLLM is imported, so it is testable without it)."""
+    from erl_engine.protocol import ProtocolError as PE
+    from erl_engine.vllm_sampler import VllmSampler
+
+    with pytest.raises(PE, match="logprobTemperature: 0.7 is not supported by the vLLM sampler"):
+        VllmSampler().sample({"prompts": [], "n": 1, "maxTokens": 1, "temperature": 0.7, "seed": 0,
+                              "logprobTemperature": 0.7})
