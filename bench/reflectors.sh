@@ -6,7 +6,7 @@
 # memory next to the initial prompt (same tasks and seeds).
 #
 #   bash bench/reflectors.sh models/erl-tiny                  # SEEDS="0 1 2" STEPS=4 by default
-#   bash bench/reflectors.sh models/smollm2-135m-instruct
+#   EXTRA="--set reflector.maxTokens=192" bash bench/reflectors.sh models/smollm2-135m-instruct
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REFLECTOR=${1:?usage: bench/reflectors.sh <model dir>}
@@ -36,6 +36,7 @@ for seed in $SEEDS; do
     --set data.evalTasks=16 --set eval.n=2 --set eval.every=0 --set eval.initial=false \
     --set reflector.kind=openai --set reflector.baseUrl="http://127.0.0.1:$PORT/v1" \
     --set reflector.model="$NAME" --set reflector.apiKeyEnv=REFLECTOR_KEY --set reflector.timeout=900 \
+    --set reflector.concurrency=1 ${EXTRA:-} \
     > "/tmp/erl-$run.log" 2>&1 \
     || { tail -20 "/tmp/erl-$run.log"; exit 1; }
   node -e '

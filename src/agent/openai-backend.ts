@@ -45,7 +45,7 @@ export interface OpenAIBackendOptions {
   /** Prices per token, for the cost figure. */
   pricePerInputToken?: number;
   pricePerOutputToken?: number;
-  /** API calls at once (default 8). */
+  /** API calls at once (default 4). */
   concurrency?: number;
   /** Name used in records and messages (default `openai:<model>`). */
   label?: string;
@@ -179,7 +179,7 @@ export class OpenAIBackend implements ModelBackend {
   }
 
   async sample(req: SampleRequest): Promise<SampledSequence[]> {
-    const perPrompt = await pool(req.prompts, this.opts.concurrency ?? 8, (prompt, p) =>
+    const perPrompt = await pool(req.prompts, this.opts.concurrency ?? 4, (prompt, p) =>
       this.complete(promptMessages(prompt), req, (req.seed + p) % 2 ** 31),
     );
     return perPrompt.flatMap((texts, promptIndex) =>

@@ -46,6 +46,8 @@ export interface ApiEndpointConfig {
   timeout: number;
   /** Retries of a failed call (connection errors, 408, 409, 429, 5xx), with exponential back-off. */
   maxRetries: number;
+  /** Calls in flight at once (1 suits a single local engine, which answers one call at a time). */
+  concurrency: number;
   /** Prices per token (any currency), for the `…/cost` metric; null = not recorded. */
   pricePerInputToken: number | null;
   pricePerOutputToken: number | null;
@@ -222,6 +224,7 @@ const endpointFields = (): Record<string, Field> => ({
   apiKeyEnv: str({ nonEmpty: true }),
   timeout: num({ min: 0, exclusiveMin: true }),
   maxRetries: int(0, { max: 20 }),
+  concurrency: int(1, { max: 256 }),
   pricePerInputToken: num({ min: 0, nullable: true }),
   pricePerOutputToken: num({ min: 0, nullable: true }),
 });
@@ -332,6 +335,7 @@ function defaultEndpoint(): ApiEndpointConfig {
     apiKeyEnv: "OPENAI_API_KEY",
     timeout: 60,
     maxRetries: 2,
+    concurrency: 4,
     pricePerInputToken: null,
     pricePerOutputToken: null,
   };

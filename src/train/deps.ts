@@ -126,6 +126,7 @@ export async function apiBackendFor(
     apiKey: apiKeyFrom(endpoint.apiKeyEnv, `${block}.apiKeyEnv`),
     timeout: endpoint.timeout,
     maxRetries: endpoint.maxRetries,
+    concurrency: endpoint.concurrency,
     ...(endpoint.pricePerInputToken !== null ? { pricePerInputToken: endpoint.pricePerInputToken } : {}),
     ...(endpoint.pricePerOutputToken !== null ? { pricePerOutputToken: endpoint.pricePerOutputToken } : {}),
     ...sampling,
