@@ -15,6 +15,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { inputError, UserError } from "../util/errors.ts";
+import { KNOWN_MODELS } from "../models/registry.ts";
 
 export const ALGOS = [
   "erl",
@@ -685,13 +686,23 @@ export function buildConfig(
   return { config: applyOverrides(base, sets), source };
 }
 
+/** How to get a missing model directory that the project knows how to build. */
+function missingModelHint(path: string): string {
+  const installable = KNOWN_MODELS.find(
+    (m) => m.source.kind !== "shipped" && resolve(m.dir) === resolve(path),
+  );
+  if (installable) return ` (install it with \`npx erl models install ${installable.name}\`)`;
+  if (path.includes("erl-tiny")) return " (erl-tiny is built with `npx erl pretrain`; see docs/erl-tiny.md)";
+  return "";
+}
+
 /** Resolves `model.path` against the working directory and checks it is a model directory. */
 export function checkModelPath(cfg: RunConfig): string {
   const path = resolve(cfg.model.path);
   if (!existsSync(path))
     throw inputError(
       { key: "model.path" },
-      `model directory ${cfg.model.path} does not exist${cfg.model.path.includes("erl-tiny") ? " (erl-tiny is built with `npx erl pretrain`; see docs/erl-tiny.md)" : ""}`,
+      `model directory ${cfg.model.path} does not exist${missingModelHint(cfg.model.path)}`,
     );
   if (!statSync(path).isDirectory() || !existsSync(join(path, "config.json")))
     throw inputError(
