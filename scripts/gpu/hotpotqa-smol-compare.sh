@@ -117,7 +117,7 @@ run_compare() {
   for seed in "${seeds[@]}"; do
     for algo in erl rlvr; do
       # shellcheck disable=SC2086
-      node bin/erl.mjs compare --env hotpotqa --config hotpotqa-smol --algos "$algo" --seeds "$seed" --out "$dir" \
+      node bin/erl.mjs compare --env hotpotqa --config hotpotqa-smol --algos "$algo" --seeds "$seed,$seed" --out "$dir" \
         --budget "time:$(( BUDGET / 60 ))" $sets > "$out/$algo-seed$seed.log" 2>&1 &
       pids+=($!)
       sleep 2
@@ -137,7 +137,7 @@ dry_run() {
   # On a CPU: the GPU plan with CPU-sized numbers, one step of each algorithm on one seed.
   local dir=runs/gpu-dry-run
   rm -rf "$dir"
-  node bin/erl.mjs compare --env hotpotqa --config hotpotqa-smol --algos erl,rlvr --seeds 0 --out "$dir" \
+  node bin/erl.mjs compare --env hotpotqa --config hotpotqa-smol --algos erl,rlvr --seeds 1 --out "$dir" \
     --set model.device=cpu --set steps=1 --set batchSize=1 --set algo.n=2 --set data.evalTasks=1 \
     --set eval.initial=false --set algo.maxTokensPerTurn=24 --set algo.maxReflectionTokens=48
   echo "dry run: GPU flags would be: $(gpu_sets cuda)"
