@@ -29,8 +29,7 @@ import { fileURLToPath } from "node:url";
 import { createHash, randomBytes } from "node:crypto";
 import { validateConfig, type RunConfig } from "../src/train/config.ts";
 import { runTraining } from "../src/train/runner.ts";
-import { counterDeps } from "../src/train/testkit.ts";
-import { Progress } from "../src/train/progress.ts";
+import { counterDeps, quietProgress, runRecords, trainSteps } from "../src/train/testkit.ts";
 import { readJsonlTolerant } from "../src/util/jsonl.ts";
 import { systemUserError, UserError } from "../src/util/errors.ts";
 import { Rng } from "../src/util/rng.ts";
@@ -67,38 +66,14 @@ function check(cond: unknown, what: string): asserts cond {
   if (!cond) throw new Error(what);
 }
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const quiet = (): Progress => new Progress({ write: () => undefined });
+const quiet = quietProgress;
 let dirs = 0;
 const fresh = (name: string): string => join(WORK, `${String(++dirs).padStart(3, "0")}-${name}`);
 
 // ---------------------------------------------------------------------------------------------
 // Run helpers
 
-/** The run's JSONL records without wall-clock fields, for comparing two runs. */
-function records(dir: string): string {
-  return ["metrics", "rollouts", "memory"]
-    .map((n) => {
-      const text = readFileSync(join(dir, `${n}.jsonl`), "utf8");
-      check(text === "" || text.endsWith("\n"), `${n}.jsonl ends with a torn line`);
-      return text
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => {
-          const r = JSON.parse(l) as Record<string, unknown>;
-          for (const k of Object.keys(r))
-            if (k === "time" || k.startsWith("time/") || k === "tokens_per_s") delete r[k];
-          return JSON.stringify(r);
-        })
-        .join("\n");
-    })
-    .join("\n--\n");
-}
-
-function trainSteps(dir: string): number[] {
-  return readJsonlTolerant<{ kind: string; step: number }>(join(dir, "metrics.jsonl"))
-    .filter((r) => r.kind === "train")
-    .map((r) => r.step);
-}
+const records = runRecords;
 
 function state(dir: string): string {
   return (JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as { state: string }).state;

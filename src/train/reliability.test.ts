@@ -10,12 +10,12 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { validateConfig, type RunConfig } from "./config.ts";
 import { runTraining } from "./runner.ts";
-import { counterDeps } from "./testkit.ts";
+import { counterDeps, quietProgress, runRecords, trainSteps } from "./testkit.ts";
 import { Progress } from "./progress.ts";
 import { LOCK_FILE, processStart, RunLock } from "./runlock.ts";
 import { UserError } from "../util/errors.ts";
 
-const quiet = (): Progress => new Progress({ write: () => undefined });
+const quiet = quietProgress;
 const tmp = (): string => mkdtempSync(join(tmpdir(), "erl-reliab-"));
 
 function config(over: Record<string, unknown> = {}): RunConfig {
@@ -32,26 +32,7 @@ function config(over: Record<string, unknown> = {}): RunConfig {
   });
 }
 
-function trainSteps(dir: string): number[] {
-  return readFileSync(join(dir, "metrics.jsonl"), "utf8")
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as { kind: string; step: number })
-    .filter((r) => r.kind === "train")
-    .map((r) => r.step);
-}
-
-/** The run's records without wall-clock fields. */
-function records(dir: string): string {
-  return ["metrics", "rollouts", "memory"]
-    .map((n) =>
-      readFileSync(join(dir, `${n}.jsonl`), "utf8").replace(
-        /"(time|time\/\w+|tokens_per_s)":[0-9.e+-]+,?/g,
-        "",
-      ),
-    )
-    .join("\n");
-}
+const records = runRecords;
 
 async function reference(cfg: RunConfig): Promise<string> {
   const dir = join(tmp(), "ref");

@@ -11,7 +11,9 @@ import type { Engine, EngineInfo } from "../engine/api.ts";
 import type { EnvFamily, Episode, Task } from "../envs/types.ts";
 import type { ModelBackend, RolloutRecord, StepResult, MemoryWrite, TrainSample } from "../algo/types.ts";
 import type { Algorithms, TrainDeps } from "./runner.ts";
+import { Progress } from "./progress.ts";
 import { UserError } from "../util/errors.ts";
+import { readJsonlTolerant } from "../util/jsonl.ts";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -239,4 +241,37 @@ export function counterDeps(
     },
     getEnv: () => counterEnv(opts.tasks),
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a run back, shared by the resume tests and the fault suite (scripts/faults.ts)
+
+/** Progress output that goes nowhere. */
+export const quietProgress = (): Progress => new Progress({ write: () => undefined });
+
+/** A run's JSONL records without wall-clock fields, for comparing two runs; a torn last line throws. */
+export function runRecords(dir: string): string {
+  return ["metrics", "rollouts", "memory"]
+    .map((n) => {
+      const text = readFileSync(join(dir, `${n}.jsonl`), "utf8");
+      if (text !== "" && !text.endsWith("\n")) throw new Error(`${n}.jsonl ends with a torn line`);
+      return text
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => {
+          const r = JSON.parse(l) as Record<string, unknown>;
+          for (const k of Object.keys(r))
+            if (k === "time" || k.startsWith("time/") || k === "tokens_per_s") delete r[k];
+          return JSON.stringify(r);
+        })
+        .join("\n");
+    })
+    .join("\n--\n");
+}
+
+/** The steps of a run's train records, in file order (a torn last line is skipped). */
+export function trainSteps(dir: string): number[] {
+  return readJsonlTolerant<{ kind: string; step: number }>(join(dir, "metrics.jsonl"))
+    .filter((r) => r.kind === "train")
+    .map((r) => r.step);
 }
