@@ -6,7 +6,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { REPO_ROOT } from "../engine/client.ts";
@@ -16,6 +16,7 @@ import { defaultDeps } from "./deps.ts";
 import { Progress } from "./progress.ts";
 import { runTraining } from "./runner.ts";
 import { readLatestCheckpoint } from "./checkpoint.ts";
+import { readJsonlTolerant } from "../util/jsonl.ts";
 
 const TINY = join(REPO_ROOT, "models", "erl-tiny");
 const token = randomBytes(16).toString("hex");
@@ -28,11 +29,7 @@ before(async () => {
 });
 after(() => stopServe(serve.child));
 
-const readJsonl = (f: string) =>
-  readFileSync(f, "utf8")
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
+const readJsonl = (f: string) => readJsonlTolerant<Record<string, unknown>>(f);
 
 const quiet = () => new Progress({ write: () => undefined });
 

@@ -7,7 +7,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
@@ -18,6 +18,7 @@ import { defaultDeps } from "./deps.ts";
 import { Progress } from "./progress.ts";
 import { runTraining } from "./runner.ts";
 import { UserError } from "../util/errors.ts";
+import { readJsonlTolerant } from "../util/jsonl.ts";
 
 const token = randomBytes(16).toString("hex");
 const KEY_VAR = "ERL_TEST_REFLECTOR_KEY";
@@ -29,11 +30,7 @@ before(async () => {
 });
 after(() => stopServe(serve.child));
 
-const readJsonl = (f: string) =>
-  readFileSync(f, "utf8")
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
+const readJsonl = (f: string) => readJsonlTolerant<Record<string, unknown>>(f);
 
 test("ERL on erl-tiny with a second engine's OpenAI endpoint as reflector", async () => {
   const config = validateConfig({
