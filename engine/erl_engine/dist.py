@@ -117,6 +117,10 @@ class Dist:
     def barrier(self) -> None:
         dist.barrier(group=self.cpu)
 
+    def barrier_ctrl(self) -> None:
+        """All ranks meet on the control group (at shutdown, after the shutdown broadcast)."""
+        dist.barrier(group=self.ctrl)
+
     # ---- work split ---------------------------------------------------------------------------
 
     def shard_by_tokens(self, lengths: list[int]) -> list[int]:

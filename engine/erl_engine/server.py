@@ -129,15 +129,29 @@ def follow() -> int:
             break
         _, err = _outcome(dispatcher.engine, method, params)
         d.gather_outcomes(err)
-    _finish()
+    _finish(d)
     return 0
 
 
-def _finish() -> None:
+def _finish(d: Any) -> None:
+    """Under torchrun: all ranks meet, tear the process groups down, and leave at once.
+
+    The meeting keeps a rank from closing its connections while another still reads the shutdown
+    broadcast. The immediate exit skips interpreter teardown, where gloo's and FSDP's C++ objects
+    could otherwise be destroyed with a worker thread still attached (std::terminate, SIGABRT; seen
+    about one run in three on a fast machine).
+    """
     import torch.distributed as tdist
 
-    if tdist.is_initialized():
+    if d is None or not tdist.is_initialized():
+        return
+    try:
+        d.barrier_ctrl()
+    finally:
         tdist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def serve_stdio() -> int:
@@ -155,7 +169,7 @@ def serve_stdio() -> int:
             break
     out.close()
     dispatcher.close()
-    _finish()
+    _finish(dispatcher.engine.dist)
     return 0
 
 
@@ -479,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
         dispatcher.close()
-        _finish()
+        _finish(dispatcher.engine.dist)
     return 0
 
 
