@@ -14,7 +14,8 @@ import { Rng } from "../util/rng.ts";
 import { erlStep } from "./erl.ts";
 import { scoringDatum, trainOnSamples } from "./learner.ts";
 import { createMemory } from "./memory.ts";
-import { defaultErlOptions, defaultLearnerConfig, type AlgoContext, type TrainSample } from "./types.ts";
+import type { AlgoContext, TrainSample } from "./types.ts";
+import { defaultConfig, erlOptionsFrom, learnerConfigFrom } from "../train/config.ts";
 
 const FIXTURE = join(REPO_ROOT, "test", "fixtures", "tiny-model");
 let engine: EngineClient;
@@ -79,7 +80,7 @@ function smallBoards(env: FrozenLakeFamily, index: number) {
     .slice(index, index + 1);
 }
 const SMALL_ERL = {
-  ...defaultErlOptions(),
+  ...erlOptionsFrom(defaultConfig()),
   n: 2,
   maxTokensPerTurn: 12,
   maxReflectionTokens: 24,
@@ -125,7 +126,7 @@ test("ERL step through the engine: sampled tokens are trained with their own log
   const metrics = await trainOnSamples(
     engine,
     batch,
-    { ...defaultLearnerConfig(), microBatchSize: 4 },
+    { ...learnerConfigFrom(defaultConfig()), microBatchSize: 4 },
     { lr: 1e-3, gradClip: 1 },
   );
   const expectedTokens = trainedSamples.reduce(
@@ -165,7 +166,7 @@ test("the reference's optimiser end to end: log-probs at T, ratio 1 at the first
   assert.ok(gap1 > 1e-2, "T = 1 log-probs differ");
   // One mini-batch: the ratio is 1 at T = 0.7. Several: one optimiser step each.
   const batch = r.samples.map((s, i) => ({ ...s, advantage: i % 2 === 0 ? 1 : -1 }));
-  const cfg = { ...defaultLearnerConfig(), temperature: 0.7, logRatioClamp: 20, klClamp: 10 };
+  const cfg = { ...learnerConfigFrom(defaultConfig()), temperature: 0.7, logRatioClamp: 20, klClamp: 10 };
   const one = await trainOnSamples(engine, batch, cfg, { lr: 0, gradClip: 1 });
   assert.ok(Math.abs(one["ratio/mean"]! - 1) < 1e-3, `ratio ${one["ratio/mean"]}`);
   const many = await trainOnSamples(

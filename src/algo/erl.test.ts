@@ -16,9 +16,13 @@ import { evaluate } from "./eval.ts";
 import { RulebookMemory, createMemory } from "./memory.ts";
 import { rlvrStep } from "./rlvr.ts";
 import {
-  defaultErlOptions,
-  defaultEvalOptions,
-  defaultRlvrOptions,
+  applyOverrides,
+  defaultConfig,
+  erlOptionsFrom,
+  evalOptionsFrom,
+  rlvrOptionsFrom,
+} from "../train/config.ts";
+import {
   type AlgoContext,
   type ErlOptions,
   type MemoryMode,
@@ -32,6 +36,10 @@ const tasks: FrozenLakeTask[] = env.loadSplit("test").slice(0, 3);
 const [t0, t1, t2] = tasks.map((t) => t.id) as [string, string, string];
 const parts = env.prompt();
 const initialPrompt = getPromptProfile("paper").initialSystemPrompt(parts);
+// The run config's defaults (the one table), with the `paper` prompt profile the scripted policy is
+// written for and a context that holds its long prompts (the fake tokenizer spends a token a character).
+const CONFIG = applyOverrides(defaultConfig(), ["algo.profile=paper", "algo.maxContextTokens=8192"]);
+const RLVR = rlvrOptionsFrom(applyOverrides(CONFIG, ["algo.name=rlvr"]));
 const A = 1 / Math.sqrt(2) / (1 + 1e-6 * Math.sqrt(2)); // GRPO advantage of a [1, 0] group: 0.5 / (std 0.7071 + 1e-6)
 
 /** Scenario: first call's prompts 0, 1 (task 0) and 2 (task 1, attempt 0) are lucky; reflections alternate good, bad, good. */
@@ -44,7 +52,7 @@ function setup(opts: { memory?: MemoryMode; erl?: Partial<ErlOptions>; seed?: nu
   const memoryMode = opts.memory ?? { kind: "global" };
   const memory = createMemory(memoryMode);
   const ctx: AlgoContext = { env, model, memory, rng: new Rng(opts.seed ?? 7), step: 1 };
-  const options: ErlOptions = { ...defaultErlOptions(), n: 2, memory: memoryMode, ...opts.erl };
+  const options: ErlOptions = { ...erlOptionsFrom(CONFIG), n: 2, memory: memoryMode, ...opts.erl };
   return { policy, model, memory, ctx, options };
 }
 
@@ -367,7 +375,7 @@ test("evaluation: first attempts under the initial prompt, never memory", async 
   memory.apply([{ step: 1, episode: "x", task: "x", rulebook: `${KEY}: the answer`, previous: null }]);
   // A full training context, memory included, is accepted; evaluation ignores the memory.
   const ctx: AlgoContext = { env, model, memory, rng: new Rng(3), step: 5 };
-  const res = await evaluate(ctx, tasks, defaultEvalOptions("frozenlake"));
+  const res = await evaluate(ctx, tasks, evalOptionsFrom(CONFIG));
   assert.equal(res.n, 12);
   near(res.reward, 3 / 12, "eval reward");
   near(res.passAt1, (2 / 4 + 1 / 4 + 0) / 3, "pass@1");
@@ -381,14 +389,14 @@ test("evaluation: first attempts under the initial prompt, never memory", async 
   }
   assert.equal(policy.reflections, 0);
   assert.ok(res.rollouts.every((x) => x.stage === "eval" && x.reflection === undefined));
-  assert.equal(defaultEvalOptions("hotpotqa").n, 1);
+  assert.equal(evalOptionsFrom({ ...CONFIG, env: "hotpotqa" }).n, 1);
 });
 
 test("RLVR step: n = 10 first attempts, GRPO within each task, nothing else", async () => {
   const policy = new FrozenLakePolicy({ key: KEY, lucky: (call, p) => call === 0 && p < 5 });
   const model = new ScriptedBackend(policy.script);
   const ctx: AlgoContext = { env, model, memory: createMemory({ kind: "global" }), rng: new Rng(1), step: 1 };
-  const r = await rlvrStep(ctx, tasks.slice(0, 2), defaultRlvrOptions());
+  const r = await rlvrStep(ctx, tasks.slice(0, 2), RLVR);
   assert.equal(r.samples.length, 20);
   assert.ok(r.samples.every((s) => s.stage === "first"));
   // Five successes of ten: mean 0.5, unbiased std sqrt(10·0.25/9) = 0.5270463.
@@ -407,7 +415,7 @@ test("a task that appears twice in one batch gets one group per copy", async () 
   const policy = new FrozenLakePolicy({ key: KEY, lucky: (call, p) => call === 0 && p === 0 });
   const model = new ScriptedBackend(policy.script);
   const ctx: AlgoContext = { env, model, memory: createMemory({ kind: "global" }), rng: new Rng(1), step: 1 };
-  const r = await rlvrStep(ctx, [tasks[0]!, tasks[0]!, tasks[1]!], { ...defaultRlvrOptions(), n: 2 });
+  const r = await rlvrStep(ctx, [tasks[0]!, tasks[0]!, tasks[1]!], { ...RLVR, n: 2 });
   assert.deepEqual(
     r.samples.map((s) => s.reward),
     [1, 0, 0, 0, 0, 0],

@@ -3,7 +3,11 @@ import assert from "node:assert/strict";
 import type { AdamWConfig, Datum, ForwardBackwardResult, LossConfig } from "../engine/api.ts";
 import { Rng } from "../util/rng.ts";
 import { batchNormalizer, lossConfigFor, miniBatches, sampleToDatum, trainOnSamples } from "./learner.ts";
-import { defaultLearnerConfig, type TrainSample } from "./types.ts";
+import type { TrainSample } from "./types.ts";
+import { defaultConfig, learnerConfigFrom } from "../train/config.ts";
+
+/** The learner's defaults: the run config's (the project's one table of defaults). */
+const DEFAULTS = learnerConfigFrom(defaultConfig());
 
 const OPTIM = { lr: 1e-5, weightDecay: 0.01, gradClip: 1 };
 
@@ -33,7 +37,7 @@ test("a sample becomes a shifted datum: the advantage lands on trained targets o
 });
 
 test("the spec's loss settings reach the engine", () => {
-  const loss = lossConfigFor(defaultLearnerConfig());
+  const loss = lossConfigFor(DEFAULTS);
   const spec = {
     name: "ppo",
     aggregation: "seq-mean-token-sum",
@@ -43,18 +47,15 @@ test("the spec's loss settings reach the engine", () => {
     klCoef: 0.001,
   };
   assert.deepEqual(loss, spec);
-  assert.equal(lossConfigFor({ ...defaultLearnerConfig(), dualClip: null }).dualClip, undefined);
+  assert.equal(lossConfigFor({ ...DEFAULTS, dualClip: null }).dualClip, undefined);
   // The reference's temperature and clamps, when set, reach the engine too.
-  assert.deepEqual(
-    lossConfigFor({ ...defaultLearnerConfig(), temperature: 0.7, logRatioClamp: 20, klClamp: 10 }, 5),
-    {
-      ...spec,
-      temperature: 0.7,
-      logRatioClamp: 20,
-      klClamp: 10,
-      normalizer: 5,
-    },
-  );
+  assert.deepEqual(lossConfigFor({ ...DEFAULTS, temperature: 0.7, logRatioClamp: 20, klClamp: 10 }, 5), {
+    ...spec,
+    temperature: 0.7,
+    logRatioClamp: 20,
+    klClamp: 10,
+    normalizer: 5,
+  });
 });
 
 class FakeEngine {
@@ -93,7 +94,7 @@ test("trainOnSamples: micro-batched calls share one normaliser, then one optimis
     sample({ episode: "e3", mask: [0, 0, 0, 0, 0, 0] }), // nothing to train: left out
     sample({ stage: "distill", group: "", advantage: 1, distillWeight: 1, mask: [0, 1, 1, 1, 1, 1] }),
   ];
-  const m = await trainOnSamples(engine, samples, { ...defaultLearnerConfig(), microBatchSize: 2 }, OPTIM);
+  const m = await trainOnSamples(engine, samples, { ...DEFAULTS, microBatchSize: 2 }, OPTIM);
   assert.deepEqual(
     engine.calls.map((c) => c.datums.length),
     [2, 1],
@@ -112,22 +113,17 @@ test("trainOnSamples: micro-batched calls share one normaliser, then one optimis
   assert.deepEqual(engine.calls[1]!.datums[0]!.advantages, [1, 1, 1, 1, 1]);
 
   const one = new FakeEngine();
-  await trainOnSamples(one, samples, defaultLearnerConfig(), OPTIM);
+  await trainOnSamples(one, samples, DEFAULTS, OPTIM);
   assert.equal(one.calls.length, 1);
   assert.equal(one.calls[0]!.loss.normalizer, undefined, "one call: the engine's own divisor is the batch's");
 });
 
 test("token-mean normalises by trained tokens; an empty batch skips the optimiser", async () => {
   const datums = [sampleToDatum(sample()), sampleToDatum(sample({ mask: [0, 1, 1, 1, 1, 1] }))];
-  assert.equal(batchNormalizer(datums, { ...defaultLearnerConfig(), aggregation: "token-mean" }), 3 + 5);
-  assert.equal(batchNormalizer(datums, defaultLearnerConfig()), 2);
+  assert.equal(batchNormalizer(datums, { ...DEFAULTS, aggregation: "token-mean" }), 3 + 5);
+  assert.equal(batchNormalizer(datums, DEFAULTS), 2);
   const engine = new FakeEngine();
-  const m = await trainOnSamples(
-    engine,
-    [sample({ mask: [0, 0, 0, 0, 0, 0] })],
-    defaultLearnerConfig(),
-    OPTIM,
-  );
+  const m = await trainOnSamples(engine, [sample({ mask: [0, 0, 0, 0, 0, 0] })], DEFAULTS, OPTIM);
   assert.equal(engine.calls.length + engine.optim.length, 0);
   assert.equal(m["samples/trained"], 0);
 });
@@ -149,7 +145,7 @@ test("rollout rows carry the sampler's log-probs; the gap is averaged over their
   const m = await trainOnSamples(
     engine,
     [sample(), sample({ episode: "e2" })],
-    { ...defaultLearnerConfig(), microBatchSize: 1 },
+    { ...DEFAULTS, microBatchSize: 1 },
     OPTIM,
   );
   assert.ok(Math.abs(m["mismatch/abs_mean"]! - (0.1 * 3 + 0.5) / 4) < 1e-12);
@@ -166,7 +162,7 @@ test("with tisCap the trainer's own log-probs become the PPO anchor of rollout r
     return datums.map((d) => d.targetIds.map((t) => -t / 100));
   };
   const distill = sample({ stage: "distill", group: "", distillWeight: 1, mask: [0, 1, 1, 1, 1, 1] });
-  await trainOnSamples(engine, [sample(), distill], { ...defaultLearnerConfig(), tisCap: 2 }, OPTIM);
+  await trainOnSamples(engine, [sample(), distill], { ...DEFAULTS, tisCap: 2 }, OPTIM);
   assert.equal(scored.length, 1);
   assert.equal(scored[0]!.length, 1, "only the rollout row is rescored");
   assert.equal(scored[0]![0]!.oldLogprobs, undefined);
@@ -176,14 +172,14 @@ test("with tisCap the trainer's own log-probs become the PPO anchor of rollout r
   assert.deepEqual(dist!.oldLogprobs, [0, -0.5, -0.25, 0, -2], "distill rows keep their recomputed ones");
   assert.equal(engine.calls[0]!.loss.tisCap, 2);
   await assert.rejects(
-    trainOnSamples(new FakeEngine(), [sample()], { ...defaultLearnerConfig(), tisCap: 2 }, OPTIM),
+    trainOnSamples(new FakeEngine(), [sample()], { ...DEFAULTS, tisCap: 2 }, OPTIM),
     /needs an engine with forward/,
   );
 });
 
 test("PPO mini-batches: a seeded shuffle, then one optimiser step per mini-batch with its own normaliser", async () => {
   const samples = Array.from({ length: 7 }, (_, i) => sample({ episode: `e${i}`, advantage: i }));
-  const cfg = { ...defaultLearnerConfig(), miniBatchSize: 3, microBatchSize: 2 };
+  const cfg = { ...DEFAULTS, miniBatchSize: 3, microBatchSize: 2 };
   // The split, by hand: the shuffled order cut into 3 + 3 + 1.
   const order = new Rng("mb").shuffle(samples.map((s) => s.advantage));
   const split = miniBatches(

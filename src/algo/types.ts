@@ -1,7 +1,9 @@
 /**
  * The contract between the algorithms (`src/algo/`) and whoever runs them (`src/train/`, the CLI):
- * options with their defaults, the training sample, the run-file records, the step result and the
- * signatures of the step functions. Implementations: `erl.ts` (erlStep), `rlvr.ts` (rlvrStep),
+ * the options, the training sample, the run-file records, the step result and the signatures of the
+ * step functions. The options have no defaults here: their one table of defaults is the run config's
+ * (`defaultConfig` in src/train/config.ts, mapped onto these types by `erlOptionsFrom` and its
+ * siblings there), and the paper's values live in the paper presets (configs/*-paper.json). Implementations: `erl.ts` (erlStep), `rlvr.ts` (rlvrStep),
  * `learner.ts` (trainOnSamples), `eval.ts` (evaluate), `memory.ts` (MemoryStore).
  * docs/algorithms.md describes every option in prose.
  */
@@ -100,55 +102,6 @@ export interface EvalOptions extends LoopOptions {
    * evaluation). erl-icl passes its memory's rulebook, its deployed artifact.
    */
   system?: string;
-}
-
-const LOOP_DEFAULTS: LoopOptions = {
-  logprobTemperature: 1,
-  maxTokensPerTurn: 256,
-  maxContextTokens: 8192,
-  contextOverflow: "stop",
-  turnTokenLimit: "step",
-};
-
-/** The reference settings (spec §1–§2). */
-export function defaultErlOptions(): ErlOptions {
-  return {
-    ...LOOP_DEFAULTS,
-    n: 4,
-    memory: { kind: "global" },
-    noMemory: false,
-    noReflection: false,
-    noDistill: false,
-    singleton: "reward-as-advantage",
-    allEqual: "zero",
-    reflectionAdvantage: "grpo",
-    attemptSampling: { temperature: 0.7, topP: 1 },
-    reflectionSampling: { temperature: 0.5, topP: 0.9 },
-    maxReflectionTokens: 1024,
-    profile: "paper",
-  };
-}
-
-export function defaultRlvrOptions(): RlvrOptions {
-  return {
-    ...LOOP_DEFAULTS,
-    n: 10,
-    singleton: "reward-as-advantage",
-    allEqual: "zero",
-    attemptSampling: { temperature: 0.7, topP: 1 },
-    profile: "paper",
-  };
-}
-
-/** Spec §3: n = 4 at temperature 0.7, top-p 0.8, top-k 20; HotpotQA n = 1. */
-export function defaultEvalOptions(envName?: string): EvalOptions {
-  return {
-    ...LOOP_DEFAULTS,
-    n: envName === "hotpotqa" ? 1 : 4,
-    sampling: { temperature: 0.7, topP: 0.8, topK: 20 },
-    profile: "paper",
-    split: "test",
-  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,7 +254,7 @@ export interface EvalResult {
   rollouts: RolloutRecord[];
 }
 
-/** Loss settings of a training step (spec §2 defaults in `defaultLearnerConfig`). */
+/** Loss settings of a training step (defaults: the run config's `loss` section, `learnerConfigFrom`). */
 export interface LearnerConfig {
   clipLow: number;
   clipHigh: number;
@@ -327,23 +280,6 @@ export interface LearnerConfig {
   logRatioClamp: number | null;
   /** Cap of the per-token k3 KL; null = none (verl: 10). */
   klClamp: number | null;
-}
-
-/** The learner's defaults: the one table, also the run config's `loss` defaults (train/config.ts). */
-export function defaultLearnerConfig(): LearnerConfig {
-  return {
-    clipLow: 0.2,
-    clipHigh: 0.28,
-    dualClip: 3,
-    klCoef: 0.001,
-    aggregation: "seq-mean-token-sum",
-    microBatchSize: 8,
-    tisCap: null,
-    miniBatchSize: null,
-    temperature: 1,
-    logRatioClamp: null,
-    klClamp: null,
-  };
 }
 
 /**

@@ -13,9 +13,14 @@ import { systemUserError, UserError } from "../util/errors.ts";
 import { appendJsonl } from "../util/jsonl.ts";
 import { Rng } from "../util/rng.ts";
 import { knownEnvs } from "../envs/registry.ts";
-import { buildConfig, checkModelPath, applyOverrides, type RunConfig } from "../train/config.ts";
+import {
+  buildConfig,
+  checkModelPath,
+  applyOverrides,
+  evalOptionsFrom,
+  type RunConfig,
+} from "../train/config.ts";
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
-import { evalOptionsFrom } from "../train/runner.ts";
 import { Progress } from "../train/progress.ts";
 import type { Engine } from "../engine/api.ts";
 import type { ModelBackend } from "../agent/backend.ts";

@@ -17,7 +17,7 @@ import { compactProfile, findRulebook, rulebookFromReflection } from "../agent/p
 import { startEngine } from "../engine/client.ts";
 import type { ChatMessage } from "../engine/api.ts";
 import { FROZENLAKE_SYMBOLS, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
-import { defaultEvalOptions } from "../algo/types.ts";
+import { defaultConfig, evalOptionsFrom } from "../train/config.ts";
 import { SokobanFamily, type SokobanTask } from "../envs/sokoban.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
@@ -227,7 +227,7 @@ async function measureMode(
 }
 
 const samplingFor = (mode: "greedy" | "sampled"): SamplingSettings =>
-  mode === "greedy" ? { temperature: 0 } : defaultEvalOptions().sampling;
+  mode === "greedy" ? { temperature: 0 } : evalOptionsFrom(defaultConfig()).sampling;
 
 async function measureSokoban(
   mode: "greedy" | "sampled",

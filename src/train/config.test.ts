@@ -9,18 +9,16 @@ import {
   buildConfig,
   checkModelPath,
   defaultConfig,
-  listPresets,
-  loadConfigFile,
-  validateConfig,
-} from "./config.ts";
-import { UserError } from "../util/errors.ts";
-import {
   erlOptionsFrom,
   evalOptionsFrom,
   learnerConfigFrom,
+  listPresets,
+  loadConfigFile,
   optimConfigFrom,
   rlvrOptionsFrom,
-} from "./runner.ts";
+  validateConfig,
+} from "./config.ts";
+import { UserError } from "../util/errors.ts";
 import { loadModelRequest } from "./deps.ts";
 
 function writeTmp(content: string): string {

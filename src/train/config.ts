@@ -9,7 +9,8 @@
  * everything else takes the defaults below (the CPU-scale values, see docs/training.md).
  */
 import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
-import { defaultLearnerConfig } from "../algo/types.ts";
+import type { ErlOptions, EvalOptions, LearnerConfig, RlvrOptions, SamplingOptions } from "../algo/types.ts";
+import type { AdamWConfig } from "../engine/api.ts";
 import { knownEnvs } from "../envs/registry.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
@@ -342,7 +343,12 @@ function defaultEndpoint(): ApiEndpointConfig {
   };
 }
 
-/** Defaults: CPU scale for erl-tiny on FrozenLake; presets and files override them. */
+/**
+ * The defaults: CPU scale for erl-tiny on FrozenLake; presets and files override them. This is the
+ * project's one table of defaults — the algorithm options, the learner's loss settings and the
+ * optimiser all take theirs from here (through `erlOptionsFrom` and its siblings below); the paper's
+ * values live only in the paper presets (configs/*-paper.json).
+ */
 export function defaultConfig(): RunConfig {
   return {
     description: "",
@@ -389,10 +395,19 @@ export function defaultConfig(): RunConfig {
     timeBudget: null,
     batchSize: 8,
     optim: { lr: 1e-5, weightDecay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, gradClip: 1 },
-    // The learner's one table of defaults (algo/types.ts); mini-batches are counted in tasks here.
-    loss: (({ miniBatchSize: _sequences, ...loss }) => ({ ...loss, miniBatchTasks: null }))(
-      defaultLearnerConfig(),
-    ),
+    loss: {
+      clipLow: 0.2,
+      clipHigh: 0.28,
+      dualClip: 3,
+      klCoef: 0.001,
+      aggregation: "seq-mean-token-sum",
+      microBatchSize: 8,
+      tisCap: null,
+      miniBatchTasks: null,
+      temperature: 1,
+      logRatioClamp: null,
+      klClamp: null,
+    },
     eval: {
       every: 5,
       final: true,
@@ -715,4 +730,80 @@ export function checkModelPath(cfg: RunConfig): string {
 /** Default attempts per task for an algorithm (spec §1, §4). */
 export function attemptsPerTask(cfg: RunConfig): number {
   return cfg.algo.n ?? (cfg.algo.name === "rlvr" ? 10 : 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config → algorithm options: what the run config (and so its defaults) means for the step
+// functions, the learner and the optimiser (src/algo/types.ts).
+
+function sampling(s: SamplingConfig): SamplingOptions {
+  return { temperature: s.temperature, topP: s.topP, ...(s.topK !== null ? { topK: s.topK } : {}) };
+}
+
+function loopOptions(cfg: RunConfig) {
+  return {
+    logprobTemperature: cfg.loss.temperature,
+    maxTokensPerTurn: cfg.algo.maxTokensPerTurn,
+    maxContextTokens: cfg.algo.maxContextTokens,
+    contextOverflow: cfg.algo.contextOverflow,
+    turnTokenLimit: cfg.algo.turnTokenLimit,
+  };
+}
+
+export function erlOptionsFrom(cfg: RunConfig): ErlOptions {
+  const a = cfg.algo;
+  return {
+    ...loopOptions(cfg),
+    n: attemptsPerTask(cfg),
+    memory: a.memory === "global" ? { kind: "global" } : { kind: "perWorker", k: a.memoryWorkers },
+    noMemory: a.name === "erl-no-memory",
+    noReflection: a.name === "erl-no-reflection",
+    // erl-icl updates no weights, so it needs no distill samples (nor their scoring pass).
+    noDistill: a.name === "erl-no-distill" || a.name === "erl-icl",
+    singleton: a.singleton,
+    allEqual: a.allEqual,
+    reflectionAdvantage: a.reflectionAdvantage,
+    attemptSampling: sampling(a.attemptSampling),
+    reflectionSampling: sampling(a.reflectionSampling),
+    maxReflectionTokens: a.maxReflectionTokens,
+    profile: a.profile,
+  };
+}
+
+export function rlvrOptionsFrom(cfg: RunConfig): RlvrOptions {
+  return {
+    ...loopOptions(cfg),
+    n: attemptsPerTask(cfg),
+    singleton: cfg.algo.singleton,
+    allEqual: cfg.algo.allEqual,
+    attemptSampling: sampling(cfg.algo.attemptSampling),
+    profile: cfg.algo.profile,
+  };
+}
+
+export function evalOptionsFrom(cfg: RunConfig): EvalOptions {
+  return {
+    ...loopOptions(cfg),
+    n: cfg.eval.n ?? (cfg.env === "hotpotqa" ? 1 : 4),
+    sampling: sampling(cfg.eval.sampling),
+    profile: cfg.algo.profile,
+    split: cfg.data.evalSplit,
+  };
+}
+
+export function learnerConfigFrom(cfg: RunConfig): LearnerConfig {
+  const { miniBatchTasks, ...loss } = cfg.loss;
+  // verl counts ppo_mini_batch_size in tasks and multiplies it by n.
+  return { ...loss, miniBatchSize: miniBatchTasks === null ? null : miniBatchTasks * attemptsPerTask(cfg) };
+}
+
+export function optimConfigFrom(cfg: RunConfig): AdamWConfig {
+  const o = cfg.optim;
+  return {
+    lr: o.lr,
+    betas: [o.beta1, o.beta2],
+    eps: o.eps,
+    weightDecay: o.weightDecay,
+    ...(o.gradClip !== null ? { gradClip: o.gradClip } : {}),
+  };
 }

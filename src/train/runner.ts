@@ -10,20 +10,15 @@
  */
 import { mkdirSync, rmSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
-import type { AdamWConfig, Engine, EngineInfo } from "../engine/api.ts";
+import type { Engine, EngineInfo } from "../engine/api.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
 import type {
   AlgoContext,
-  ErlOptions,
   ErlStepFn,
-  EvalOptions,
   EvaluateFn,
-  LearnerConfig,
   ModelBackend,
   ProgressEvent,
-  RlvrOptions,
   RlvrStepFn,
-  SamplingOptions,
   StepResult,
   TrainOnSamplesFn,
 } from "../algo/types.ts";
@@ -31,7 +26,14 @@ import { createMemory, RulebookMemory } from "../algo/memory.ts";
 import { Rng } from "../util/rng.ts";
 import { inputError, systemUserError, UserError } from "../util/errors.ts";
 import { readJsonlTolerant } from "../util/jsonl.ts";
-import { attemptsPerTask, type RunConfig, type SamplingConfig } from "./config.ts";
+import {
+  erlOptionsFrom,
+  evalOptionsFrom,
+  learnerConfigFrom,
+  optimConfigFrom,
+  rlvrOptionsFrom,
+  type RunConfig,
+} from "./config.ts";
 import {
   checkpointCandidates,
   readCheckpointDir,
@@ -84,81 +86,6 @@ export interface RunSummary {
   finalEval: { reward: number; passAt1: number; n: number } | null;
   resumedFrom: number | null;
   alreadyFinished: boolean;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Config → algorithm options
-
-function sampling(s: SamplingConfig): SamplingOptions {
-  return { temperature: s.temperature, topP: s.topP, ...(s.topK !== null ? { topK: s.topK } : {}) };
-}
-
-function loopOptions(cfg: RunConfig) {
-  return {
-    logprobTemperature: cfg.loss.temperature,
-    maxTokensPerTurn: cfg.algo.maxTokensPerTurn,
-    maxContextTokens: cfg.algo.maxContextTokens,
-    contextOverflow: cfg.algo.contextOverflow,
-    turnTokenLimit: cfg.algo.turnTokenLimit,
-  };
-}
-
-export function erlOptionsFrom(cfg: RunConfig): ErlOptions {
-  const a = cfg.algo;
-  return {
-    ...loopOptions(cfg),
-    n: attemptsPerTask(cfg),
-    memory: a.memory === "global" ? { kind: "global" } : { kind: "perWorker", k: a.memoryWorkers },
-    noMemory: a.name === "erl-no-memory",
-    noReflection: a.name === "erl-no-reflection",
-    // erl-icl updates no weights, so it needs no distill samples (nor their scoring pass).
-    noDistill: a.name === "erl-no-distill" || a.name === "erl-icl",
-    singleton: a.singleton,
-    allEqual: a.allEqual,
-    reflectionAdvantage: a.reflectionAdvantage,
-    attemptSampling: sampling(a.attemptSampling),
-    reflectionSampling: sampling(a.reflectionSampling),
-    maxReflectionTokens: a.maxReflectionTokens,
-    profile: a.profile,
-  };
-}
-
-export function rlvrOptionsFrom(cfg: RunConfig): RlvrOptions {
-  return {
-    ...loopOptions(cfg),
-    n: attemptsPerTask(cfg),
-    singleton: cfg.algo.singleton,
-    allEqual: cfg.algo.allEqual,
-    attemptSampling: sampling(cfg.algo.attemptSampling),
-    profile: cfg.algo.profile,
-  };
-}
-
-export function evalOptionsFrom(cfg: RunConfig): EvalOptions {
-  return {
-    ...loopOptions(cfg),
-    n: cfg.eval.n ?? (cfg.env === "hotpotqa" ? 1 : 4),
-    sampling: sampling(cfg.eval.sampling),
-    profile: cfg.algo.profile,
-    split: cfg.data.evalSplit,
-  };
-}
-
-export function learnerConfigFrom(cfg: RunConfig): LearnerConfig {
-  const { miniBatchTasks, ...loss } = cfg.loss;
-  // verl counts ppo_mini_batch_size in tasks and multiplies it by n.
-  return { ...loss, miniBatchSize: miniBatchTasks === null ? null : miniBatchTasks * attemptsPerTask(cfg) };
-}
-
-export function optimConfigFrom(cfg: RunConfig): AdamWConfig {
-  const o = cfg.optim;
-  return {
-    lr: o.lr,
-    betas: [o.beta1, o.beta2],
-    eps: o.eps,
-    weightDecay: o.weightDecay,
-    ...(o.gradClip !== null ? { gradClip: o.gradClip } : {}),
-  };
 }
 
 /** The run name used when the config does not give one. */
