@@ -5,26 +5,12 @@
  * generator with the reference acceptance rule, and the `EnvFamily` that makes text episodes.
  */
 import { join } from "node:path";
-import { readJsonl } from "../util/jsonl.ts";
 import { inputError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
 import type { EnvPromptParts, Split, Task } from "./types.ts";
-import {
-  GridGameEpisode,
-  GridGameFamily,
-  type GridGameOptions,
-  type GridMove,
-  type GridStatus,
-} from "./grid-game.ts";
-import {
-  asRecord,
-  DELTA,
-  DIRECTIONS,
-  renderGrid,
-  type Direction,
-  GAME_FORMAT_REMINDER,
-  movesSentence,
-} from "./common.ts";
+import { GridGameEpisode, GridGameFamily, gridGamePrompt, loadTaskFile, solveGridGame } from "./grid-game.ts";
+import type { GridGame, GridGameOptions } from "./grid-game.ts";
+import { asRecord, DELTA, renderGrid, type Direction } from "./common.ts";
 
 /** Board letters in the data files (never shown to the model): S start, F frozen, H hole, G goal. */
 export type FrozenLakeCell = "S" | "F" | "H" | "G";
@@ -63,8 +49,6 @@ export const FROZENLAKE_SYMBOLS: Readonly<FrozenLakeSymbols> = {
 };
 
 export const FROZENLAKE_BUDGET = 8;
-/** Depth limit of the reference generator's acceptance search (paths of at most MAX_STEPS + 1 moves). */
-export const FROZENLAKE_MAX_STEPS = 5;
 
 // ---------------------------------------------------------------------------------------------
 // Dynamics
@@ -130,41 +114,14 @@ export function renderFrozenLake(
 
 /** Shortest move sequence from the start to the goal avoiding holes (BFS), or null if none. */
 export function solveFrozenLake(task: Pick<FrozenLakeTask, "map" | "size" | "start">): Direction[] | null {
-  const n = task.size;
-  const key = (r: number, c: number) => r * n + c;
-  const prev = new Map<number, { from: number; dir: Direction }>();
-  const startKey = key(task.start[0], task.start[1]);
-  const seen = new Set([startKey]);
-  const queue: [number, number][] = [[task.start[0], task.start[1]]];
-  for (let head = 0; head < queue.length; head++) {
-    const [r, c] = queue[head]!;
-    for (const dir of DIRECTIONS) {
-      const nr = r + DELTA[dir][0];
-      const nc = c + DELTA[dir][1];
-      if (nr < 0 || nr >= n || nc < 0 || nc >= n) continue;
-      const k = key(nr, nc);
-      if (seen.has(k)) continue;
-      const cell = frozenLakeCell(task, nr, nc);
-      if (cell === "H") continue;
-      seen.add(k);
-      prev.set(k, { from: key(r, c), dir });
-      if (cell === "G") {
-        const path: Direction[] = [];
-        for (let at = k; at !== startKey;) {
-          const p = prev.get(at)!;
-          path.push(p.dir);
-          at = p.from;
-        }
-        return path.reverse();
-      }
-      queue.push([nr, nc]);
-    }
-  }
-  return null;
+  return solveGridGame(FROZENLAKE, task, (s) => s.row * task.size + s.col);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Generator
+
+/** Depth limit of the reference generator's acceptance search (paths of at most MAX_STEPS + 1 moves). */
+export const FROZENLAKE_MAX_STEPS = 5;
 
 /**
  * The reference generator's acceptance test, reproduced step for step: a depth-first search from
@@ -264,8 +221,6 @@ export function frozenLakeTaskFromParams(seed: number, size: number, p: number):
 // ---------------------------------------------------------------------------------------------
 // Data
 
-const splitCache = new Map<string, FrozenLakeTask[]>();
-
 /** Parses and checks one map record (`{index, uid, size, map, start, goal}`) of a maps file. */
 export function parseFrozenLakeRecord(
   value: unknown,
@@ -325,105 +280,66 @@ export function parseFrozenLakeRecord(
 
 /** Loads `{dir}/{split}_maps.jsonl`; cached per process. */
 export function loadFrozenLakeMaps(dir: string, split: Split): FrozenLakeTask[] {
-  const file = join(dir, `${split}_maps.jsonl`);
-  const cached = splitCache.get(file);
-  if (cached) return cached;
-  const tasks = readJsonl(file, (v, line) => parseFrozenLakeRecord(v, file, line, split));
-  if (tasks.length === 0) throw inputError({ file }, "no tasks in file");
-  const ids = new Set<string>();
-  for (const t of tasks) {
-    if (ids.has(t.id)) throw inputError({ file }, `duplicate index in task id "${t.id}"`);
-    ids.add(t.id);
-  }
-  splitCache.set(file, tasks);
-  return tasks;
+  return loadTaskFile(join(dir, `${split}_maps.jsonl`), split, parseFrozenLakeRecord);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Text episodes
+// The game: prompt, grid-game description (episodes come from it), family
 
-export type FrozenLakeOptions = GridGameOptions<FrozenLakeSymbols>;
+/** What the model is told about FrozenLake in letters `s` with `budget` moves (the rulebook is for tests and the corpus). */
+export function frozenLakePrompt(s = FROZENLAKE_SYMBOLS, budget = FROZENLAKE_BUDGET): EnvPromptParts {
+  return gridGamePrompt(
+    "You are playing FrozenLake on a square grid of letters. You control an agent that must reach " +
+      "the goal cell without falling into a hole. The board does not say which letter is which: " +
+      "work it out from how the board changes after your moves.",
+    budget,
+    {
+      referenceRulebook: [
+        "FrozenLake rules:",
+        `- ${s.agent} is you (the agent); ${s.goal} is the goal; ${s.hole} is a hole; ${s.frozen} is safe frozen ice.`,
+        `- ${s.agentOnGoal} means you are on the goal (you won); ${s.agentInHole} means you fell into a hole (you lost).`,
+        "- up/down/left/right move one cell; a move off the edge of the board does nothing.",
+        `- Reaching the goal gives reward 1 and ends the game; a hole ends it with reward 0; after ${budget} moves the game ends with reward 0.`,
+        "- Invalid replies do nothing but still use a move.",
+        `- Strategy: find ${s.agent} and ${s.goal}, plan the shortest path that avoids every ${s.hole}, then follow it.`,
+      ].join("\n"),
+    },
+  );
+}
 
-export class FrozenLakeEpisode extends GridGameEpisode<FrozenLakeTask, FrozenLakeState, FrozenLakeSymbols> {
-  constructor(task: FrozenLakeTask, symbols = FROZENLAKE_SYMBOLS, budget = FROZENLAKE_BUDGET) {
-    super(task, symbols, budget, frozenLakeInitialState(task));
-  }
-
-  board(): string {
-    return renderFrozenLake(this.task, this.state, this.symbols);
-  }
-
-  protected move(dir: Direction): GridMove {
-    const next = frozenLakeMove(this.task, this.state, dir);
-    this.state = next.state;
-    return { moved: next.moved };
-  }
-
-  protected status(): GridStatus {
-    return this.state.status === "goal" ? "won" : this.state.status === "hole" ? "lost" : "playing";
-  }
-
-  protected endComment(status: "won" | "lost"): string {
-    return status === "won" ? "reached the goal" : "fell into a hole";
-  }
-
-  protected outcome(status: GridStatus, done: boolean): string {
+/** FrozenLake as a grid game (grid-game.ts): the paper's letters and budget, the rules above, its words. */
+export const FROZENLAKE: GridGame<FrozenLakeTask, FrozenLakeState, FrozenLakeSymbols> = {
+  name: "frozenlake",
+  symbols: FROZENLAKE_SYMBOLS,
+  budget: FROZENLAKE_BUDGET,
+  initialState: frozenLakeInitialState,
+  move: frozenLakeMove,
+  status: (_task, s) => (s.status === "goal" ? "won" : s.status === "hole" ? "lost" : "playing"),
+  render: renderFrozenLake,
+  endComment: (status) => (status === "won" ? "reached the goal" : "fell into a hole"),
+  outcome(status, done) {
     if (status === "won") return "reached the goal";
     if (status === "lost") return "fell into a hole";
     return done ? "ran out of steps" : "not finished";
-  }
+  },
+  stepInfo: (task, s) => ({
+    agent: [s.row, s.col],
+    cell: frozenLakeCell(task, s.row, s.col),
+    status: s.status,
+  }),
+  loadSplit: loadFrozenLakeMaps,
+  prompt: frozenLakePrompt,
+};
 
-  protected stepInfo(): Record<string, unknown> {
-    return {
-      agent: [this.state.row, this.state.col],
-      cell: frozenLakeCell(this.task, this.state.row, this.state.col),
-      status: this.state.status,
-    };
-  }
-}
+export type FrozenLakeOptions = GridGameOptions<FrozenLakeSymbols>;
+export type FrozenLakeEpisode = GridGameEpisode<FrozenLakeTask, FrozenLakeState, FrozenLakeSymbols>;
 
-export function frozenLakePrompt(
-  symbols: FrozenLakeSymbols = FROZENLAKE_SYMBOLS,
-  budget = FROZENLAKE_BUDGET,
-): EnvPromptParts {
-  const s = symbols;
-  return {
-    taskDescription:
-      "You are playing FrozenLake on a square grid of letters. You control an agent that must reach " +
-      "the goal cell without falling into a hole. The board does not say which letter is which: " +
-      "work it out from how the board changes after your moves. " +
-      movesSentence(budget),
-    formatReminder: GAME_FORMAT_REMINDER,
-    referenceRulebook: [
-      "FrozenLake rules:",
-      `- ${s.agent} is you (the agent); ${s.goal} is the goal; ${s.hole} is a hole; ${s.frozen} is safe frozen ice.`,
-      `- ${s.agentOnGoal} means you are on the goal (you won); ${s.agentInHole} means you fell into a hole (you lost).`,
-      "- up/down/left/right move one cell; a move off the edge of the board does nothing.",
-      `- Reaching the goal gives reward 1 and ends the game; a hole ends it with reward 0; after ${budget} moves the game ends with reward 0.`,
-      "- Invalid replies do nothing but still use a move.",
-      `- Strategy: find ${s.agent} and ${s.goal}, plan the shortest path that avoids every ${s.hole}, then follow it.`,
-    ].join("\n"),
-  };
-}
-
-export class FrozenLakeFamily extends GridGameFamily<FrozenLakeTask, FrozenLakeSymbols> {
+export class FrozenLakeFamily extends GridGameFamily<FrozenLakeTask, FrozenLakeState, FrozenLakeSymbols> {
   constructor(opts: FrozenLakeOptions = {}) {
-    super("frozenlake", { symbols: FROZENLAKE_SYMBOLS, budget: FROZENLAKE_BUDGET }, opts);
-  }
-
-  loadSplit(split: Split): FrozenLakeTask[] {
-    return loadFrozenLakeMaps(this.dataDir, split);
+    super(FROZENLAKE, opts);
   }
 
   generate(rng: Rng, count: number): FrozenLakeTask[] {
     return generateFrozenLakeTasks(rng, count);
-  }
-
-  makeEpisode(task: FrozenLakeTask): FrozenLakeEpisode {
-    return new FrozenLakeEpisode(task, this.symbols, this.budget);
-  }
-
-  prompt(): EnvPromptParts {
-    return frozenLakePrompt(this.symbols, this.budget);
   }
 }

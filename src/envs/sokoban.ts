@@ -5,26 +5,12 @@
  * (player, box) states, the generator with the reference acceptance rule, and the `EnvFamily`.
  */
 import { join } from "node:path";
-import { readJsonl } from "../util/jsonl.ts";
 import { inputError, UserError } from "../util/errors.ts";
 import type { Rng } from "../util/rng.ts";
 import type { EnvPromptParts, Split, Task } from "./types.ts";
-import {
-  GridGameEpisode,
-  GridGameFamily,
-  type GridGameOptions,
-  type GridMove,
-  type GridStatus,
-} from "./grid-game.ts";
-import {
-  asRecord,
-  DELTA,
-  DIRECTIONS,
-  renderGrid,
-  type Direction,
-  GAME_FORMAT_REMINDER,
-  movesSentence,
-} from "./common.ts";
+import { GridGameEpisode, GridGameFamily, gridGamePrompt, loadTaskFile, solveGridGame } from "./grid-game.ts";
+import type { GridGame, GridGameOptions } from "./grid-game.ts";
+import { asRecord, DELTA, renderGrid, type Direction } from "./common.ts";
 
 export type Pos = [number, number];
 
@@ -62,8 +48,6 @@ export const SOKOBAN_SYMBOLS: Readonly<SokobanSymbols> = {
 };
 
 export const SOKOBAN_BUDGET = 8;
-/** The reference generator keeps a layout only if it is solvable in at most this many moves. */
-export const SOKOBAN_MAX_SOLUTION = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Dynamics
@@ -86,6 +70,13 @@ export function isSolved(task: Pick<SokobanTask, "goal">, state: SokobanState): 
   return state.box[0] === task.goal[0] && state.box[1] === task.goal[1];
 }
 
+/** What one Sokoban move did: the next state, whether anything moved, whether the box moved. */
+export interface SokobanMove {
+  state: SokobanState;
+  moved: boolean;
+  pushed: boolean;
+}
+
 /**
  * One move. Walking into a wall, or pushing the box into a wall, does nothing; the box is pushed,
  * never pulled. Pure: returns the next state, whether anything moved, and whether the box moved.
@@ -94,7 +85,7 @@ export function sokobanMove(
   task: Pick<SokobanTask, "layout">,
   state: SokobanState,
   dir: Direction,
-): { state: SokobanState; moved: boolean; pushed: boolean } {
+): SokobanMove {
   const [dr, dc] = DELTA[dir];
   const to: Pos = [state.player[0] + dr, state.player[1] + dc];
   if (isWall(task, to[0], to[1])) return { state, moved: false, pushed: false };
@@ -132,42 +123,16 @@ export function renderSokoban(
 export function solveSokoban(
   task: Pick<SokobanTask, "layout" | "player" | "box" | "goal">,
 ): Direction[] | null {
-  const start = sokobanInitialState(task);
-  if (isSolved(task, start)) return [];
   const w = Math.max(...task.layout.map((r) => r.length));
   const h = task.layout.length;
-  const key = (s: SokobanState) => ((s.player[0] * w + s.player[1]) * h + s.box[0]) * w + s.box[1];
-  const prev = new Map<number, { from: number; dir: Direction }>();
-  const startKey = key(start);
-  const seen = new Set([startKey]);
-  const queue: SokobanState[] = [start];
-  for (let head = 0; head < queue.length; head++) {
-    const s = queue[head]!;
-    const sk = key(s);
-    for (const dir of DIRECTIONS) {
-      const next = sokobanMove(task, s, dir);
-      if (!next.moved) continue;
-      const k = key(next.state);
-      if (seen.has(k)) continue;
-      seen.add(k);
-      prev.set(k, { from: sk, dir });
-      if (isSolved(task, next.state)) {
-        const path: Direction[] = [];
-        for (let at = k; at !== startKey;) {
-          const p = prev.get(at)!;
-          path.push(p.dir);
-          at = p.from;
-        }
-        return path.reverse();
-      }
-      queue.push(next.state);
-    }
-  }
-  return null;
+  return solveGridGame(SOKOBAN, task, (s) => ((s.player[0] * w + s.player[1]) * h + s.box[0]) * w + s.box[1]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Layouts and generator
+
+/** The reference generator keeps a layout only if it is solvable in at most this many moves. */
+export const SOKOBAN_MAX_SOLUTION = 8;
 
 /** The reference layout name: `sokoban_{n}x{n}_g{rc}_b{rc}_p{rc}`. */
 export function sokobanLayoutName(size: number, goal: Pos, box: Pos, player: Pos): string {
@@ -294,101 +259,69 @@ function parseSokobanRecord(value: unknown, file: string, line: number, split: s
   return task;
 }
 
-const splitCache = new Map<string, SokobanTask[]>();
-
 /** Loads `{dir}/{split}.jsonl`; cached per process. */
 export function loadSokobanSplit(dir: string, split: Split): SokobanTask[] {
-  const file = join(dir, `${split}.jsonl`);
-  const cached = splitCache.get(file);
-  if (cached) return cached;
-  const tasks = readJsonl(file, (v, line) => parseSokobanRecord(v, file, line, split));
-  if (tasks.length === 0) throw inputError({ file }, "no tasks in file");
-  splitCache.set(file, tasks);
-  return tasks;
+  return loadTaskFile(join(dir, `${split}.jsonl`), split, parseSokobanRecord);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Text episodes
+// The game: prompt, grid-game description (episodes come from it), family
+
+/** What the model is told about Sokoban in letters `s` with `budget` moves (the rulebook is for tests and the corpus). */
+export function sokobanPrompt(s = SOKOBAN_SYMBOLS, budget = SOKOBAN_BUDGET): EnvPromptParts {
+  return gridGamePrompt(
+    "You are playing Sokoban on a square grid of letters. You control a player in a walled room " +
+      "with one box and one goal; you win by pushing the box onto the goal. The board does not say " +
+      "which letter is which: work it out from how the board changes after your moves.",
+    budget,
+    {
+      reasoningHints:
+        "Push the box only when the cell beyond it, in the direction of the push, is free: a box " +
+        "against a wall or in a corner cannot be pulled back out.",
+      referenceRulebook: [
+        "Sokoban rules:",
+        `- ${s.player} is you (the player); ${s.playerOnGoal} is you standing on the goal.`,
+        `- ${s.box} is the box; ${s.boxOnGoal} is the box on the goal (solved). ${s.goal} is the goal.`,
+        `- ${s.wall} is a wall; ${s.floor} is empty floor.`,
+        "- up/down/left/right move you one cell. Walking into the box pushes it one cell the same way.",
+        "- You cannot pull the box. Walking into a wall, or pushing the box into a wall, does nothing but uses a move.",
+        `- Putting the box on the goal gives reward 1 and ends the game; after ${budget} moves it ends with reward 0.`,
+        "- Invalid replies do nothing but still use a move.",
+        "- Strategy: stand on the far side of the box from the goal, then push; avoid pushing the box against a wall where it cannot reach the goal.",
+      ].join("\n"),
+    },
+  );
+}
+
+/** Sokoban as a grid game (grid-game.ts): the paper's letters and budget, the rules above, its words. */
+export const SOKOBAN: GridGame<SokobanTask, SokobanState, SokobanSymbols, SokobanMove> = {
+  name: "sokoban",
+  symbols: SOKOBAN_SYMBOLS,
+  budget: SOKOBAN_BUDGET,
+  initialState: sokobanInitialState,
+  move: sokobanMove,
+  status: (task, state) => (isSolved(task, state) ? "won" : "playing"),
+  render: renderSokoban,
+  moveComment: (dir, move) => (move.pushed ? `moved ${dir}, pushed the box` : `moved ${dir}`),
+  endComment: () => "box on the goal",
+  outcome: (status, done) =>
+    status === "won" ? "solved" : done ? "not solved, ran out of steps" : "not finished",
+  stepInfo: (task, state, move) => ({
+    player: state.player,
+    box: state.box,
+    goal: task.goal,
+    pushed: move?.pushed ?? false,
+  }),
+  loadSplit: loadSokobanSplit,
+  prompt: sokobanPrompt,
+};
 
 export type SokobanOptions = GridGameOptions<SokobanSymbols>;
+export type SokobanEpisode = GridGameEpisode<SokobanTask, SokobanState, SokobanSymbols, SokobanMove>;
 
-export class SokobanEpisode extends GridGameEpisode<SokobanTask, SokobanState, SokobanSymbols> {
-  private pushed = false;
-
-  constructor(task: SokobanTask, symbols = SOKOBAN_SYMBOLS, budget = SOKOBAN_BUDGET) {
-    super(task, symbols, budget, sokobanInitialState(task));
-  }
-
-  board(): string {
-    return renderSokoban(this.task, this.state, this.symbols);
-  }
-
-  protected move(dir: Direction): GridMove {
-    const next = sokobanMove(this.task, this.state, dir);
-    this.state = next.state;
-    this.pushed = next.pushed;
-    return { moved: next.moved, ...(next.pushed ? { comment: `moved ${dir}, pushed the box` } : {}) };
-  }
-
-  protected status(): GridStatus {
-    return isSolved(this.task, this.state) ? "won" : "playing";
-  }
-
-  protected endComment(): string {
-    return "box on the goal";
-  }
-
-  protected outcome(status: GridStatus, done: boolean): string {
-    if (status === "won") return "solved";
-    return done ? "not solved, ran out of steps" : "not finished";
-  }
-
-  protected stepInfo(move: GridMove): Record<string, unknown> {
-    return {
-      player: this.state.player,
-      box: this.state.box,
-      goal: this.task.goal,
-      pushed: move.moved && this.pushed,
-    };
-  }
-}
-
-export function sokobanPrompt(
-  symbols: SokobanSymbols = SOKOBAN_SYMBOLS,
-  budget = SOKOBAN_BUDGET,
-): EnvPromptParts {
-  const s = symbols;
-  return {
-    taskDescription:
-      "You are playing Sokoban on a square grid of letters. You control a player in a walled room " +
-      "with one box and one goal; you win by pushing the box onto the goal. The board does not say " +
-      "which letter is which: work it out from how the board changes after your moves. " +
-      movesSentence(budget),
-    formatReminder: GAME_FORMAT_REMINDER,
-    reasoningHints:
-      "Push the box only when the cell beyond it, in the direction of the push, is free: a box " +
-      "against a wall or in a corner cannot be pulled back out.",
-    referenceRulebook: [
-      "Sokoban rules:",
-      `- ${s.player} is you (the player); ${s.playerOnGoal} is you standing on the goal.`,
-      `- ${s.box} is the box; ${s.boxOnGoal} is the box on the goal (solved). ${s.goal} is the goal.`,
-      `- ${s.wall} is a wall; ${s.floor} is empty floor.`,
-      "- up/down/left/right move you one cell. Walking into the box pushes it one cell the same way.",
-      "- You cannot pull the box. Walking into a wall, or pushing the box into a wall, does nothing but uses a move.",
-      `- Putting the box on the goal gives reward 1 and ends the game; after ${budget} moves it ends with reward 0.`,
-      "- Invalid replies do nothing but still use a move.",
-      "- Strategy: stand on the far side of the box from the goal, then push; avoid pushing the box against a wall where it cannot reach the goal.",
-    ].join("\n"),
-  };
-}
-
-export class SokobanFamily extends GridGameFamily<SokobanTask, SokobanSymbols> {
+export class SokobanFamily extends GridGameFamily<SokobanTask, SokobanState, SokobanSymbols, SokobanMove> {
   constructor(opts: SokobanOptions = {}) {
-    super("sokoban", { symbols: SOKOBAN_SYMBOLS, budget: SOKOBAN_BUDGET }, opts);
-  }
-
-  loadSplit(split: Split): SokobanTask[] {
-    return loadSokobanSplit(this.dataDir, split);
+    super(SOKOBAN, opts);
   }
 
   /** Fresh layouts; the shipped test layouts are never drawn, so a fresh training set cannot leak them. */
@@ -401,13 +334,5 @@ export class SokobanFamily extends GridGameFamily<SokobanTask, SokobanSymbols> {
     return new Set(
       this.loadSplit("test").map((t) => t.layoutName ?? sokobanLayoutName(t.size, t.goal, t.box, t.player)),
     );
-  }
-
-  makeEpisode(task: SokobanTask): SokobanEpisode {
-    return new SokobanEpisode(task, this.symbols, this.budget);
-  }
-
-  prompt(): EnvPromptParts {
-    return sokobanPrompt(this.symbols, this.budget);
   }
 }

@@ -19,11 +19,13 @@
 import { compactProfile, ensureFormatReminder, RULEBOOK_CLOSE, RULEBOOK_OPEN } from "../agent/prompts.ts";
 import type { ChatMessage } from "../engine/api.ts";
 import { DELTA, formatAction, type Direction } from "../envs/common.ts";
+import { GridGameEpisode } from "../envs/grid-game.ts";
 import {
-  FrozenLakeEpisode,
   frozenLakeCell,
+  FROZENLAKE,
   frozenLakePrompt,
   generateFrozenLakeMap,
+  type FrozenLakeEpisode,
   type FrozenLakeSymbols,
   type FrozenLakeTask,
 } from "../envs/frozenlake.ts";
@@ -309,7 +311,7 @@ function play(
   system: string,
   choose: (pos: Pos) => string,
 ): PlayedEpisode {
-  const episode = new FrozenLakeEpisode(task, sym);
+  const episode = new GridGameEpisode(FROZENLAKE, task, sym);
   const messages: ChatMessage[] = [
     { role: "system", content: system },
     { role: "user", content: episode.initialObservation },
@@ -581,7 +583,7 @@ export function translateDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
   const task = drawTask(rng, cur.maxSize, cur.minSize);
   const { system, roles } = drillRulebook(rng, sym, cur.rulebook);
-  const episode = new FrozenLakeEpisode(task, sym);
+  const episode = new GridGameEpisode(FROZENLAKE, task, sym);
   const rows: string[] = [];
   for (let r = 0; r < task.size; r++) {
     let line = "";

@@ -20,6 +20,7 @@
 import { compactProfile, RULEBOOK_CLOSE, RULEBOOK_OPEN } from "../agent/prompts.ts";
 import type { ChatMessage } from "../engine/api.ts";
 import type { Direction } from "../envs/common.ts";
+import { GridGameEpisode } from "../envs/grid-game.ts";
 import {
   generateSokobanTasks,
   isWall,
@@ -28,10 +29,11 @@ import {
   sokobanMove,
   sokobanPrompt,
   solveSokoban,
-  SokobanEpisode,
+  SOKOBAN,
   SokobanFamily,
   SOKOBAN_SYMBOLS,
   type Pos,
+  type SokobanEpisode,
   type SokobanState,
   type SokobanSymbols,
   type SokobanTask,
@@ -190,7 +192,7 @@ function play(
   system: string,
   choose: (s: SokobanState) => string,
 ): Played {
-  const episode = new SokobanEpisode(task, sym);
+  const episode = new GridGameEpisode(SOKOBAN, task, sym);
   const messages: ChatMessage[] = [
     { role: "system", content: system },
     { role: "user", content: episode.initialObservation },
