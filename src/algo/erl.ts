@@ -67,7 +67,7 @@ import {
   checkSampling,
   envStopStrings,
   episodeId,
-  expandAttempts,
+  firstSamples,
   runAttempts,
   type Attempt,
   groupKey,
@@ -122,12 +122,10 @@ export async function erlStep(
   const perWorker = options.memory.kind === "perWorker";
 
   // 1. First attempts.
-  const attempts = expandAttempts(tasks, options.n);
-  const firsts = await runAttempts(ctx, attempts, {
+  const { attempts, outcomes: firsts } = await runAttempts(ctx, tasks, options, {
     stage: "first",
-    system: initialPrompt,
     sampling: options.attemptSampling,
-    settings: options,
+    system: initialPrompt,
     timing,
   });
 
@@ -221,9 +219,7 @@ export async function erlStep(
   }
 
   // 6. Samples: first attempts for all; reflection, second and distill for retried ones.
-  const samples: TrainSample[] = firsts.map((o, i) =>
-    makeSample("first", attempts[i]!, o.request.id, o.trajectory, o.reward),
-  );
+  const samples = firstSamples(attempts, firsts);
   const distillPending: TrainSample[] = [];
   const contextLimit = Math.min(options.maxContextTokens, model.maxPositions ?? Number.POSITIVE_INFINITY);
   let distillTooLong = 0;

@@ -5,9 +5,8 @@
  * pass@1 (per task, the fraction of successful samples; averaged over tasks) and pass@n (per task,
  * 1 if any of its n samples succeeded; averaged over tasks), as the reference reports both.
  */
-import { getPromptProfile } from "../agent/prompts.ts";
 import type { Task } from "../envs/types.ts";
-import { checkAttemptOptions, expandAttempts, runAttempts } from "./samples.ts";
+import { checkAttemptOptions, runAttempts } from "./samples.ts";
 import { attemptRecords, mean } from "./records.ts";
 import type { EvalContext, EvalOptions, EvalResult } from "./types.ts";
 
@@ -21,20 +20,16 @@ export async function evaluate(
   options: EvalOptions,
 ): Promise<EvalResult> {
   validateEvalOptions(options);
-  const { env, step } = ctx;
-  const system = options.system ?? getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
-  const attempts = expandAttempts(tasks, options.n);
-  const outcomes = await runAttempts(ctx, attempts, {
+  const { attempts, outcomes } = await runAttempts(ctx, tasks, options, {
     stage: "eval",
-    system,
     sampling: options.sampling,
-    settings: options,
+    system: options.system,
   });
 
   const perTask = tasks.map((_, t) =>
     mean(outcomes.filter((_, i) => attempts[i]!.taskIndex === t).map((o) => (o.success ? 1 : 0))),
   );
-  const rollouts = attemptRecords({ step, env, stage: "eval", slots: attempts, outcomes });
+  const rollouts = attemptRecords({ step: ctx.step, env: ctx.env, stage: "eval", slots: attempts, outcomes });
   return {
     reward: mean(outcomes.map((o) => o.reward)),
     passAt1: mean(perTask),

@@ -4,16 +4,8 @@
  * the same singleton and all-equal rules as ERL. No reflection, no memory, no distillation.
  */
 import { emptyTiming } from "../agent/loop.ts";
-import { getPromptProfile } from "../agent/prompts.ts";
 import type { Task } from "../envs/types.ts";
-import {
-  checkAttemptOptions,
-  checkRules,
-  expandAttempts,
-  makeSample,
-  runAttempts,
-  withAdvantages,
-} from "./samples.ts";
+import { checkAttemptOptions, checkRules, firstSamples, runAttempts, withAdvantages } from "./samples.ts";
 import { attemptRecords, mean, timingMetrics } from "./records.ts";
 import type { AlgoContext, RlvrOptions, StepResult } from "./types.ts";
 
@@ -30,23 +22,19 @@ export async function rlvrStep(
   validateRlvrOptions(options);
   const started = performance.now();
   const timing = emptyTiming();
-  const { env, step } = ctx;
-  const system = getPromptProfile(options.profile).initialSystemPrompt(env.prompt());
-
-  const attempts = expandAttempts(tasks, options.n);
-  const outcomes = await runAttempts(ctx, attempts, {
+  const { attempts, outcomes } = await runAttempts(ctx, tasks, options, {
     stage: "first",
-    system,
     sampling: options.attemptSampling,
-    settings: options,
     timing,
   });
-
-  const samples = withAdvantages(
-    outcomes.map((o, i) => makeSample("first", attempts[i]!, o.request.id, o.trajectory, o.reward)),
-    options,
-  );
-  const rollouts = attemptRecords({ step, env, stage: "first", slots: attempts, outcomes });
+  const samples = withAdvantages(firstSamples(attempts, outcomes), options);
+  const rollouts = attemptRecords({
+    step: ctx.step,
+    env: ctx.env,
+    stage: "first",
+    slots: attempts,
+    outcomes,
+  });
   const metrics: Record<string, number> = {
     "reward/first": mean(outcomes.map((o) => o.reward)),
     "success/first": mean(outcomes.map((o) => (o.success ? 1 : 0))),

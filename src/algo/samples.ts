@@ -5,7 +5,7 @@
  * and metrics are in records.ts.
  */
 import { runEpisodes, type EpisodeOutcome, type LoopTiming } from "../agent/loop.ts";
-import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
+import { getPromptProfile, PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
 import type { Trajectory } from "../agent/trajectory.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
 import { TOOL_CALL_OPEN, TOOL_CALL_STOP } from "../envs/tool-protocol.ts";
@@ -180,36 +180,46 @@ export function expandAttempts(tasks: readonly Task[], n: number): Attempt[] {
   );
 }
 
-/** Runs one episode per attempt slot under one system prompt (first attempts, evaluation). */
-export function runAttempts(
+/**
+ * The first attempts of a batch, or an evaluation's episodes: `n` per task (the attempt slots, task
+ * major) under one system prompt, by default the profile's initial prompt. Returns the slots and
+ * their outcomes, in the same order.
+ */
+export async function runAttempts(
   ctx: Pick<AlgoContext, "env" | "model" | "rng" | "step" | "onProgress">,
-  slots: readonly Attempt[],
-  o: {
-    stage: "first" | "eval";
-    system: string;
-    sampling: SamplingOptions;
-    settings: LoopOptions;
-    timing?: LoopTiming;
-  },
-): Promise<EpisodeOutcome[]> {
+  tasks: readonly Task[],
+  settings: LoopOptions & { n: number; profile: PromptProfileName },
+  o: { stage: "first" | "eval"; sampling: SamplingOptions; system?: string; timing?: LoopTiming },
+): Promise<{ attempts: Attempt[]; outcomes: EpisodeOutcome[] }> {
+  const attempts = expandAttempts(tasks, settings.n);
+  const system = o.system ?? getPromptProfile(settings.profile).initialSystemPrompt(ctx.env.prompt());
   const prefix = o.stage === "eval" ? "eval-" : "";
-  return runEpisodes(
-    slots.map((a) => ({
+  const outcomes = await runEpisodes(
+    attempts.map((a) => ({
       id: prefix + episodeId(ctx.step, a.taskIndex, a.attempt, o.stage),
       task: a.task,
-      system: o.system,
+      system,
       sampling: o.sampling,
     })),
     {
       env: ctx.env,
       model: ctx.model,
       rng: ctx.rng,
-      settings: o.settings,
+      settings,
       stopStrings: envStopStrings(ctx.env),
       ...(o.timing ? { timing: o.timing } : {}),
       onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: o.stage, done, total }),
     },
   );
+  return { attempts, outcomes };
+}
+
+/** The training samples of first attempts, scored by r1 (their advantages come from `withAdvantages`). */
+export function firstSamples(
+  attempts: readonly Attempt[],
+  outcomes: readonly EpisodeOutcome[],
+): TrainSample[] {
+  return outcomes.map((o, i) => makeSample("first", attempts[i]!, o.request.id, o.trajectory, o.reward));
 }
 
 /** The checks every attempt-running function makes: n, its sampling, the loop settings, the profile. */

@@ -286,12 +286,11 @@ export function loadFrozenLakeMaps(dir: string, split: Split): FrozenLakeTask[] 
 // ---------------------------------------------------------------------------------------------
 // The game: prompt, grid-game description (episodes come from it), family
 
-/** What the model is told about FrozenLake in letters `s` with `budget` moves (the rulebook is for tests and the corpus). */
+/** What the model is told about FrozenLake in letters `s` with `budget` moves (the rulebook: for diagnostics and pretraining). */
 export function frozenLakePrompt(s = FROZENLAKE_SYMBOLS, budget = FROZENLAKE_BUDGET): EnvPromptParts {
   return gridGamePrompt(
-    "You are playing FrozenLake on a square grid of letters. You control an agent that must reach " +
-      "the goal cell without falling into a hole. The board does not say which letter is which: " +
-      "work it out from how the board changes after your moves.",
+    "FrozenLake",
+    "You control an agent that must reach the goal cell without falling into a hole.",
     budget,
     {
       referenceRulebook: [

@@ -284,16 +284,20 @@ export function loadTaskFile<T extends Task>(
 }
 
 /**
- * The prompt parts of a grid game: its task description followed by the moves-and-budget sentence,
- * the shared format reminder, and the game's reasoning hints and reference rulebook.
+ * The prompt parts of a grid game: the task description (the game's name and setting, that the
+ * letters are not explained, the moves and budget), the shared format reminder, and the game's
+ * reasoning hints and reference rulebook.
  */
 export function gridGamePrompt(
-  description: string,
+  game: string,
+  setting: string,
   budget: number,
   rest: Pick<EnvPromptParts, "reasoningHints" | "referenceRulebook">,
 ): EnvPromptParts {
   return {
-    taskDescription: `${description} ${movesSentence(budget)}`,
+    taskDescription:
+      `You are playing ${game} on a square grid of letters. ${setting} The board does not say which ` +
+      `letter is which: work it out from how the board changes after your moves. ${movesSentence(budget)}`,
     formatReminder: GAME_FORMAT_REMINDER,
     ...rest,
   };

@@ -267,12 +267,11 @@ export function loadSokobanSplit(dir: string, split: Split): SokobanTask[] {
 // ---------------------------------------------------------------------------------------------
 // The game: prompt, grid-game description (episodes come from it), family
 
-/** What the model is told about Sokoban in letters `s` with `budget` moves (the rulebook is for tests and the corpus). */
+/** What the model is told about Sokoban in letters `s` with `budget` moves (the rulebook: for diagnostics and pretraining). */
 export function sokobanPrompt(s = SOKOBAN_SYMBOLS, budget = SOKOBAN_BUDGET): EnvPromptParts {
   return gridGamePrompt(
-    "You are playing Sokoban on a square grid of letters. You control a player in a walled room " +
-      "with one box and one goal; you win by pushing the box onto the goal. The board does not say " +
-      "which letter is which: work it out from how the board changes after your moves.",
+    "Sokoban",
+    "You control a player in a walled room with one box and one goal; you win by pushing the box onto the goal.",
     budget,
     {
       reasoningHints:
