@@ -10,7 +10,10 @@
  *    HotpotQA not an exact match). Successes stay on-policy: no reflection, no second attempt.
  * 3. Reflection: the same model, temperature 0.5, top-p 0.9, shown the memory rulebook of the
  *    attempt's slot (or the initial prompt when that slot is empty), the attempt's trace, reward and
- *    feedback. Δ is the last non-empty <prompt>…</prompt>; without one, the shown prompt is kept.
+ *    feedback. The rulebook is labelled as one from memory that the attempt did not see (first
+ *    attempts always run under the initial prompt; until issue 16 the `paper` profile called it the
+ *    prompt the attempt was made under). Δ is the last non-empty <prompt>…</prompt>; without one,
+ *    the shown prompt is kept.
  *    The action-format reminder is appended to Δ unless Δ already ends with it.
  * 4. Second attempt: the same task from the same start, Δ replacing the system prompt. It does not
  *    see the first attempt.
@@ -23,8 +26,9 @@
  *    attempt's sampled tokens re-rendered under the initial prompt, weight max(r2, 0), old log-probs
  *    recomputed in that context (ratio starts at 1).
  * 7. Advantages: GRPO within (batch row, stage) groups, so two copies of a task in one batch are
- *    two groups; singleton groups A = r by default (the reference's mean 0 / std 1), all-equal
- *    groups A = 0 and kept; both are named options.
+ *    two groups, as in the reference (until issue 16 they shared one); singleton groups A = r by
+ *    default (the reference's mean 0 / std 1), all-equal groups A = 0 and kept; both are named
+ *    options.
  * Ablations (options): noMemory (reflection always shown the initial prompt, memory never
  * written), noReflection (no Δ; the second attempt's system prompt is the initial prompt + the past
  * attempt + the format reminder; memory never written; distill kept), noDistill.
