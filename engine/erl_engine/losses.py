@@ -134,7 +134,15 @@ def k3_kl(spec: LossSpec, logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.T
     return k3 if spec.kl_clamp is None else torch.clamp(k3, max=spec.kl_clamp)
 
 
-def per_token_loss(
+def aggregate(token_loss: torch.Tensor, normalizer: float) -> torch.Tensor:
+    """Sum of weighted per-token losses over the divisor (both aggregations reduce to this)."""
+    if normalizer <= 0:
+        # All tokens masked: a zero loss that still has a graph, so backward is a no-op, not an error.
+        return token_loss.sum() * 0.0
+    return token_loss.sum() / normalizer
+
+
+def compute_loss(
     spec: LossSpec,
     logp: torch.Tensor,
     weights: torch.Tensor,
@@ -143,7 +151,8 @@ def per_token_loss(
     ref_logp: torch.Tensor | None = None,
     sampler_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Diag]:
-    """Returns the weighted per-token loss [B, T] and per-token diagnostics (detached) for metrics."""
+    """The aggregated loss of one batch (normalised by `spec.normalizer` or the batch's own divisor)
+    and per-token diagnostics (detached) for metrics."""
     fn = LOSSES.get(spec.name)
     if fn is None:
         raise ValueError(f"unknown loss {spec.name!r}; expected one of {', '.join(LOSS_NAMES)}")
@@ -167,27 +176,5 @@ def per_token_loss(
         k3 = k3_kl(spec, logp, ref_logp)
         diag["kl"] = k3.detach()
         loss = loss + spec.kl_coef * k3
-    return loss * weights, diag
-
-
-def aggregate(token_loss: torch.Tensor, normalizer: float) -> torch.Tensor:
-    """Sum of weighted per-token losses over the divisor (both aggregations reduce to this)."""
-    if normalizer <= 0:
-        # All tokens masked: a zero loss that still has a graph, so backward is a no-op, not an error.
-        return token_loss.sum() * 0.0
-    return token_loss.sum() / normalizer
-
-
-def compute_loss(
-    spec: LossSpec,
-    logp: torch.Tensor,
-    weights: torch.Tensor,
-    advantages: torch.Tensor | None = None,
-    old_logp: torch.Tensor | None = None,
-    ref_logp: torch.Tensor | None = None,
-    sampler_logp: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, Diag]:
-    """The aggregated loss of one batch (normalised by `spec.normalizer` or the batch's own divisor)."""
-    tl, diag = per_token_loss(spec, logp, weights, advantages, old_logp, ref_logp, sampler_logp)
     norm = spec.normalizer if spec.normalizer is not None else default_normalizer(weights, spec.aggregation)
-    return aggregate(tl, norm), diag
+    return aggregate(loss * weights, norm), diag
