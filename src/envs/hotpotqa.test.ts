@@ -4,7 +4,14 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { HotpotEpisode, HotpotFamily, loadOfficialHotpot, passageId, type HotpotTask } from "./hotpotqa.ts";
+import {
+  HotpotEpisode,
+  HotpotFamily,
+  loadOfficialHotpot,
+  loadSplitIds,
+  passageId,
+  type HotpotTask,
+} from "./hotpotqa.ts";
 import { corpusIndex, loadCorpusJsonl, SearchIndex } from "./search.ts";
 import { formatToolCall, parseToolCalls, TOOL_CALL_STOP } from "./tool-protocol.ts";
 
@@ -210,4 +217,18 @@ test("bad input: empty corpus, malformed corpus line, split id missing from the 
   const fam = new HotpotFamily({ questionsFile: questions, splitFile: split });
   assert.equal(fam.loadSplit("train").length, 1);
   assert.throws(() => fam.loadSplit("test"), /split\.json, key "test_ids": question id "q9" is not in/);
+});
+
+test("a JSON file that is missing or malformed is an error naming it (split ids, official questions)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "hq-json-"));
+  const split = join(dir, "split.json");
+  const official = join(dir, "dev.json");
+  const named = (file: string, problem: RegExp) => (e: unknown) =>
+    e instanceof UserError && e.message.includes(file) && problem.test(e.message);
+  assert.throws(() => loadSplitIds(split), named(split, /file not found/));
+  assert.throws(() => loadOfficialHotpot(official), named(official, /file not found/));
+  writeFileSync(split, '{"train_ids": [');
+  writeFileSync(official, "[{nope");
+  assert.throws(() => loadSplitIds(split), named(split, /malformed JSON/));
+  assert.throws(() => loadOfficialHotpot(official), named(official, /malformed JSON/));
 });

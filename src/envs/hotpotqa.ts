@@ -7,9 +7,8 @@
  * format and any JSONL corpus, so the environment can be pointed at the full data set.
  */
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { readJsonl } from "../util/jsonl.ts";
+import { readJsonFile, readJsonl } from "../util/jsonl.ts";
 import { inputError, UserError } from "../util/errors.ts";
 import type { EnvFamily, EnvPromptParts, Split, StepResult, Task } from "./types.ts";
 import { asRecord, defaultDataDir, TracedEpisode } from "./common.ts";
@@ -76,13 +75,7 @@ export function loadQuestionsJsonl(file: string): HotpotTask[] {
  * paragraphs of their contexts (deduplicated by title), which can serve as a corpus.
  */
 export function loadOfficialHotpot(file: string): { tasks: HotpotTask[]; passages: Passage[] } {
-  if (!existsSync(file)) throw inputError({ file }, "file not found");
-  let data: unknown;
-  try {
-    data = JSON.parse(readFileSync(file, "utf8"));
-  } catch (e) {
-    throw inputError({ file }, `malformed JSON (${(e as Error).message})`);
-  }
+  const data = readJsonFile(file);
   if (!Array.isArray(data)) throw inputError({ file }, "expected a JSON list of questions");
   const tasks: HotpotTask[] = [];
   const passages = new Map<string, Passage>();
@@ -127,13 +120,7 @@ export function loadQuestions(file: string): HotpotTask[] {
 
 /** Reads `split.json` ({train_ids, test_ids}). */
 export function loadSplitIds(file: string): Record<Split, string[]> {
-  if (!existsSync(file)) throw inputError({ file }, "file not found");
-  let data: unknown;
-  try {
-    data = JSON.parse(readFileSync(file, "utf8"));
-  } catch (e) {
-    throw inputError({ file }, `malformed JSON (${(e as Error).message})`);
-  }
+  const data = readJsonFile(file);
   const rec = asRecord(data, file, 1);
   const ids = (key: string): string[] => {
     const v = rec[key];

@@ -1,4 +1,4 @@
-/** JSON Lines helpers: reading with errors that name file and line, appending whole lines only. */
+/** JSON and JSON Lines helpers: reading with errors that name file and line, appending whole lines only. */
 import {
   readFileSync,
   existsSync,
@@ -11,6 +11,16 @@ import {
   unlinkSync,
 } from "node:fs";
 import { inputError } from "./errors.ts";
+
+/** Parses a whole JSON file. A missing file or malformed JSON is an error naming the file. */
+export function readJsonFile(file: string): unknown {
+  if (!existsSync(file)) throw inputError({ file }, "file not found");
+  try {
+    return JSON.parse(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw inputError({ file }, `malformed JSON (${(e as Error).message})`);
+  }
+}
 
 /** Parses every non-empty line of a JSONL file. A malformed line is an error naming file and line. */
 export function readJsonl<T = unknown>(file: string, validate?: (value: unknown, line: number) => T): T[] {
