@@ -403,10 +403,10 @@ export function defaultConfig(): RunConfig {
       aggregation: "seq-mean-token-sum",
       microBatchSize: 8,
       tisCap: null,
-      miniBatchTasks: null,
       temperature: 1,
       logRatioClamp: null,
       klClamp: null,
+      miniBatchTasks: null,
     },
     eval: {
       every: 5,
