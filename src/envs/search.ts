@@ -56,7 +56,7 @@ const HTML_ENTITIES: Readonly<Record<string, string>> = {
 };
 
 /** Decodes the few HTML entities that appear in Wikipedia-derived titles (`&quot;Q&quot; Is for Quarry`). */
-function decodeEntities(s: string): string {
+export function decodeEntities(s: string): string {
   return s.replace(/&(#\d+|#x[0-9a-f]+|[a-z]+);/gi, (whole, name: string) => {
     if (name[0] === "#") {
       const code =

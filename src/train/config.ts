@@ -11,7 +11,8 @@
 import { PROMPT_PROFILES, type PromptProfileName } from "../agent/prompts.ts";
 import type { ErlOptions, EvalOptions, LearnerConfig, RlvrOptions, SamplingOptions } from "../algo/types.ts";
 import type { AdamWConfig } from "../engine/api.ts";
-import { knownEnvs } from "../envs/registry.ts";
+import { knownEnvs, type EnvOptions } from "../envs/registry.ts";
+import { HOTPOT_SEARCHES } from "../envs/hotpotqa.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -63,6 +64,11 @@ export interface RunConfig {
   runsDir: string;
   seed: number;
   env: EnvName;
+  /** HotpotQA's options (ignored by the other environments). */
+  hotpotqa: {
+    /** The search tool's retriever: "bm25" (tuned BM25+, the default) or "dense" (MiniLM embeddings). */
+    search: "bm25" | "dense";
+  };
   data: {
     /** Use only the first N tasks of the (seed-shuffled) train split; null = all. */
     trainTasks: number | null;
@@ -243,6 +249,7 @@ export const SCHEMA: Field = obj({
       return knownEnvs();
     },
   },
+  hotpotqa: obj({ search: oneOf(HOTPOT_SEARCHES) }),
   data: obj({
     trainTasks: int(1, { nullable: true }),
     evalTasks: int(1, { nullable: true }),
@@ -356,6 +363,7 @@ export function defaultConfig(): RunConfig {
     runsDir: "runs",
     seed: 0,
     env: "frozenlake",
+    hotpotqa: { search: "bm25" },
     data: { trainTasks: null, evalTasks: 32, evalSplit: "test", shuffle: true },
     model: {
       path: "models/erl-tiny",
@@ -536,6 +544,11 @@ function editDistance(a: string, b: string): number {
     }
   }
   return prev[b.length]!;
+}
+
+/** The options a run passes to its environment family's constructor. */
+export function envOptions(cfg: RunConfig): EnvOptions {
+  return cfg.env === "hotpotqa" ? { search: cfg.hotpotqa.search } : {};
 }
 
 /** Validates a partial config object and merges it over `base` (default: `defaultConfig()`). */

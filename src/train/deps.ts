@@ -80,9 +80,9 @@ export function defaultDeps(): TrainDeps {
         evaluate: evaluation.evaluate,
       };
     },
-    getEnv: async (name) => {
+    getEnv: async (name, opts) => {
       const { getEnv } = await import("../envs/registry.ts");
-      return getEnv(name);
+      return getEnv(name, opts);
     },
   };
 }

@@ -12,6 +12,7 @@ import { mkdirSync, rmSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import type { Engine, EngineInfo } from "../engine/api.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
+import type { EnvOptions } from "../envs/registry.ts";
 import type {
   AlgoContext,
   ErlStepFn,
@@ -27,6 +28,7 @@ import { Rng } from "../util/rng.ts";
 import { inputError, systemUserError, UserError } from "../util/errors.ts";
 import { readJsonlTolerant } from "../util/jsonl.ts";
 import {
+  envOptions,
   erlOptionsFrom,
   evalOptionsFrom,
   learnerConfigFrom,
@@ -62,7 +64,8 @@ export interface TrainDeps {
   startEngine(config: RunConfig, modelPath: string): Promise<Engine>;
   makeBackend(engine: Engine): Promise<ModelBackend>;
   algorithms(): Promise<Algorithms>;
-  getEnv(name: string): EnvFamily | Promise<EnvFamily>;
+  /** The environment family by name, with the run's options for it (config.ts `envOptions`). */
+  getEnv(name: string, opts?: EnvOptions): EnvFamily | Promise<EnvFamily>;
 }
 
 export interface RunOptions {
@@ -237,7 +240,7 @@ async function runLocked(
     if (JSON.stringify(files.readConfig()) !== JSON.stringify(cfg)) files.writeConfig(cfg);
   }
 
-  const env = await deps.getEnv(cfg.env);
+  const env = await deps.getEnv(cfg.env, envOptions(cfg));
   const trainTasks = env.loadSplit("train");
   const evalTasks = env.loadSplit(cfg.data.evalSplit).slice(0, cfg.data.evalTasks ?? undefined);
   if (trainTasks.length === 0) throw new UserError(`${cfg.env}: the train split is empty`);
