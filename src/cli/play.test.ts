@@ -51,6 +51,14 @@ test("erl play: a task index out of range is a clear error", async () => {
   assert.match(both.err, /not both/);
 });
 
+test("erl play --search: an unknown retriever or a game is a clear error", async () => {
+  const r = await cli(["play", "hotpotqa", "--search", "e5"]);
+  assert.equal(r.code, 2);
+  assert.equal(r.err, 'erl play: hotpotqa: option "search" must be "bm25" or "dense", got "e5"');
+  const game = await cli(["play", "sokoban", "--search", "dense"]);
+  assert.equal(game.err, "erl play: --search only applies to hotpotqa");
+});
+
 test("erl data stats: a malformed data line names the file and line", async () => {
   const dir = mkdtempSync(join(tmpdir(), "cli-"));
   writeFileSync(

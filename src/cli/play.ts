@@ -25,6 +25,8 @@ input too, when it is not a terminal, so play can be scripted).
   --show-rules        also print the reference rulebook (what the symbols mean)
   --data-dir DIR      read the environment's data from DIR instead of data/<env>
   --corpus FILE       HotpotQA: search this JSONL corpus ({id,title,text}) instead
+  --search bm25|dense HotpotQA: the search tool's retriever (default bm25; dense embeds the corpus
+                      once, minutes, then reads it from .cache/dense)
   -h, --help          show this help
 
 Typing actions:
@@ -51,13 +53,18 @@ export function parseArgsOrExplain<T extends ParseArgsConfig>(config: T): Return
 /** Builds environment options from the shared command-line flags. */
 export function envOptionsFromFlags(
   env: string,
-  flags: { "data-dir"?: string; corpus?: string },
+  flags: { "data-dir"?: string; corpus?: string; search?: string },
 ): EnvOptions {
   const opts: EnvOptions = {};
   if (flags["data-dir"]) opts.dataDir = flags["data-dir"];
   if (flags.corpus) {
     if (env !== "hotpotqa") throw new UserError("--corpus only applies to hotpotqa");
     opts.corpusFile = flags.corpus;
+  }
+  if (flags.search !== undefined) {
+    if (env !== "hotpotqa") throw new UserError("--search only applies to hotpotqa");
+    // The family checks the value and names the allowed ones.
+    opts.search = flags.search;
   }
   return opts;
 }
@@ -160,6 +167,7 @@ export async function run(args: string[]): Promise<number> {
       "show-rules": { type: "boolean", default: false },
       "data-dir": { type: "string" },
       corpus: { type: "string" },
+      search: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
