@@ -46,7 +46,9 @@ export class Embedder {
   private readonly pending = new Map<number, Pending>();
   private readonly stderrTail: string[] = [];
   private exited: Error | null = null;
+  /** Settle `start`'s wait for the child's ready line. */
   private hello: ((dim: number) => void) | null = null;
+  private failStart: ((err: Error) => void) | null = null;
   dim = 0;
 
   private constructor(private readonly child: ChildProcess) {}
@@ -75,7 +77,7 @@ export class Embedder {
     const e = new Embedder(child);
     const ready = new Promise<number>((res, rej) => {
       e.hello = res;
-      e.failAll = (err) => rej(err);
+      e.failStart = rej;
     });
     child.stdout!.setEncoding("utf8").on(
       "data",
@@ -88,21 +90,21 @@ export class Embedder {
         if (e.stderrTail.length > 20) e.stderrTail.shift();
       }
     });
+    // A write to a child that has died fails here; the "close" handler reports why it died.
+    child.stdin!.on("error", () => undefined);
     child.on("error", (err) => e.onExit(`could not start ${python}: ${err.message}`));
     child.on("close", (code, signal) => e.onExit(`exited (${signal ?? `code ${code}`})`));
     e.dim = await ready;
-    e.failAll = null;
+    e.failStart = null;
     e.idle();
     return e;
   }
-
-  private failAll: ((err: Error) => void) | null = null;
 
   private onExit(how: string): void {
     if (this.exited) return;
     const last = this.stderrTail.filter((l) => l.startsWith("embed:")).pop() ?? this.stderrTail.at(-1);
     this.exited = new UserError(`dense search: the embedding process ${how}${last ? `: ${last}` : ""}`);
-    this.failAll?.(this.exited);
+    this.failStart?.(this.exited);
     for (const p of this.pending.values()) p.reject(this.exited);
     this.pending.clear();
   }
