@@ -1,7 +1,7 @@
 /**
  * HotpotQA as a multi-turn tool-use task: the question is the first user message; the agent may
  * call a `search` tool over a local paragraph corpus (by default BM25+ with title-match and
- * linked-name re-ranking, src/envs/search.ts; with `search: "dense"` cosine similarity of MiniLM
+ * linked-name re-ranking, src/envs/search.ts; with `search: "dense"` cosine similarity of E5
  * embeddings, src/envs/dense.ts) for at most 5 turns; the first turn without a tool call is the
  * answer, read from `\boxed{…}` and scored by
  * EM → 1, else F1 ≥ 0.3 → F1, else 0. Loaders read the shipped subset, the official HotpotQA JSON
@@ -421,7 +421,7 @@ export interface HotpotOptions {
   /** Turn limit (default 5). */
   maxTurns?: number;
   /**
-   * The search tool's retriever: "bm25" (default; src/envs/search.ts) or "dense" (MiniLM
+   * The search tool's retriever: "bm25" (default; src/envs/search.ts) or "dense" (E5
    * embeddings, src/envs/dense.ts; needs engine/requirements-dense.txt, which scripts/setup.sh installs).
    */
   search?: HotpotSearch;

@@ -66,7 +66,7 @@ export interface RunConfig {
   env: EnvName;
   /** HotpotQA's options (ignored by the other environments). */
   hotpotqa: {
-    /** The search tool's retriever: "bm25" (tuned BM25+, the default) or "dense" (MiniLM embeddings). */
+    /** The search tool's retriever: "bm25" (tuned BM25+, the default) or "dense" (E5 embeddings). */
     search: "bm25" | "dense";
   };
   data: {
