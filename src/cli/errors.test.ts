@@ -85,6 +85,11 @@ test("config keys named like built-in object members are unknown keys", async ()
   }
 });
 
+test("a command named like a built-in object member is an unknown command", async () => {
+  for (const name of ["constructor", "toString", "__proto__", "hasOwnProperty"])
+    clean(await erl(name), new RegExp(`^erl: unknown command "${name}"`));
+});
+
 test("a run name that is not one folder name is refused", async () => {
   for (const name of ["..", ".", "a/b", "../escape"]) {
     const r = await erl(

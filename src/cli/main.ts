@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import { delimiter, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { argsUserError, systemUserError, UserError } from "../util/errors.ts";
+import { ownEntry } from "../util/own.ts";
 
 interface Command {
   summary: string;
@@ -108,7 +109,7 @@ export async function main(argv: string[]): Promise<number> {
     console.log(usage());
     return name ? 0 : 2;
   }
-  const command = COMMANDS[name];
+  const command = ownEntry(COMMANDS, name);
   if (!command) {
     console.error(`erl: unknown command "${name}"\n\n${usage()}`);
     return 2;

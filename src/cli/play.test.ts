@@ -100,7 +100,7 @@ test("play(): scripted moves solve a task; shorthands translate to the protocol"
   const out: string[] = [];
   const code = await play(
     { env: "frozenlake", family, task, showRules: true, interactive: false },
-    linesOf(["", "nonsense", ...solveFrozenLake(task)!]),
+    linesOf(["", "nonsense", "```constructor```", "__proto__", ...solveFrozenLake(task)!]),
     (t) => out.push(t),
   );
   assert.equal(code, 0);
@@ -110,6 +110,7 @@ test("play(): scripted moves solve a task; shorthands translate to the protocol"
   assert.match(text, /Total reward: 1\. Success\.$/);
   assert.equal(translateInput("sokoban", "W"), "```\nup\n```");
   assert.equal(translateInput("frozenlake", "```2```"), "```2```");
+  assert.equal(translateInput("frozenlake", "constructor"), "```\nconstructor\n```");
   assert.equal(
     translateInput("hotpotqa", "search: Ed Wood"),
     '<tool_call>{"name":"search","arguments":{"query":"Ed Wood","top_k":5}}</tool_call>',

@@ -11,6 +11,7 @@ import { Rng } from "../util/rng.ts";
 import { getEnv, knownEnvs, type EnvOptions } from "../envs/registry.ts";
 import type { EnvFamily, Split, Task } from "../envs/types.ts";
 import { formatToolCall, SEARCH_TOOL, TOOL_CALL_OPEN } from "../envs/tool-protocol.ts";
+import { ownEntry } from "../util/own.ts";
 
 const HELP = `usage: erl play <env> [--split test|train] [--index N | --seed S] [options]
 
@@ -105,7 +106,7 @@ export function translateInput(env: string, line: string): string {
     return text;
   }
   if (text.includes("```") || text.includes(TOOL_CALL_OPEN)) return text;
-  return "```\n" + (WASD[text.toLowerCase()] ?? text) + "\n```";
+  return "```\n" + (ownEntry(WASD, text.toLowerCase()) ?? text) + "\n```";
 }
 
 export interface PlayOptions {

@@ -192,6 +192,8 @@ describe("request handling", () => {
     assert.match(r.body, /<script type="module" src="\/static\/app.js">/);
     assert.equal((await raw(dash.port, "/vendor/uplot.js")).status, 200);
     assert.equal((await raw(dash.port, "/vendor/other.js")).status, 404);
+    for (const inherited of ["constructor", "__proto__", "toString"])
+      assert.equal((await raw(dash.port, `/vendor/${inherited}`)).status, 404, inherited);
   });
 
   test("bad query parameters are a 400 with a message, unknown runs a 404", async () => {

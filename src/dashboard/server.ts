@@ -17,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { renderReport } from "./markdown.ts";
 import { RunStore } from "./runs.ts";
 import { PathRefused, RunsRoot } from "./safe-path.ts";
+import { ownEntry } from "../util/own.ts";
 
 export interface DashboardOptions {
   runsDir: string;
@@ -292,7 +293,7 @@ export async function startDashboard(opts: DashboardOptions): Promise<DashboardS
     if (path === "/" || path === "/index.html") return serveStatic("index.html", res);
     if (path.startsWith("/static/")) return serveStatic(path.slice("/static/".length), res);
     if (path.startsWith("/vendor/")) {
-      const file = VENDOR[path.slice("/vendor/".length)];
+      const file = ownEntry(VENDOR, path.slice("/vendor/".length));
       if (!file) throw new HttpError(404, "not found");
       const type = TYPES[extname(file)]!;
       return send(res, 200, type, readFileSync(file), { "Cache-Control": "max-age=3600" });

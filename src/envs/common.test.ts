@@ -40,6 +40,10 @@ test("action parsing: no block, unclosed block, junk, several words, other digit
     "```upp```",
     "``up``",
     "```up.```",
+    // Names every object inherits are not actions (they once came back as a function and crashed).
+    "```constructor```",
+    "```__proto__```",
+    "```\nhasOwnProperty\n```",
   ])
     assert.equal(parseDirection(bad), null, JSON.stringify(bad));
   assert.equal(lastFencedBlock("no fences"), null);

@@ -6,6 +6,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { inputError, UserError } from "../util/errors.ts";
+import { ownEntry } from "../util/own.ts";
 import type { Episode, StepResult, TraceStep } from "./types.ts";
 
 export type Direction = "left" | "down" | "right" | "up";
@@ -54,7 +55,7 @@ export function parseDirection(text: string): Direction | null {
   if (body === null) return null;
   const word = body.toLowerCase();
   if (word === "up" || word === "down" || word === "left" || word === "right") return word;
-  return DIGIT_ACTIONS[word] ?? null;
+  return ownEntry(DIGIT_ACTIONS, word) ?? null;
 }
 
 /** Wraps a move in the fenced block the parser expects (used by scripted players and the CLI). */

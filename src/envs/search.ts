@@ -11,6 +11,7 @@ import MiniSearch from "minisearch";
 import { resolve } from "node:path";
 import { readJsonl } from "../util/jsonl.ts";
 import { inputError, UserError } from "../util/errors.ts";
+import { ownEntry } from "../util/own.ts";
 import { asRecord } from "./common.ts";
 
 export interface Passage {
@@ -63,7 +64,7 @@ export function decodeEntities(s: string): string {
         name[1] === "x" || name[1] === "X" ? parseInt(name.slice(2), 16) : parseInt(name.slice(1), 10);
       return Number.isFinite(code) && code > 0 && code < 0x110000 ? String.fromCodePoint(code) : whole;
     }
-    return HTML_ENTITIES[name.toLowerCase()] ?? whole;
+    return ownEntry(HTML_ENTITIES, name.toLowerCase()) ?? whole;
   });
 }
 

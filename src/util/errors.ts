@@ -45,7 +45,7 @@ export function systemUserError(e: unknown, doing?: string): UserError | null {
   if (!e || typeof e !== "object") return null;
   const err = e as NodeJS.ErrnoException;
   const code = err.code;
-  if (!code || !(code in SYSTEM_ERRORS)) return null;
+  if (!code || !Object.hasOwn(SYSTEM_ERRORS, code)) return null;
   const path = err.path ?? (err as { dest?: string }).dest;
   const what = doing ?? (err.syscall ? `${err.syscall} failed` : "failed");
   return new UserError(`${path ? `${path}: ` : ""}${what}: ${SYSTEM_ERRORS[code]} (${code})`, 1);
