@@ -154,6 +154,31 @@ test("rollout rows carry the sampler's log-probs; the gap is averaged over their
   assert.equal(engine.calls[0]!.loss.tisCap, undefined);
 });
 
+test("with PPO mini-batches the gap is measured before the step's first optimiser step", async () => {
+  // Calls after an optimiser step see a moved policy: their gap is the policy's change, not the samplers'.
+  const engine = new FakeEngine();
+  const fb = engine.forwardBackward.bind(engine);
+  engine.forwardBackward = async (d, l) => {
+    const r = await fb(d, l);
+    const g = engine.optim.length === 0 ? 0.01 : 0.3;
+    const gap = { mismatch_tokens: 3, mismatch_abs_mean: g, mismatch_abs_max: 2 * g, mismatch_k3: g * g };
+    return { ...r, metrics: { ...r.metrics, ...gap } };
+  };
+  const samples = Array.from({ length: 4 }, (_, i) => sample({ episode: `e${i}` }));
+  const m = await trainOnSamples(
+    engine,
+    samples,
+    { ...DEFAULTS, miniBatchSize: 2, microBatchSize: 1 },
+    OPTIM,
+    new Rng("mm"),
+  );
+  assert.equal(engine.optim.length, 2);
+  assert.equal(engine.calls.length, 4);
+  assert.ok(Math.abs(m["mismatch/abs_mean"]! - 0.01) < 1e-12, `abs_mean ${m["mismatch/abs_mean"]}`);
+  assert.equal(m["mismatch/abs_max"], 0.02);
+  assert.ok(Math.abs(m["mismatch/k3"]! - 1e-4) < 1e-12);
+});
+
 test("with tisCap the trainer's own log-probs become the PPO anchor of rollout rows", async () => {
   const engine = new FakeEngine() as FakeEngine & { forward: (d: Datum[]) => Promise<number[][]> };
   const scored: Datum[][] = [];

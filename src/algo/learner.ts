@@ -18,6 +18,8 @@
  * - The batch may be split over several forwardBackward calls; every call carries the whole batch's
  *   normaliser so the summed gradient equals the one-call gradient (the engine micro-batches inside
  *   a call by itself).
+ * - The rollout–trainer mismatch (`mismatch/*`) is measured on the first mini-batch, before any
+ *   optimiser step of this batch, so it is the samplers' disagreement and not the policy's change.
  */
 import type { AdamWConfig, Datum, Engine, LossConfig } from "../engine/api.ts";
 import type { Rng } from "../util/rng.ts";
@@ -145,7 +147,7 @@ export async function trainOnSamples(
   let mmK3 = 0;
   let mmMax = 0;
   const batches = miniBatches(datums, lossConfig, rng);
-  for (const batch of batches) {
+  for (const [b, batch] of batches.entries()) {
     const normalizer = batchNormalizer(batch, lossConfig);
     const per = Math.max(1, lossConfig.microBatchSize);
     const parts = Math.ceil(batch.length / per);
@@ -161,8 +163,10 @@ export async function trainOnSamples(
       const k = m.tokens ?? chunk.reduce((a, d) => a + d.weights.filter((w) => w !== 0).length, 0);
       tokens += k;
       for (const key of TOKEN_METRICS) if (m[key] !== undefined) sums[key] = (sums[key] ?? 0) + m[key] * k;
-      // The rollout–trainer gap is averaged over the tokens that carried sampler log-probs.
-      const mk = m.mismatch_tokens ?? 0;
+      // The rollout–trainer gap is averaged over the tokens that carried sampler log-probs, in the
+      // first mini-batch only: later ones run after this step's first optimiser step, so their gap
+      // would add the policy's own change to the samplers' disagreement.
+      const mk = b === 0 ? (m.mismatch_tokens ?? 0) : 0;
       if (mk > 0) {
         mmTokens += mk;
         mmAbs += (m.mismatch_abs_mean ?? 0) * mk;
