@@ -2,9 +2,10 @@
 // and a non-zero exit: never a stack trace, never work started first (issue 17, items 3, 7, 9-11).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import fs, { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { main } from "./main.ts";
 import { openEngine } from "../engine/client.ts";
@@ -154,4 +155,39 @@ test("a full or read-only disk is reported with its path and cause", () => {
     /\/ro\/status\.json: open failed: the file system is read-only \(EROFS\)/,
   );
   assert.equal(systemUserError(new TypeError("x")), null, "a bug stays a bug");
+});
+
+test("a folder that cannot be created on a read-only disk is named with EROFS, not ENOENT", async () => {
+  // On a read-only file system a plain mkdir fails with EROFS, but Node's recursive mkdir reports
+  // ENOENT (it looks the path up after the failed mkdir and reports that). Both are emulated here for
+  // everything under `ro`, as seen on a read-only tmpfs, since a test cannot count on mounting one.
+  const ro = join(dir, "read-only");
+  mkdirSync(ro);
+  const f = fs as unknown as { mkdirSync: (p: unknown, o?: unknown) => unknown };
+  const real = f.mkdirSync;
+  f.mkdirSync = (p, o) => {
+    if (typeof p === "string" && resolve(p).startsWith(ro + sep)) {
+      const recursive = typeof o === "object" && o !== null && (o as { recursive?: boolean }).recursive;
+      const code = recursive ? "ENOENT" : "EROFS";
+      throw Object.assign(new Error(`${code}: mkdir '${p}'`), { code, syscall: "mkdir", path: p });
+    }
+    return real(p, o);
+  };
+  syncBuiltinESMExports();
+  try {
+    clean(
+      await erl("train", "--config", "frozenlake-tiny", "--runs-dir", join(ro, "runs")),
+      /read-only\/runs: cannot create the run directory: the file system is read-only \(EROFS\)$/,
+      1,
+    );
+    const compare = ["compare", "--env", "frozenlake", "--algos", "erl", "--seeds", "1"];
+    clean(
+      await erl(...compare, "--out", join(ro, "cmp")),
+      /read-only\/cmp: mkdir failed: the file system is read-only \(EROFS\)$/,
+      1,
+    );
+  } finally {
+    f.mkdirSync = real;
+    syncBuiltinESMExports();
+  }
 });

@@ -5,12 +5,13 @@
  * run continues with `--resume`. `--ci` is the same recipe at toy size (seconds).
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { UserError } from "../util/errors.ts";
 import { CONSOLIDATE_AT, DEFAULT_SHARDS, SOKOBAN_AT, shardPath, writeShard } from "../pretrain/generate.ts";
 import { measureAcceptance } from "../pretrain/acceptance.ts";
+import { makeDirs } from "../util/dirs.ts";
 
 const HELP = `erl pretrain --recipe tiny [options]
 
@@ -180,7 +181,7 @@ export async function run(args: string[]): Promise<number> {
     });
     const file =
       values.limit === undefined ? join(out, "acceptance.json") : join(work, "acceptance-quick.json");
-    mkdirSync(dirname(file), { recursive: true });
+    makeDirs(dirname(file));
     writeFileSync(file, JSON.stringify(report, null, 1) + "\n");
     console.log(`wrote ${file}`);
   }

@@ -9,12 +9,13 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { REPO_ROOT, defaultPython } from "../engine/client.ts";
 import { UserError } from "../util/errors.ts";
 import { lineSplitter } from "../util/lines.ts";
 import { decodeEntities, loadCorpusJsonl, type Passage, type SearchHit } from "./search.ts";
+import { makeDirs } from "../util/dirs.ts";
 
 /** The embedding models embed.py runs (`--model`), by the name the cache and reports use. */
 export const DENSE_MODELS = { e5: "multilingual-e5-small-q4", minilm: "all-MiniLM-L6-v2" } as const;
@@ -329,7 +330,7 @@ function readCache(
 }
 
 function writeCache(base: string, header: CacheHeader, vectors: Float32Array): void {
-  mkdirSync(dirname(base), { recursive: true });
+  makeDirs(dirname(base));
   const tmp = `${base}.tmp-${process.pid}`;
   writeFileSync(`${tmp}.f32`, Buffer.from(vectors.buffer, vectors.byteOffset, vectors.byteLength));
   writeFileSync(`${tmp}.json`, JSON.stringify(header) + "\n");

@@ -7,10 +7,11 @@
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
+import { createReadStream, existsSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { UserError } from "../util/errors.ts";
 import type { KnownModel, PypiGgufSource } from "./registry.ts";
+import { makeDirs } from "../util/dirs.ts";
 
 export const PROVENANCE = "provenance.json";
 
@@ -220,7 +221,7 @@ export async function installModel(m: KnownModel, opts: InstallOptions): Promise
       `the engine's Python ${opts.python} was not found: run \`bash scripts/setup.sh\` first, or set ERL_PYTHON`,
     );
   const parent = dirname(dir);
-  mkdirSync(parent, { recursive: true });
+  makeDirs(parent);
   const free = freeBytes(parent);
   const need = 2 * src.wheelBytes + 2 * src.outputBytes;
   if (free !== null && free < need)

@@ -6,7 +6,7 @@
  * planned shards), so shards can be written ahead of a training run or on demand while it runs, and
  * any shard can be regenerated identically.
  */
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Rng } from "../util/rng.ts";
 import {
@@ -27,6 +27,7 @@ import {
   sokobanReflectionDoc,
   type SokobanDoc,
 } from "./sokoban-corpus.ts";
+import { makeDirs } from "../util/dirs.ts";
 
 /** Any corpus document: FrozenLake or Sokoban. */
 export type AnyDoc = CorpusDoc | SokobanDoc;
@@ -229,7 +230,7 @@ export function shardPath(dir: string, index: number): string {
 
 /** Writes one shard atomically (temp file + rename) so a reader never sees half a shard. */
 export function writeShard(dir: string, spec: ShardSpec): string {
-  mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   const path = shardPath(dir, spec.index);
   const tmp = `${path}.tmp`;
   writeFileSync(tmp, shardDocs(spec).map(docLine).join("\n") + "\n");

@@ -5,7 +5,7 @@
  * finished runs and resumes unfinished ones, so an interrupted comparison loses at most the steps
  * since a run's last checkpoint.
  */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { cpus } from "node:os";
 import { UserError } from "../util/errors.ts";
@@ -15,6 +15,7 @@ import { runTraining, type TrainDeps } from "./runner.ts";
 import { RunFiles } from "./runfiles.ts";
 import { Progress } from "./progress.ts";
 import { loadRunData, terminalTable, writeReport, type AlgoSummary, type RunData } from "./report.ts";
+import { makeDirs } from "../util/dirs.ts";
 
 export type Budget = { kind: "rollouts" } | { kind: "attempts" } | { kind: "time"; minutes: number };
 
@@ -96,7 +97,7 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
   const dir = resolve(o.dir);
   const base = validateConfig({ ...o.base, env: o.env });
   checkModelPath(base);
-  mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   const plan = { env: o.env, algos: o.algos, seeds: o.seeds, budget: o.budget, base };
   const planFile = join(dir, "compare.json");
   if (existsSync(planFile)) {

@@ -50,6 +50,7 @@ import { EngineError } from "../engine/protocol.ts";
 import { evalSummary, Progress, stepSummary } from "./progress.ts";
 import { apiBackendFor, reflectorFor } from "./deps.ts";
 import { usageMetrics, type ApiUsage, type OpenAIBackend } from "../agent/openai-backend.ts";
+import { makeDirs } from "../util/dirs.ts";
 
 export interface Algorithms {
   erlStep: ErlStepFn;
@@ -142,7 +143,7 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
   } else {
     if (files.exists()) throw alreadyExists();
     try {
-      mkdirSync(dirname(opts.runDir), { recursive: true });
+      makeDirs(dirname(opts.runDir));
       mkdirSync(opts.runDir);
       createdDir = true;
     } catch (e) {
