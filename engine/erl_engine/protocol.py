@@ -35,7 +35,7 @@ ERROR_CODES = (
     "not_found",  # a path that does not exist
     "checkpoint",  # a corrupted or incompatible checkpoint
     "unauthorized",  # HTTP: missing or wrong bearer token
-    "internal",  # a bug in the engine; its traceback is on the engine's stderr
+    "internal",  # a bug or a torch error: the message says where; the traceback is on stderr
 )
 
 

@@ -98,7 +98,37 @@ def _internal(e: BaseException) -> ProtocolError:
     traceback.print_exc(file=sys.stderr)
     sys.stderr.flush()
     msg_text = f"{type(e).__name__}: {e}".splitlines()[0][:500] if str(e) else type(e).__name__
-    return ProtocolError("internal", f"engine error ({msg_text}); see the engine's stderr")
+    # The answer says where, since over stdio the engine's stderr (with the whole traceback) is not shown.
+    return ProtocolError(
+        "internal",
+        f"engine error ({msg_text}) raised at {_where(e)}; a bug or an unexpected torch error: "
+        "please report it with this message",
+    )
+
+
+def _frame(f: traceback.FrameSummary) -> str:
+    """`file:line in function`, the file shortened to its package path (erl_engine/…, torch/…)."""
+    path = f.filename.replace(os.sep, "/")
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        path = "erl_engine/" + path.split("/erl_engine/", 1)[1] if "/erl_engine/" in path else os.path.basename(path)
+    return f"{path}:{f.lineno} in {f.name}"
+
+
+def _where(e: BaseException) -> str:
+    """The innermost frame of an exception's traceback and, when that is outside the engine's own code
+    (in torch, say), the innermost frame inside it too."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames:
+        return "an unknown place"
+    inner = frames[-1]
+    own = next((f for f in reversed(frames) if "/erl_engine/" in f.filename.replace(os.sep, "/")), None)
+    if own is None or own is inner:
+        return _frame(inner)
+    return f"{_frame(inner)}, called from {_frame(own)}"
 
 
 def _outcome(engine: Any, method: str, params: dict[str, Any]) -> tuple[Any, tuple[str, str] | None]:

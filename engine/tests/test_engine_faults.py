@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import pytest
 from conftest import FIXTURE, load_params
 
+from erl_engine import PROTOCOL_VERSION
 from erl_engine.checkpoint import _atomic_dir
 from erl_engine.engine import Engine
 from erl_engine.protocol import ProtocolError
+from erl_engine.server import Dispatcher
 
 
 def copy_fixture(tmp_path: Any) -> str:
@@ -73,3 +76,22 @@ def test_a_full_disk_is_reported_as_such(tmp_path: Any) -> None:
     with pytest.raises(ProtocolError) as info:
         _atomic_dir(final, write)
     assert "no space left on the device" in info.value.message and final in info.value.message
+
+
+
+def test_an_unexpected_error_says_where_it_was_raised(monkeypatch: Any) -> None:
+    # Over stdio the engine's stderr (with the traceback) is not shown, so the answer itself says where:
+    # the innermost frame (here this test's, as it would be torch's) and the engine's own frame above it.
+    d = Dispatcher()
+
+    def broken(_params: dict[str, Any]) -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setitem(d.engine.methods, "info", broken)
+    answer, _ = d.handle_line(json.dumps({"v": PROTOCOL_VERSION, "id": 1, "method": "info", "params": {}}))
+    error = answer["error"]
+    assert error["code"] == "internal"
+    message = error["message"]
+    assert message.startswith("engine error (RuntimeError: boom) raised at test_engine_faults.py:"), message
+    assert " in broken, called from erl_engine/engine.py:" in message and " in call;" in message, message
+    assert "stderr" not in message
