@@ -14,6 +14,10 @@ dtype "auto":
         backward, once in float32 and once under bf16 autocast (the engine's bf16 mode), best of 9
         interleaved repeats after a warm-up. CPUs with native bf16 (AVX512-BF16, AMX) usually pass;
         CPUs without it (AVX2 only) run bf16 matmuls several times slower and fall back to float32.
+Threads chosen by measurement are measured again during a run (`maybe_retune`, at most every
+RETUNE_SECONDS, before a sample/forward/forwardBackward call; about 10 ms each time), because the load
+of a shared machine changes: a second process that starts after the engine takes a core from one of
+its OpenMP threads, and the engine drops to one thread until the core is free again.
 The verdict and its reason (the measured times) go into EngineInfo (`dtypeReason`, `threadsReason`).
 A verdict is memoised per process for each (shape, threads); a new engine measures again, because the
 load of a shared machine changes.
@@ -39,6 +43,12 @@ THREADS_MARGIN = 1.10
 PROBE_FLOPS = 3e8
 
 _threads_reason = "torch's default"
+# Set when the thread count was chosen by measurement (not pinned by the environment): the most threads
+# a re-measurement may choose, and when the last measurement ran (time.monotonic()).
+_retune_max: int | None = None
+_last_probe = 0.0
+# Seconds between re-measurements of the thread count during a run.
+RETUNE_SECONDS = 30.0
 _dtype_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
 
 
@@ -79,7 +89,8 @@ def _time(fn: Callable[[], Any]) -> float:
 def configure_threads(env: dict[str, str] | None = None, repeats: int = 5) -> tuple[int, str]:
     """Sets torch's thread count: $ERL_ENGINE_THREADS, 1 under the test suite ($ERL_TEST), else by
     measurement. Returns (threads, reason); the reason is also kept for EngineInfo."""
-    global _threads_reason
+    global _threads_reason, _retune_max
+    _retune_max = None
     env = dict(os.environ) if env is None else env
     want = env.get("ERL_ENGINE_THREADS", "").strip()
     if want:
@@ -96,9 +107,34 @@ def configure_threads(env: dict[str, str] | None = None, repeats: int = 5) -> tu
         torch.set_num_threads(1)
         _threads_reason = "1 under the test suite (ERL_TEST)"
         return 1, _threads_reason
+    global _last_probe
+    _retune_max = torch.get_num_threads()
     n, _threads_reason = probe_threads(repeats=repeats)
+    _last_probe = time.monotonic()
     torch.set_num_threads(n)
     return n, _threads_reason
+
+
+def maybe_retune(now: float | None = None, interval: float = RETUNE_SECONDS) -> str | None:
+    """Measures the thread count again when it was chosen by measurement and `interval` seconds have
+    passed since the last measurement. Returns a one-line note when the count changed, else None."""
+    global _last_probe, _threads_reason
+    if _retune_max is None or _retune_max < 2:
+        return None
+    now = time.monotonic() if now is None else now
+    if now - _last_probe < interval:
+        return None
+    _last_probe = now
+    before = torch.get_num_threads()
+    n, detail = probe_threads(max_threads=_retune_max, repeats=5)
+    detail = detail.replace("measured at start: ", "")
+    when = time.strftime("%H:%M:%S")
+    if n == before:
+        _threads_reason = f"re-measured at {when} (every {interval:.0f} s during a run): {detail}"
+        return None
+    torch.set_num_threads(n)
+    _threads_reason = f"re-measured at {when} (every {interval:.0f} s during a run), {before} -> {n}: {detail}"
+    return f"erl engine: threads {before} -> {n} ({detail})"
 
 
 def probe_threads(max_threads: int | None = None, repeats: int = 5) -> tuple[int, str]:

@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import platform
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -111,6 +112,11 @@ class Batch:
         self.has_smp = torch.from_numpy(has_smp).to(device)
 
 
+# Calls whose work is large enough that a change of the CPU's load matters; before them the engine may
+# measure its thread count again (autotune.maybe_retune).
+HEAVY_METHODS = frozenset({"sample", "forward", "forwardBackward"})
+
+
 class Engine:
     def __init__(self) -> None:
         self.lm: LoadedModel | None = None
@@ -142,6 +148,10 @@ class Engine:
         }
 
     def call(self, method: str, params: dict[str, Any]) -> Any:
+        if method in HEAVY_METHODS:
+            note = autotune.maybe_retune()
+            if note:
+                print(note, file=sys.stderr, flush=True)
         return self.methods[method](params)
 
     # ---- model and info ---------------------------------------------------------------------------

@@ -78,6 +78,38 @@ def test_threads_from_the_environment_the_test_suite_or_a_measurement() -> None:
         torch.set_num_threads(before)
 
 
+def test_threads_are_measured_again_during_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    verdicts = iter([(2, "measured at start: 1 thread 2.0 ms, 2 threads 1.0 ms (median of 5 matmul probes); chose 2"),
+                     (1, "measured at start: 1 thread 2.0 ms, 2 threads 9.0 ms (median of 5 matmul probes); chose 1")])
+    calls: list[int | None] = []
+
+    def fake_probe(max_threads: int | None = None, repeats: int = 5) -> tuple[int, str]:
+        calls.append(max_threads)
+        return next(verdicts)
+
+    monkeypatch.setattr(autotune, "probe_threads", fake_probe)
+    try:
+        torch.set_num_threads(2)
+        assert autotune.configure_threads({})[0] == 2
+        start = autotune._last_probe
+        # Within the interval nothing is measured.
+        assert autotune.maybe_retune(now=start + 10, interval=30) is None
+        assert len(calls) == 1
+        # After it, a busier machine moves the engine to one thread, and says so.
+        note = autotune.maybe_retune(now=start + 31, interval=30)
+        assert note is not None and "threads 2 -> 1" in note and "2 threads 9.0 ms" in note
+        assert torch.get_num_threads() == 1
+        assert calls == [None, 2]  # the re-measurement may go back up to the count chosen from
+        assert "re-measured" in autotune.threads_reason() and "2 -> 1" in autotune.threads_reason()
+        # A count pinned by the environment is never measured again.
+        autotune.configure_threads({"ERL_ENGINE_THREADS": "2"})
+        assert autotune.maybe_retune(now=start + 1000, interval=30) is None
+        assert len(calls) == 2 and torch.get_num_threads() == 2
+    finally:
+        autotune.configure_threads({"ERL_ENGINE_THREADS": str(before)})
+
+
 def test_info_names_the_cpu() -> None:
     info = call(Engine(), "info", {})
     assert info["cpu"]["model"]
@@ -92,3 +124,14 @@ def test_auto_is_the_loaders_default() -> None:
     info = call(Engine(), "loadModel", params)
     assert info["dtype"] in ("float32", "bfloat16")
     assert info["dtypeReason"].startswith("auto: ")
+
+
+def test_heavy_calls_give_the_thread_count_a_chance_to_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(autotune, "maybe_retune", lambda: seen.append("retune") or None)
+    e = Engine()
+    call(e, "loadModel", load_params())
+    call(e, "info", {})
+    assert seen == []
+    call(e, "sample", {"prompts": [[4, 9, 10]], "n": 1, "maxTokens": 2, "temperature": 1.0, "seed": 0})
+    assert seen == ["retune"]

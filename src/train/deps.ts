@@ -43,6 +43,10 @@ export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise
   let engine: Engine = await openEngine({
     ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
     ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
+    // The engine re-measures its thread count during a run; a change is worth a line of progress.
+    onStderr: (line) => {
+      if (line.startsWith("erl engine: threads ")) process.stderr.write(`engine: ${line.slice(11)}\n`);
+    },
   });
   try {
     if (cfg.engine.sampler === "vllm") {
