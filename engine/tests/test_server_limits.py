@@ -118,3 +118,49 @@ def test_a_port_in_use_is_a_clear_error(capsys: Any) -> None:
         assert main(["--http", "--port", str(port), "--token", "x"]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+def test_no_more_than_40961_bytes_are_read_before_the_token_is_checked(
+    dispatcher: Dispatcher, monkeypatch: Any
+) -> None:
+    # The figure docs/reliability.md states: a 32 KiB head, one byte to see it is over, one 8 KiB
+    # read-ahead buffer. Every byte the server takes from a socket passes SocketIO.readinto (the
+    # clients here use raw sockets, so only the server's reads are counted).
+    read = [0]
+    real = socket.SocketIO.readinto
+
+    def counting(self: socket.SocketIO, b: Any) -> int | None:
+        n = real(self, b)
+        read[0] += n or 0
+        return n
+
+    monkeypatch.setattr(socket.SocketIO, "readinto", counting)
+    server, port = start(dispatcher)
+    try:
+
+        def send(data: bytes) -> bytes:
+            read[0] = 0
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                sender = threading.Thread(target=lambda: _send_quietly(s, data), daemon=True)
+                sender.start()
+                answer = s.recv(65536)
+                sender.join(20)
+            time.sleep(0.2)  # let the handler finish with the connection
+            return answer
+
+        # No token, a 400 MB body announced and 4 MB of it sent (8,192 bytes are read: one buffer).
+        answer = send(head("/v1/call", 400 << 20, None) + b"a" * (4 << 20))
+        assert status_of(answer) == 401 and 0 < read[0] <= 40_961, read[0]
+        # No token, 1 MB of headers (40,960 bytes are read).
+        answer = send(b"POST /v1/call HTTP/1.1\r\n" + b"X-Pad: " + b"a" * (1 << 20) + b"\r\n\r\n")
+        assert status_of(answer) == 431 and 0 < read[0] <= 40_961, read[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _send_quietly(s: socket.socket, data: bytes) -> None:
+    try:
+        s.sendall(data)
+    except OSError:
+        pass  # the server closed the connection without reading the rest: that is the point
