@@ -63,6 +63,12 @@ test("eval: --n, --tasks and --out are checked before any work, naming the flag"
     /notes\.txt: exists and is not a JSONL file of records \(line 1\)/,
   );
   assert.equal(readFileSync(notJsonl, "utf8"), "my notes\n", "left untouched");
+  // A folder where no file can be created, even by root (sysfs): refused before the evaluation, not
+  // after it (a permission check alone passes for root).
+  const r2 = await erl(...base, "--n", "1", "--tasks", "1", "--out", "/sys/erl-episodes.jsonl");
+  assert.notEqual(r2.code, 0);
+  assert.match(r2.err, /^erl eval: .*erl-episodes\.jsonl: --out: cannot write: |^erl eval: --out /);
+  assert.doesNotMatch(r2.out + r2.err, /starting the engine|internal error/);
 });
 
 test("config keys named like built-in object members are unknown keys", async () => {

@@ -7,7 +7,7 @@
  *   erl eval --policy openai:gpt-4o-mini --env frozenlake      # any OpenAI-compatible endpoint
  */
 import { parseArgs } from "node:util";
-import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, statSync, unlinkSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { systemUserError, UserError } from "../util/errors.ts";
 import { appendJsonl } from "../util/jsonl.ts";
@@ -195,7 +195,7 @@ export async function run(args: string[]): Promise<number> {
       try {
         appendJsonl(values.out, main.res.rollouts);
       } catch (e) {
-        throw systemUserError(e, `--out ${values.out}: writing the episodes failed`) ?? e;
+        throw systemUserError(e, "--out: writing the episodes failed") ?? e;
       }
       console.log(`episodes: ${values.out}`);
     }
@@ -215,8 +215,9 @@ function intFlag(name: string, raw: string | undefined, min: number): number | n
 }
 
 /**
- * Checks `--out` before any work: its folder exists and is writable, and an existing file is a JSONL
- * file (every line a JSON object) that the episodes can be appended to, not some other file.
+ * Checks `--out` before any work: its folder exists, the file opens for appending, and an existing
+ * file is a JSONL file (every line a JSON object) that the episodes can be appended to, not some
+ * other file.
  */
 function checkOut(out: string): void {
   const file = resolve(out);
@@ -245,9 +246,13 @@ function checkOut(out: string): void {
         );
     });
   }
+  // Opened for appending, as the episodes will be: a permission check alone can pass (for root, say)
+  // where the write then fails, after the whole evaluation.
+  const existed = existsSync(file);
   try {
-    accessSync(existsSync(file) ? file : dir, constants.W_OK);
+    closeSync(openSync(file, "a"));
+    if (!existed) unlinkSync(file);
   } catch (e) {
-    throw systemUserError(e, `--out ${out}: cannot write`) ?? e;
+    throw systemUserError(e, "--out: cannot write") ?? e;
   }
 }
