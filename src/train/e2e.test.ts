@@ -58,8 +58,13 @@ function strictJsonl(file: string): Rec[] {
     });
 }
 
-/** Checks a finished run directory against docs/run-format.md and returns its records. */
-function checkRun(dir: string, steps: number, algo: string): { metrics: Rec[]; rollouts: Rec[] } {
+/** Checks a finished run directory against docs/run-format.md and returns its records, with the
+ * number of steps that trained something (each of them must log the rollout–trainer mismatch). */
+function checkRun(
+  dir: string,
+  steps: number,
+  algo: string,
+): { metrics: Rec[]; rollouts: Rec[]; measured: number } {
   const status = JSON.parse(readFileSync(join(dir, "status.json"), "utf8")) as {
     state: string;
     step: number;
@@ -75,12 +80,22 @@ function checkRun(dir: string, steps: number, algo: string): { metrics: Rec[]; r
     Array.from({ length: steps }, (_, i) => i + 1),
     `${dir}: every step exactly once`,
   );
+  let measured = 0;
   for (const m of train) {
     const r = m as unknown as Record<string, unknown>;
     for (const k of ["time", "reward/first", "time/sample", "time/train", "time/step"])
       assert.equal(typeof r[k], "number", `${k} in ${dir}`);
     if (algo === "rlvr") assert.equal(r["reward/post_reflection"], undefined);
     else assert.equal(typeof r["gate_rate"], "number");
+    // The rollout–trainer gap of the engine's own sampler, in every algorithm's run (float rounding).
+    if ((r["samples/trained"] as number) > 0) {
+      measured++;
+      assert.equal(typeof r["mismatch/abs_mean"], "number", `mismatch/abs_mean in ${dir}`);
+      assert.ok(
+        (r["mismatch/abs_max"] as number) < 1e-3,
+        `mismatch/abs_max ${r["mismatch/abs_max"]} in ${dir}`,
+      );
+    }
   }
   const evals = metrics.filter((m) => m.kind === "eval");
   assert.deepEqual(
@@ -101,7 +116,7 @@ function checkRun(dir: string, steps: number, algo: string): { metrics: Rec[]; r
   );
   strictJsonl(join(dir, "memory.jsonl"));
   assert.ok(existsSync(join(dir, "checkpoints", "latest")));
-  return { metrics, rollouts };
+  return { metrics, rollouts, measured };
 }
 
 /** The engine processes started by this test process (Linux /proc), to kill one as a crash would. */
@@ -222,7 +237,12 @@ test(
     assert.equal(final.code, 0, `seed ${seed}:\n${killed.text}\n---\n${final.text}`);
     assert.match(final.text, /algorithm\s+final eval/);
     const erl = checkRun(join(out, "erl-seed0"), 2, "erl");
-    checkRun(join(out, "rlvr-seed0"), 2, "rlvr");
+    const rlvr = checkRun(join(out, "rlvr-seed0"), 2, "rlvr");
+    // Steps whose groups all tie train nothing; each run has at least one that trains.
+    assert.ok(
+      erl.measured > 0 && rlvr.measured > 0,
+      `mismatch measured: erl ${erl.measured}, rlvr ${rlvr.measured}`,
+    );
     assert.ok(erl.rollouts.some((r) => r.stage === "eval"));
     const report = readFileSync(join(out, "report.md"), "utf8");
     assert.match(report, /\| erl \| \d\.\d{3} \| /);
