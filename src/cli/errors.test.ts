@@ -112,7 +112,7 @@ test("a run name that is not one folder name is refused", async () => {
   }
 });
 
-test("export: an output path that is a file or under a file is refused before loading anything", async () => {
+test("export: an output path that is a file, under a file or unwritable is refused before loading anything", async () => {
   const file = join(dir, "a-file");
   writeFileSync(file, "x");
   clean(await erl("export", join(dir, "run"), file), /a-file exists and is a file; pick a new directory/);
@@ -124,6 +124,17 @@ test("export: an output path that is a file or under a file is refused before lo
   mkdirSync(full);
   writeFileSync(join(full, "x"), "");
   clean(await erl("export", join(dir, "run"), full), /exists and is not empty/);
+  // Where no folder can be created, even by root (sysfs, proc): refused before the run is read.
+  clean(
+    await erl("export", join(dir, "run"), "/sys/erl-export"),
+    /^erl export: \/sys: cannot write the export to \/sys\/erl-export: /,
+    1,
+  );
+  clean(
+    await erl("export", join(dir, "run"), "/proc/erl-export/x"),
+    /^erl export: \/proc: cannot write the export to \/proc\/erl-export\/x: /,
+    1,
+  );
 });
 
 test("a remote engine without a token names what to set, not a flag train does not have", async () => {

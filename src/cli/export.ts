@@ -3,8 +3,8 @@
  * model directory, or as a LoRA adapter directory for a LoRA run (`--merge-lora` merges it instead).
  */
 import { parseArgs } from "node:util";
-import { accessSync, constants, readdirSync, statSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { mkdtempSync, readdirSync, rmdirSync, statSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { systemUserError, UserError } from "../util/errors.ts";
 import { checkModelPath } from "../train/config.ts";
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
@@ -50,7 +50,7 @@ export async function run(args: string[]): Promise<number> {
 
 /**
  * Refuses an output path that is a file, a non-empty directory or not writable, before any model is
- * loaded (a new directory's nearest existing parent must be a writable directory).
+ * loaded (a folder must be creatable in a new directory's nearest existing parent).
  */
 function checkOutputDir(out: string, given: string): void {
   const stat = (p: string) => {
@@ -68,9 +68,19 @@ function checkOutputDir(out: string, given: string): void {
   while (!stat(parent) && dirname(parent) !== parent) parent = dirname(parent);
   if (!stat(parent)?.isDirectory())
     throw new UserError(`${given}: cannot create the directory, ${parent} is not a directory`);
+  // A folder is made and removed there: a permission check alone passes for root where creating one
+  // then fails (sysfs, proc), after the model has been loaded.
   try {
-    accessSync(parent, constants.W_OK);
+    rmdirSync(mkdtempSync(join(parent, ".erl-export-check-")));
   } catch (e) {
-    throw systemUserError(e, `cannot write the export to ${given}`) ?? e;
+    const err = e as NodeJS.ErrnoException;
+    err.path = parent;
+    throw (
+      systemUserError(err, `cannot write the export to ${given}`) ??
+      new UserError(
+        `${parent}: cannot write the export to ${given}: no folder can be created there (${err.code ?? err.message})`,
+        1,
+      )
+    );
   }
 }
