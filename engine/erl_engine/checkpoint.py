@@ -104,7 +104,9 @@ def _write_problem(final: str, parent: str, e: BaseException) -> str:
         free = shutil.disk_usage(parent).free
     except OSError:
         free = None
-    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < (1 << 20)):
+    # Only an error without a code (torch's) is judged by the free space: a pseudo file system (sysfs,
+    # proc) always shows 0 bytes free, and there a refusal is a refusal, not a full disk.
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and free is not None and free < (1 << 20)):
         return f"{final}: writing failed: no space left on the device ({free} bytes free in {parent})"
     if code == errno.EROFS:
         return f"{final}: writing failed: the file system is read-only"

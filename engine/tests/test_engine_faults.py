@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -95,3 +96,25 @@ def test_an_unexpected_error_says_where_it_was_raised(monkeypatch: Any) -> None:
     assert message.startswith("engine error (RuntimeError: boom) raised at test_engine_faults.py:"), message
     assert " in broken, called from erl_engine/engine.py:" in message and " in call;" in message, message
     assert "stderr" not in message
+
+
+
+def test_a_refused_write_is_not_called_a_full_disk(tmp_path: Any, monkeypatch: Any) -> None:
+    # sysfs or proc show 0 bytes free; a permission error there must say so, not "no space left".
+    final = os.path.join(str(tmp_path), "state")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: SimpleNamespace(total=0, used=0, free=0))
+
+    def refused(tmp: str) -> None:
+        raise PermissionError(13, "Permission denied", os.path.join(tmp, "x"))
+
+    with pytest.raises(ProtocolError) as info:
+        _atomic_dir(final, refused)
+    assert "Permission denied" in info.value.message and "no space" not in info.value.message
+
+    def torch_failed(_tmp: str) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    # An error without a code (torch's) on a disk with no space left is still a full disk.
+    with pytest.raises(ProtocolError) as info:
+        _atomic_dir(final, torch_failed)
+    assert "no space left on the device" in info.value.message
