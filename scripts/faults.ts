@@ -885,6 +885,7 @@ const cliCases: [string, string, () => string[], RegExp][] = [
     /--resume needs a value/,
   ],
   ["flag", "unknown option", () => ["train", "--steps", "3"], /Unknown option '--steps'/],
+  ["flag", "a command named constructor", () => ["constructor"], /unknown command "constructor"/],
   ["flag", "dashboard --poll -5", () => ["dashboard", M, "--poll", "-5"], /--poll needs a value/],
   [
     "flag",
@@ -974,6 +975,18 @@ const cliCases: [string, string, () => string[], RegExp][] = [
     "eval --out onto a non-JSONL file",
     () => ["eval", "--model", TINY, "--env", "frozenlake", "--out", file("notes.md", "# notes\n")],
     /notes\.md: exists and is not a JSONL file/,
+  ],
+  [
+    "path",
+    "eval --out where no file can be created (sysfs)",
+    () => ["eval", "--model", TINY, "--env", "frozenlake", "--out", "/sys/erl-faults.jsonl"],
+    /erl-faults\.jsonl: --out: cannot write: /,
+  ],
+  [
+    "path",
+    "export where no folder can be created (sysfs)",
+    () => ["export", M, "/sys/erl-faults-export"],
+    /\/sys: cannot write the export to \/sys\/erl-faults-export: /,
   ],
   [
     "path",
