@@ -5,11 +5,13 @@ and the prompt's KV cache is repeated for its n samples, so the prompt is never 
 sample. Rows that finish (a stop token, a stop string, or max tokens) are dropped from the batch and
 the cache at once, so the remaining rows decode at the cost of their own number.
 
-Decoding has two implementations with the same results (up to float rounding): for Llama-family
-models (llama, mistral, qwen2, qwen3) a hand-rolled step over the model's own modules (so LoRA
-adapters apply) with a preallocated KV cache and plain-matmul attention, which avoids the per-step
-cache concatenation and mask building of the generic path; for every other causal LM the model's own
-forward with a DynamicCache. The prompt prefill always uses the model's own forward.
+Prefill and decoding have two implementations with the same results (up to float rounding): for
+Llama-family models (llama, mistral, qwen2, qwen3) a hand-rolled pass over the model's own modules (so
+LoRA adapters apply) with a preallocated KV cache: the prefill runs the prompts' tokens packed, without
+their left padding, through the projections and MLPs, and writes their keys and values straight into
+the cache; each decode step writes one column and attends with SDPA (or, for float32 on a CPU, two
+batched matmuls), with no per-step cache concatenation or mask building. For every other causal LM,
+the model's own forward with a DynamicCache.
 
 Returned log-probs are the model's log-probs of each sampled token: log-softmax of the logits divided
 by the request's `logprobTemperature` (default 1, the raw distribution), with no top-k/top-p
@@ -146,38 +148,31 @@ def sample(
     ids, mask = ids.to(dev), mask.to(dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
 
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # transformers 4.x: no config argument
-        cache = DynamicCache()
     was_training = model.training
     model.eval()
     try:
-        with lm.autocast():
-            out = model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                logits_to_keep=1,
-            )
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        next_pos = pos[:, -1] + 1
-        if n_unique < n_prompts:
+        parts = _FastDecoder.layout(lm) if FAST_DECODE else None
+        if parts is not None:
+            fast: _FastDecoder | None = _FastDecoder(lm, *parts, mask, longest + max_tokens)
+            with lm.autocast():
+                logits = fast.prefill(unique)
+            next_pos = mask.sum(-1)
+            cache = None
+        else:
+            fast = None
+            logits, cache, next_pos = _model_prefill(lm, ids, mask, pos)
+        if n_unique < n_prompts or n > 1:
             rows = torch.tensor(src, device=dev).repeat_interleave(n)
-            cache.batch_select_indices(rows)
             logits, mask, next_pos = logits[rows], mask[rows], next_pos[rows]
-        elif n > 1:
-            cache.batch_repeat_interleave(n)
-            logits = logits.repeat_interleave(n, dim=0)
-            mask = mask.repeat_interleave(n, dim=0)
-            next_pos = next_pos.repeat_interleave(n, dim=0)
+            if fast is not None:
+                fast.select(rows)
+            else:
+                cache.batch_select_indices(rows)
 
         total = n_prompts * n
         draws = total_rows if total_rows is not None else total
         gen = torch.Generator(device=dev)
         gen.manual_seed(req["seed"])
-        fast = _FastDecoder.create(lm, cache, mask, longest + max_tokens) if FAST_DECODE else None
         state = _Rows(total, max_tokens, stop_ids, stops)
         row_ids = torch.arange(total, device=dev)  # the sequence of each batch row (zombies included)
         step = fast.step if fast is not None else _generic_step(lm, cache)
@@ -248,6 +243,25 @@ class _Rows:
         return keep
 
 
+def _model_prefill(
+    lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor
+) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """The prompts through the model's own forward with a DynamicCache (every model type): the last
+    position's logits, the cache, and the next position of each row."""
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=lm.model.config)
+    except TypeError:  # transformers 4.x: no config argument
+        cache = DynamicCache()
+    with lm.autocast():
+        out = lm.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+            logits_to_keep=1,
+        )
+    return out.logits[:, -1, :].float(), out.past_key_values, pos[:, -1] + 1
+
+
 def _generic_step(lm: LoadedModel, cache: Any) -> Any:
     def step(tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = lm.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos[:, None],
@@ -267,20 +281,23 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _cache_kv(cache: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(cache, "layers"):
-        return cache.layers[i].keys, cache.layers[i].values
-    return cache.key_cache[i], cache.value_cache[i]  # transformers 4.x
-
-
 class _FastDecoder:
-    """One-token decode steps for Llama-layout models over a preallocated KV cache."""
+    """Prefill and one-token decode steps for Llama-layout models over a preallocated KV cache.
 
-    # Tests switch this off to run the CUDA layout (cache in the compute dtype) on a CPU.
-    FP32_CACHE_ON_CPU = True
+    The cache is [layers, rows, kv_heads, capacity, head_dim] with the prompts left-padded to the
+    longest (column c of every row is the same step), an additive bias masking the padding. The
+    prefill runs the prompts' tokens packed, without their padding, through the projections and MLPs;
+    only the attention sees the padded layout.
+    """
 
-    @classmethod
-    def create(cls, lm: LoadedModel, cache: Any, mask: torch.Tensor, capacity: int) -> "_FastDecoder | None":
+    # The cache is kept in the compute dtype and the decode step attends with PyTorch's fused attention
+    # (SDPA), except for float32 on a CPU, where one-query SDPA is slower than two batched matmuls.
+    # Tests switch this on to run the fp32 matmul attention with a bf16 model.
+    FP32_CACHE_ON_CPU = False
+
+    @staticmethod
+    def layout(lm: LoadedModel) -> tuple[Any, Any, Any] | None:
+        """(base model, its decoder, its layers) when the model has the Llama layout, else None."""
         model = lm.model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         cfg = base.config
@@ -292,8 +309,9 @@ class _FastDecoder:
             t != "full_attention" for t in cfg.layer_types
         ):
             return None
-        if getattr(inner, "rotary_emb", None) is None:
+        if getattr(inner, "rotary_emb", None) is None or getattr(inner, "embed_tokens", None) is None:
             return None
+
         def rms_like(m: Any) -> bool:
             return type(m).__name__.endswith("RMSNorm") and hasattr(m, "weight") and hasattr(m, "variance_epsilon")
 
@@ -307,38 +325,35 @@ class _FastDecoder:
             norms += [getattr(attn, a) for a in ("q_norm", "k_norm") if hasattr(attn, a)]
             if not all(rms_like(m) for m in norms):
                 return None
-        try:
-            kv = [_cache_kv(cache, i) for i in range(len(layers))]
-        except (AttributeError, IndexError):
-            return None
-        return cls(lm, base, inner, layers, kv, mask, capacity)
+        return base, inner, layers
 
-    def __init__(self, lm: LoadedModel, base: Any, inner: Any, layers: Any, kv: list[Any], mask: torch.Tensor,
-                 capacity: int):
+    def __init__(self, lm: LoadedModel, base: Any, inner: Any, layers: Any, mask: torch.Tensor, capacity: int):
         self.lm = lm
         self.base = base
         self.inner = inner
         self.layers = layers
-        k0 = kv[0][0]
-        b, self.kv_heads, width, self.head_dim = k0.shape
-        self.heads = base.config.num_attention_heads
+        cfg = base.config
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(layers[0].self_attn, "head_dim", None) or cfg.hidden_size // self.heads
         self.group = self.heads // self.kv_heads
-        # fp32 cache on CPU: small batched bf16 matmuls are slower there than fp32 ones.
-        cache_dtype = torch.float32 if (k0.device.type == "cpu" and self.FP32_CACHE_ON_CPU) else k0.dtype
-        self.keys = torch.zeros((len(layers), b, self.kv_heads, capacity, self.head_dim), dtype=cache_dtype,
-                                device=k0.device)
+        dev = lm.device
+        compute = torch.bfloat16 if lm.dtype == "bfloat16" else torch.float32
+        self.cache_dtype = torch.float32 if (dev.type == "cpu" and self.FP32_CACHE_ON_CPU) else compute
+        self.sdpa_decode = self.cache_dtype != torch.float32 or dev.type != "cpu"
+        b, width = mask.shape
+        self.keys = torch.zeros((len(layers), b, self.kv_heads, capacity, self.head_dim), dtype=self.cache_dtype,
+                                device=dev)
         self.values = torch.zeros_like(self.keys)
-        for i, (k, v) in enumerate(kv):
-            self.keys[i, :, :, :width] = k
-            self.values[i, :, :, :width] = v
         self.filled = width
+        self.lengths = mask.sum(-1)
         # Additive attention bias: -inf on the prompts' left padding, 0 elsewhere (future slots are
         # never read: a step only attends to the filled columns).
-        bias = torch.zeros((b, capacity), dtype=torch.float32, device=k0.device)
+        bias = torch.zeros((b, capacity), dtype=self.cache_dtype, device=dev)
         bias[:, :width] = torch.where(mask.bool(), 0.0, float("-inf"))
         self.bias = bias[:, None, None, :]
         self.fused = self._fuse(lm, layers)
-        self._rotary_table(k0, capacity + 1)
+        self._rotary_table(self.keys, capacity + 1)
 
     @staticmethod
     def _fuse(lm: LoadedModel, layers: Any) -> list[dict[str, Any]] | None:
@@ -365,13 +380,11 @@ class _FastDecoder:
             fused.append({
                 "qkv": torch.cat([attn.q_proj.weight * scale, attn.k_proj.weight, attn.v_proj.weight]).to(wdt),
                 "qkv_bias": qkv_bias,
-                "prescaled": True,
                 "o": attn.o_proj.weight.to(wdt),
                 "o_bias": None if attn.o_proj.bias is None else attn.o_proj.bias.to(wdt),
                 "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).to(wdt),
                 "down": mlp.down_proj.weight.to(wdt),
                 "act": mlp.act_fn,
-                "split": (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features),
             })
         return fused
 
@@ -380,7 +393,7 @@ class _FastDecoder:
         scaling it implements applies), instead of recomputing them at every step. The sin table
         carries rotate_half's sign: rotate_half(x) = roll(x, half) * [-1]*half + [+1]*half."""
         positions = torch.arange(size, device=like.device)[None, :]
-        cos, sin = self.inner.rotary_emb(like.float(), positions)
+        cos, sin = self.inner.rotary_emb(torch.zeros((), device=like.device), positions)
         half = self.head_dim // 2
         sign = torch.cat([-torch.ones(half), torch.ones(self.head_dim - half)]).to(sin.device)
         self.cos, self.sin_signed = cos[0].float(), sin[0].float() * sign
@@ -390,6 +403,87 @@ class _FastDecoder:
         self.values = self.values.index_select(1, idx)
         self.bias = self.bias.index_select(0, idx)
 
+    # ---- one layer, for any number of tokens t (the prefill's packed tokens or a step's rows) -----
+
+    def _qkv(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [t, hidden] (normed) -> q [t, heads, hd], k [t, kv_heads, hd] (fp32, rotated), v [t, kv_heads,
+        hd], and the softmax scale still to apply (1 where it is folded into q's weights)."""
+        t, hd = x.shape[0], self.head_dim
+        attn = self.layers[i].self_attn
+        fw = self.fused[i] if self.fused is not None else None
+        if fw is not None:
+            qkv = F.linear(x.to(fw["qkv"].dtype), fw["qkv"], fw["qkv_bias"])
+            nq = self.heads + self.kv_heads
+            qk = qkv[:, : nq * hd].reshape(t, nq, hd).float()
+            v = qkv[:, nq * hd :].reshape(t, self.kv_heads, hd)
+            # Rotary on q and k at once: x*cos + rotate_half(x)*sin, with rotate_half as a roll by
+            # half a head and the sign folded into the sin table.
+            qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin
+            return qk[:, : self.heads], qk[:, self.heads :], v, 1.0
+        q = attn.q_proj(x).reshape(t, self.heads, hd)
+        k = attn.k_proj(x).reshape(t, self.kv_heads, hd)
+        v = attn.v_proj(x).reshape(t, self.kv_heads, hd)
+        if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head before the rotation
+            q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
+        q, k = q.float(), k.float()
+        q = q * cos + q.roll(hd // 2, dims=-1) * sin
+        k = k * cos + k.roll(hd // 2, dims=-1) * sin
+        return q, k, v, float(attn.scaling)
+
+    def _rest(self, i: int, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The residual stream h after the attention output o [t, heads * hd] and the MLP."""
+        layer = self.layers[i]
+        fw = self.fused[i] if self.fused is not None else None
+        if fw is not None:
+            h = h + F.linear(o.to(fw["o"].dtype), fw["o"], fw["o_bias"])
+            y = _rms_norm(layer.post_attention_layernorm, h).to(fw["gate_up"].dtype)
+            gate, up = F.linear(y, fw["gate_up"]).chunk(2, dim=-1)
+            return h + F.linear(fw["act"](gate) * up, fw["down"])
+        h = h + layer.self_attn.o_proj(o)
+        return h + layer.mlp(_rms_norm(layer.post_attention_layernorm, h))
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.base.lm_head(_rms_norm(self.inner.norm, h)).float()
+
+    # ---- prefill --------------------------------------------------------------------------------
+
+    def prefill(self, prompts: list[np.ndarray]) -> torch.Tensor:
+        """Fills the cache with the prompts (one per row, in order); returns their last position's
+        logits [rows, vocab]. Runs inside the caller's autocast region."""
+        dev, width = self.keys.device, self.filled
+        lengths = self.lengths
+        rows = torch.repeat_interleave(torch.arange(len(prompts), device=dev), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        pos = torch.arange(rows.shape[0], device=dev) - starts[rows]  # position of each packed token
+        col = pos + (width - lengths)[rows]  # its column in the left-padded cache
+        ids = torch.from_numpy(np.concatenate(prompts)).to(dev)
+        # Query column c sees key columns c' <= c that hold a token; a padding column sees only itself
+        # (its output is never used, but a row of -inf alone would give NaN).
+        valid = self.bias[:, 0, 0, :width] == 0
+        causal = torch.ones((width, width), dtype=torch.bool, device=dev).tril()
+        seen = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=dev)[None]
+        seen = seen[:, None]
+        h = self.inner.embed_tokens(ids)
+        cos, sin = self.cos[pos][:, None], self.sin_signed[pos][:, None]
+        b = len(prompts)
+        for i, layer in enumerate(self.layers):
+            q, k, v, scale = self._qkv(i, _rms_norm(layer.input_layernorm, h), cos, sin)
+            self.keys[i, rows, :, col] = k.to(self.cache_dtype)
+            self.values[i, rows, :, col] = v.to(self.cache_dtype)
+            qp = torch.zeros((b, width, self.heads, self.head_dim), dtype=self.cache_dtype, device=dev)
+            qp[rows, col] = q.to(self.cache_dtype)
+            with torch.autocast(device_type=dev.type, enabled=False):
+                out = F.scaled_dot_product_attention(
+                    qp.transpose(1, 2), self.keys[i, :, :, :width], self.values[i, :, :, :width],
+                    attn_mask=seen, scale=scale, enable_gqa=self.group > 1,
+                )
+            o = out.transpose(1, 2)[rows, col].reshape(rows.shape[0], -1)
+            h = self._rest(i, h, o)
+        last = torch.cumsum(lengths, 0) - 1
+        return self._logits(h[last])
+
+    # ---- decode ---------------------------------------------------------------------------------
+
     def _attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Writes this step's k/v [b, kv_heads, head_dim] into the cache and attends q [b, heads, head_dim]."""
         b, col, n = q.shape[0], self.filled, self.filled + 1
@@ -397,6 +491,13 @@ class _FastDecoder:
         self.values[i, :, :, col] = v
         keys = self.keys[i, :, :, :n]
         vals = self.values[i, :, :, :n]
+        if self.sdpa_decode:
+            with torch.autocast(device_type=keys.device.type, enabled=False):
+                out = F.scaled_dot_product_attention(
+                    q.to(keys.dtype)[:, :, None, :], keys, vals, attn_mask=self.bias[..., :n],
+                    scale=scale, enable_gqa=self.group > 1,
+                )
+            return out.reshape(b, -1)
         qg = q.reshape(b, self.kv_heads, self.group, self.head_dim).to(keys.dtype)
         with torch.autocast(device_type=keys.device.type, enabled=False):
             scores = torch.bmm(
@@ -410,42 +511,11 @@ class _FastDecoder:
             return torch.bmm(probs, vals.reshape(b * self.kv_heads, n, self.head_dim)).reshape(b, -1)
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor, _mask: torch.Tensor) -> torch.Tensor:
-        b = tok.shape[0]
-        hd = self.head_dim
         # Runs inside the caller's autocast region (see sample()).
         h = self.inner.embed_tokens(tok)  # [b, hidden], fp32 residual stream
         cos, sin = self.cos[pos][:, None], self.sin_signed[pos][:, None]  # [b, 1, head_dim]
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = _rms_norm(layer.input_layernorm, h)
-            fw = self.fused[i] if self.fused is not None else None
-            if fw is not None:
-                qkv = F.linear(x.to(fw["qkv"].dtype), fw["qkv"], fw["qkv_bias"])
-                nq = self.heads + self.kv_heads
-                qk = qkv[:, : nq * hd].reshape(b, nq, hd).float()
-                v = qkv[:, nq * hd :].reshape(b, self.kv_heads, hd)
-                # Rotary on q and k at once: x*cos + rotate_half(x)*sin, with rotate_half as a roll by
-                # half a head and the sign folded into the sin table.
-                qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin
-                o = self._attend(i, qk[:, : self.heads], qk[:, self.heads :], v, 1.0 if fw["prescaled"] else attn.scaling)
-                h = h + F.linear(o.to(fw["o"].dtype), fw["o"], fw["o_bias"])
-                y = _rms_norm(layer.post_attention_layernorm, h).to(fw["gate_up"].dtype)
-                gate, up = F.linear(y, fw["gate_up"]).chunk(2, dim=-1)
-                h = h + F.linear(fw["act"](gate) * up, fw["down"])
-            else:
-                q = attn.q_proj(x).reshape(b, self.heads, hd)
-                k = attn.k_proj(x).reshape(b, self.kv_heads, hd)
-                v = attn.v_proj(x).reshape(b, self.kv_heads, hd)
-                if hasattr(attn, "q_norm"):  # qwen3 normalises q and k per head before the rotation
-                    q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
-                q, k = q.float(), k.float()
-                q = q * cos + q.roll(hd // 2, dims=-1) * sin
-                k = k * cos + k.roll(hd // 2, dims=-1) * sin
-                o = self._attend(i, q, k, v, attn.scaling)
-                h = h + attn.o_proj(o)
-                h = h + layer.mlp(_rms_norm(layer.post_attention_layernorm, h))
-        h = _rms_norm(self.inner.norm, h)
-        logits = self.base.lm_head(h)
+            q, k, v, scale = self._qkv(i, _rms_norm(layer.input_layernorm, h), cos, sin)
+            h = self._rest(i, h, self._attend(i, q, k, v, scale))
         self.filled += 1
-        return logits.float()
-
+        return self._logits(h)

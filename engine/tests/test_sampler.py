@@ -208,17 +208,21 @@ def test_a_sequence_does_not_depend_on_its_batch_mates(engine: Any) -> None:
     assert alone[0]["tokens"] == both[0]["tokens"][: len(alone[0]["tokens"])]
 
 
-def test_bf16_cache_layout_used_on_cuda_also_works(monkeypatch: Any) -> None:
-    """On CUDA the fast path keeps its KV cache in the compute dtype; exercise that layout here."""
+def test_bf16_model_with_the_fp32_cache_layout(monkeypatch: Any) -> None:
+    """A bf16 model keeps its KV cache in bf16 and attends with SDPA; the fp32 layout with matmul
+    attention (float32 on a CPU) gives the same results within bf16 tolerance."""
     from conftest import load_params
 
     from erl_engine.engine import Engine
     from erl_engine.sampler import _FastDecoder
 
-    monkeypatch.setattr(_FastDecoder, "FP32_CACHE_ON_CPU", False)
     e = Engine()
     call(e, "loadModel", load_params(dtype="bfloat16"))
-    check_against_forward(e, PROMPTS, 0.05)
+    default = check_against_forward(e, PROMPTS, 0.05)
+    monkeypatch.setattr(_FastDecoder, "FP32_CACHE_ON_CPU", True)
+    fp32_cache = check_against_forward(e, PROMPTS, 0.05)
+    same = sum(a["tokens"] == b["tokens"] for a, b in zip(default, fp32_cache))
+    assert same >= len(default) // 2
 
 
 def test_logprobs_at_a_temperature_match_forward_at_that_temperature(engine: Any) -> None:
@@ -248,16 +252,20 @@ def test_identical_prompts_are_prefilled_once_with_the_same_results(engine: Any,
     monkeypatch.setattr(sampler, "FAST_DECODE", fast)
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[1]]
     prefill_rows: list[int] = []
-    model = engine.need_model().model
-    hook = model.register_forward_pre_hook(
-        lambda _m, _a, kw: prefill_rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] > 1 else None,
-        with_kwargs=True,
-    )
-    try:
-        shared = check_against_forward(engine, prompts, 1e-4)
-    finally:
-        hook.remove()
-    assert prefill_rows[0] == 3  # the sampler's prefill (then check_against_forward's own forward)
+    fast_prefill, model_prefill = sampler._FastDecoder.prefill, sampler._model_prefill
+
+    def counting_fast(self: Any, unique: list[Any]) -> Any:
+        prefill_rows.append(len(unique))
+        return fast_prefill(self, unique)
+
+    def counting_model(lm: Any, ids: Any, *a: Any) -> Any:
+        prefill_rows.append(ids.shape[0])
+        return model_prefill(lm, ids, *a)
+
+    monkeypatch.setattr(sampler._FastDecoder, "prefill", counting_fast)
+    monkeypatch.setattr(sampler, "_model_prefill", counting_model)
+    shared = check_against_forward(engine, prompts, 1e-4)
+    assert prefill_rows == [3]  # one prefill row per distinct prompt
     monkeypatch.setattr(sampler, "DEDUP_PROMPTS", False)
     plain = check_against_forward(engine, prompts, 1e-4)
     assert [s["tokens"] for s in shared] == [s["tokens"] for s in plain]
@@ -273,3 +281,26 @@ def test_the_vllm_sampler_refuses_log_probs_at_a_temperature() -> None:
     with pytest.raises(PE, match="logprobTemperature: 0.7 is not supported by the vLLM sampler"):
         VllmSampler().sample({"prompts": [], "n": 1, "maxTokens": 1, "temperature": 0.7, "seed": 0,
                               "logprobTemperature": 0.7})
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])
+def test_other_llama_layout_models_prefill_and_decode_like_forward(model_type: str, monkeypatch: Any) -> None:
+    """The fast path's packed prefill and its decode on the other model types it takes: qwen2 (q/k/v
+    biases), qwen3 (per-head q/k norms, through the modules) and mistral, with grouped-query attention;
+    the same tokens as the model's own prefill and decode."""
+    from conftest import FIXTURE, load_params
+
+    from erl_engine import sampler
+    from erl_engine.engine import Engine
+
+    config = {"model_type": model_type, "vocab_size": 105, "hidden_size": 64, "intermediate_size": 96,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+              "max_position_embeddings": 256, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": True}
+    e = Engine()
+    call(e, "loadModel", {**load_params(), "path": None, "randomInit": {"config": config, "tokenizerPath": FIXTURE,
+                                                                          "seed": 0}})
+    assert sampler._FastDecoder.layout(e.need_model()) is not None
+    fast = check_against_forward(e, PROMPTS, 1e-4)
+    monkeypatch.setattr(sampler, "FAST_DECODE", False)
+    generic = check_against_forward(e, PROMPTS, 1e-4)
+    assert [s["tokens"] for s in fast] == [s["tokens"] for s in generic]
