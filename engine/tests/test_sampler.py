@@ -304,3 +304,27 @@ def test_other_llama_layout_models_prefill_and_decode_like_forward(model_type: s
     monkeypatch.setattr(sampler, "FAST_DECODE", False)
     generic = check_against_forward(e, PROMPTS, 1e-4)
     assert [s["tokens"] for s in fast] == [s["tokens"] for s in generic]
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [("float32", 1e-4), ("bfloat16", 0.05)])
+def test_prepacked_weights_give_the_plain_results(dtype: str, atol: float, monkeypatch: Any) -> None:
+    """The fast path's pre-packed CPU weights (MKL fp32, oneDNN bf16) are used where the build has them,
+    and sample what F.linear samples."""
+    from conftest import load_params
+
+    from erl_engine import sampler
+    from erl_engine.engine import Engine
+
+    w = torch.randn(48, 32).to(getattr(torch, dtype))
+    fn = sampler._linear(w, None)
+    if torch.backends.mkl.is_available() and torch.backends.mkldnn.is_available():
+        assert fn.__name__ == "packed"
+    x = torch.randn(5, 32).to(w.dtype)
+    assert torch.allclose(fn(x).float(), torch.nn.functional.linear(x, w).float(), atol=atol)
+    e = Engine()
+    call(e, "loadModel", load_params(dtype=dtype))
+    packed = check_against_forward(e, PROMPTS, atol)
+    monkeypatch.setattr(sampler, "PACK_WEIGHTS", False)
+    plain = check_against_forward(e, PROMPTS, atol)
+    same = sum(a["tokens"] == b["tokens"] for a, b in zip(packed, plain))
+    assert same >= len(plain) - (0 if dtype == "float32" else len(plain) // 2)

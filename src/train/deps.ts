@@ -45,7 +45,7 @@ export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise
     ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
     // The engine re-measures its thread count during a run; a change is worth a line of progress.
     onStderr: (line) => {
-      if (line.startsWith("erl engine: threads ")) process.stderr.write(`engine: ${line.slice(11)}\n`);
+      if (line.startsWith("erl engine: threads ")) process.stderr.write(`engine: ${line.slice(12)}\n`);
     },
   });
   try {
