@@ -11,8 +11,12 @@ group; every rank executes it, and rank 0 gathers every rank's outcome and answe
 rank fails, rank 0 answers with that rank's error (prefixed `rank k:`); no rank is left waiting,
 because within a method every step that issues a collective is preceded by `agree()`, an all-reduce of
 "did anything fail here" flags, so all ranks raise together instead of one blocking in a collective
-the others never join. Errors inside a collective itself (a device lost mid-all-reduce) end at the
-process group's timeout ($ERL_ENGINE_DIST_TIMEOUT seconds, default 600) with an error, not a hang.
+the others never join; loadModel too (a path one node does not see, a device without room), before
+the dtype vote and before DDP/FSDP2 set up, and forward under DDP (whose micro-batches issue no
+collective) before gathering the results. Errors inside a collective itself (a device lost
+mid-all-reduce), and a rank failing in the middle of a forward or backward pass (out of memory, say)
+while the others are inside DDP's or FSDP2's own collectives, end at the process group's timeout
+($ERL_ENGINE_DIST_TIMEOUT seconds, default 600) with an error, not a hang.
 
 Work is split so that every rank sees the whole request (validation is identical everywhere) and
 executes its share:
@@ -33,7 +37,8 @@ state fit in 60% of the device's memory, else FSDP2. Both work with LoRA and ful
 and FSDP2 average gradients over ranks, so each rank's loss is multiplied by the world size.
 
 Fault injection for tests: $ERL_ENGINE_FAULT="<rank>:<method>" makes that rank raise inside that
-method, after the request was validated (the case a real per-rank failure takes).
+method, after the request was validated (the case a real per-rank failure takes); for loadModel, after
+the dtype vote, where the weights are read; "forward/batch" inside forward's micro-batch loop.
 """
 
 from __future__ import annotations

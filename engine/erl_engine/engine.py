@@ -22,7 +22,7 @@ import torch
 from . import ENGINE_VERSION, PROTOCOL_VERSION
 from . import autotune, checkpoint, dist, sampler
 from .losses import LossSpec, compute_loss, default_normalizer
-from .model import LoadedModel, load, precheck
+from .model import LoadedModel, load, load_dtype, precheck
 from .protocol import ProtocolError, bad, pack_f32
 
 # Padded tokens per micro-batch (rows x longest row). Bounds activation memory for long batches;
@@ -218,20 +218,51 @@ class Engine:
         return out
 
     def load_model(self, p: dict[str, Any]) -> dict[str, Any]:
-        precheck(p)
-        # Free the old model first: two large models may not fit side by side.
-        self.lm = None
-        self.optimizer = None
-        self.train_module = None
-        self.step = 0
-        self.lm = load(p)
-        if self.dist is not None:
+        if self.dist is None:
+            precheck(p)
+            self._release_model()
+            self.lm = load(p)
+        else:
+            self.lm = self._load_on_ranks(p, self.dist)
             self.train_module = self.dist.wrap(self.lm.model, self.lm.device)
         if self.microbatch_override is None:
             # Logits and their softmax are B x T x vocab fp32 tensors, a few of them alive at once.
             by_vocab = LOGITS_BUDGET_BYTES // (4 * 3 * max(self.lm.vocab_size, 1))
             self.microbatch_tokens = max(256, min(DEFAULT_MICROBATCH_TOKENS, by_vocab))
         return self.info()
+
+    def _release_model(self) -> None:
+        # Free the old model first: two large models may not fit side by side.
+        self.lm = None
+        self.optimizer = None
+        self.train_module = None
+        self.step = 0
+
+    def _load_on_ranks(self, p: dict[str, Any], d: dist.Dist) -> LoadedModel:
+        """loadModel on every rank. A rank can fail where the others do not (a path its node does not
+        see, memory): each collective (the dtype vote here, DDP/FSDP2's set-up after) is preceded by
+        agree(), so all ranks fail together, none holding a model, instead of one waiting in a
+        collective the others never join."""
+        err: BaseException | None = None
+        verdict: tuple[str, str] | None = None
+        try:
+            precheck(p)
+            verdict = load_dtype(p)
+        except Exception as e:  # noqa: BLE001 - every rank must reach agree()
+            err = e
+        d.agree(err)  # a refused request keeps the current model, as in one process
+        self._release_model()
+        # Every rank must compute in the same dtype: rank 0's measurement decides for all.
+        dtype = d.all_gather(verdict)[0]
+        lm: LoadedModel | None = None
+        try:
+            d.maybe_fault("loadModel")
+            lm = load(p, dtype)
+        except Exception as e:  # noqa: BLE001 - every rank must reach agree()
+            err = e
+        d.agree(err)
+        assert lm is not None
+        return lm
 
     # ---- tokenizer --------------------------------------------------------------------------------
 
@@ -375,18 +406,28 @@ class Engine:
         assert model is not None
         was_training = lm.model.training
         lm.model.eval()
+        err: BaseException | None = None
         try:
             for idx in plan:
+                if self.dist is not None:
+                    self.dist.maybe_fault("forward/batch")
                 b = Batch(datums, idx, lm.device, False)
                 logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast(), temperature=temperature)
                 logp_np = logp.cpu().numpy()
                 for r, di in enumerate(idx):
                     result[di] = pack_f32(logp_np[r, : b.lengths[r]])
+        except Exception as e:
+            # Under DDP these micro-batches issue no collective: a rank that fails in one (out of memory,
+            # say) meets the others at agree() below. Under FSDP2 each forward is full of collectives.
+            if self.dist is None or self.dist.mode == "fsdp":
+                raise
+            err = e
         finally:
             lm.model.train(was_training)
             if self.dist is not None and self.dist.mode == "fsdp":
                 dist.reshard(lm.model)
         if self.dist is not None:
+            self.dist.agree(err)
             mine = {di: result[di] for idx in plan for di in idx}
             for part in self.dist.all_gather(mine):
                 for di, lp in part.items():

@@ -181,8 +181,31 @@ def _weights_problem(path: str, e: BaseException) -> str:
     return f"{path}: the weights do not load ({_first_line(e)})"
 
 
-def load(params: dict[str, Any]) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_dtype(params: dict[str, Any]) -> tuple[str, str]:
+    """The dtype `load` would choose for this request, and why: engine ranks settle it beforehand
+    (rank 0's verdict for all) and pass it to `load`."""
+    device = resolve_device(params["device"])
+    if "path" in params:
+        return _dtype_for(params, device, lambda: _read_config(params["path"]))
+    return _dtype_for(params, device, lambda: _random_config(params["randomInit"]))
+
+
+def _random_config(ri: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    cfg_dict = dict(ri["config"])
+    model_type = cfg_dict.pop("model_type", None)
+    if not isinstance(model_type, str):
+        raise ProtocolError("bad_request", "params.randomInit.config.model_type: required (e.g. 'llama')")
+    try:
+        return AutoConfig.for_model(model_type, **cfg_dict)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ProtocolError("bad_request", f"params.randomInit.config: {e}") from None
+
+
+def load(params: dict[str, Any], dtype: tuple[str, str] | None = None) -> LoadedModel:
+    """Loads the request's model. `dtype` (name, reason) overrides the request's own choice."""
+    from transformers import AutoModelForCausalLM
 
     device = resolve_device(params["device"])
     lora = params.get("lora")
@@ -200,7 +223,7 @@ def load(params: dict[str, Any]) -> LoadedModel:
             tokenizer = load_tokenizer(path)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "unusable"
             raise ProtocolError("not_found", _tokenizer_problem(path, e)) from None
-        dtype, dtype_reason = _dtype_for(params, device, lambda: _read_config(path))
+        dtype, dtype_reason = dtype or _dtype_for(params, device, lambda: _read_config(path))
         weight_dtype = _weight_dtype(dtype, lora)
         torch.manual_seed(params["seed"])
         try:
@@ -211,15 +234,8 @@ def load(params: dict[str, Any]) -> LoadedModel:
         ri = params["randomInit"]
         path = None
         tokenizer = load_tokenizer(_check_dir(ri["tokenizerPath"], "tokenizer", "randomInit.tokenizerPath"))
-        cfg_dict = dict(ri["config"])
-        model_type = cfg_dict.pop("model_type", None)
-        if not isinstance(model_type, str):
-            raise ProtocolError("bad_request", "params.randomInit.config.model_type: required (e.g. 'llama')")
-        try:
-            config = AutoConfig.for_model(model_type, **cfg_dict)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ProtocolError("bad_request", f"params.randomInit.config: {e}") from None
-        dtype, dtype_reason = _dtype_for(params, device, lambda: config)
+        config = _random_config(ri)
+        dtype, dtype_reason = dtype or _dtype_for(params, device, lambda: config)
         weight_dtype = _weight_dtype(dtype, lora)
         torch.manual_seed(ri["seed"])
         model = AutoModelForCausalLM.from_config(config, dtype=weight_dtype)
@@ -296,11 +312,4 @@ def _dtype_for(params: dict[str, Any], device: torch.device, config: Any) -> tup
         cfg = config()
     except Exception:  # an unreadable config fails the load itself, with a clearer message
         cfg = None
-    verdict = resolve_dtype("auto", device, cfg)
-    from . import dist
-
-    d = dist.current()
-    if d is not None:
-        # Every rank must compute in the same dtype: rank 0's measurement decides for all.
-        verdict = d.all_gather(verdict)[0]
-    return verdict
+    return resolve_dtype("auto", device, cfg)

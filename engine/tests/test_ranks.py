@@ -223,6 +223,47 @@ def test_error_on_one_rank_is_reported_by_rank_zero() -> None:
         assert r.close() == 0
 
 
+def test_forward_failing_mid_batch_on_one_rank() -> None:
+    """Under DDP a rank that fails inside its forward micro-batches (out of memory, say) meets the others
+    before the gather of results: rank 0 answers with its error at once and every rank keeps serving
+    (the collective timeout is cut to 60 s, so a rank left waiting fails the test, not hangs it)."""
+    last = NPROC - 1
+    r = Ranks(ERL_ENGINE_PARALLEL="ddp", ERL_ENGINE_FAULT=f"{last}:forward/batch", ERL_ENGINE_DIST_TIMEOUT="60")
+    try:
+        r("loadModel", load_params())
+        answer = r.raw("forward", {"datums": uneven_datums()})
+        assert not answer["ok"] and answer["error"]["code"] == "internal", answer
+        prefix = f"rank {last}: " if last else ""
+        assert answer["error"]["message"].startswith(f"{prefix}engine error (RuntimeError: injected fault on rank {last}")
+        ce = {"name": "cross_entropy"}
+        assert r("forwardBackward", {"datums": uneven_datums(), "loss": ce})["metrics"]["tokens"] > 0
+    finally:
+        assert r.close() == 0
+
+
+def test_load_failing_on_one_rank_fails_on_every_rank() -> None:
+    """A load that fails on one rank only (its node cannot read the weights, its device is full): every
+    rank fails it with that rank's error and holds no model; none is left in the dtype vote or in DDP's
+    set-up (the collective timeout is cut to 60 s, so a rank left waiting fails the test, not hangs it)."""
+    last = NPROC - 1
+    r = Ranks(ERL_ENGINE_PARALLEL="ddp", ERL_ENGINE_FAULT=f"{last}:loadModel", ERL_ENGINE_DIST_TIMEOUT="60")
+    try:
+        prefix = f"rank {last}: " if last else ""
+        for dtype in ("float32", "auto"):
+            answer = r.raw("loadModel", load_params(dtype=dtype))
+            assert not answer["ok"] and answer["error"]["code"] == "internal", answer
+            msg = answer["error"]["message"]
+            assert msg.startswith(f"{prefix}engine error (RuntimeError: injected fault on rank {last} in loadModel"), msg
+            answer = r.raw("forward", {"datums": uneven_datums()})
+            assert not answer["ok"] and answer["error"]["code"] == "no_model", answer
+        # A request every rank refuses is refused as by one process.
+        answer = r.raw("loadModel", load_params(path="/no/such/model"))
+        assert not answer["ok"] and answer["error"]["code"] == "not_found", answer
+        assert not answer["error"]["message"].startswith("rank ")
+    finally:
+        assert r.close() == 0
+
+
 def test_fsdp2_equals_single_process(tmp_path: Any) -> None:
     r = Ranks(ERL_ENGINE_PARALLEL="fsdp")
     try:
