@@ -184,7 +184,7 @@ export async function run(args: string[]): Promise<number> {
     };
     const line = (label: string, r: Awaited<ReturnType<typeof once>>) =>
       console.log(
-        `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${r.res.reward.toFixed(3)}  pass@1 ${r.res.passAt1.toFixed(3)}  pass@${opts.n} ${r.res.passAtN.toFixed(3)}${label}  (${r.seconds.toFixed(1)}s)`,
+        `${config.env} ${config.data.evalSplit}: ${tasks.length} tasks × ${opts.n}  mean reward ${r.res.reward.toFixed(3)}  pass@1 ${r.res.passAt1.toFixed(3)}${opts.n > 1 ? `  pass@${opts.n} ${r.res.passAtN.toFixed(3)}` : ""}${label}  (${r.seconds.toFixed(1)}s)`,
       );
     const main = await once(rulebook);
     if (rulebook !== null) {

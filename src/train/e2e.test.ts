@@ -334,5 +334,6 @@ test(
     );
     assert.equal(ev.status, 0, ev.stderr);
     assert.match(ev.stdout, /hotpotqa test: 1 tasks × 1 {2}mean reward \d\.\d{3} {2}pass@1 \d\.\d{3}/);
+    assert.doesNotMatch(ev.stdout, /pass@1 .*pass@1/); // n = 1: pass@n is pass@1, printed once
   },
 );
