@@ -87,7 +87,19 @@ test("one sample call per turn for all running episodes, one per sampling settin
     system: "no rules",
     sampling: { temperature: i % 2 === 0 ? 0.7 : 0.3, topP: 0.9 },
   }));
-  const outs = await runEpisodes(requests, { env, model, rng: new Rng(3), settings: SETTINGS });
+  const turns: string[] = [];
+  const outs = await runEpisodes(requests, {
+    env,
+    model,
+    rng: new Rng(3),
+    settings: SETTINGS,
+    onTurn: (turn, max, done, total) => void turns.push(`${turn}/${max} ${done}/${total}`),
+  });
+  // Progress sees every turn start, though no episode ends before the budget.
+  assert.deepEqual(
+    turns,
+    Array.from({ length: env.maxTurns }, (_, i) => `${i + 1}/${env.maxTurns} 0/${requests.length}`),
+  );
   // Failing episodes use the whole budget: 8 turns × 2 settings.
   assert.equal(model.calls.length, 2 * env.maxTurns);
   for (const call of model.calls) {

@@ -90,6 +90,8 @@ export interface LoopDeps {
   stopStrings?: readonly string[];
   timing?: LoopTiming;
   onEpisodeDone?: (done: number, total: number) => void;
+  /** Called as each turn starts, with the episodes finished so far. */
+  onTurn?: (turn: number, maxTurns: number, done: number, total: number) => void;
 }
 
 interface Running {
@@ -228,6 +230,7 @@ export async function runEpisodes(
       active.push(run);
     }
     if (active.length === 0) break;
+    deps.onTurn?.(turn + 1, env.maxTurns, finished, runs.length);
 
     const seqs = await sampleGrouped(
       model,

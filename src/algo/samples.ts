@@ -209,6 +209,8 @@ export async function runAttempts(
       stopStrings: envStopStrings(ctx.env),
       ...(o.timing ? { timing: o.timing } : {}),
       onEpisodeDone: (done, total) => ctx.onProgress?.({ phase: o.stage, done, total }),
+      onTurn: (turn, maxTurns, done, total) =>
+        ctx.onProgress?.({ phase: o.stage, done, total, note: `turn ${turn}/${maxTurns}` }),
     },
   );
   return { attempts, outcomes };

@@ -232,6 +232,8 @@ export interface ProgressEvent {
   /** Episodes finished in this phase so far, and the phase's total. */
   done: number;
   total: number;
+  /** Where the unfinished episodes are, e.g. "turn 3/8" (multi-turn episodes often end together). */
+  note?: string;
 }
 
 export interface StepResult {

@@ -174,7 +174,7 @@ export async function run(args: string[]): Promise<number> {
           model,
           rng: new Rng(`${config.seed}/eval/cli`),
           step: 0,
-          onProgress: (e) => progress.update(e.phase, e.done, e.total),
+          onProgress: (e) => progress.update(e.phase, e.done, e.total, e.note),
         },
         tasks,
         system !== null ? { ...opts, system } : opts,

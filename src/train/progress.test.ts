@@ -39,6 +39,23 @@ test("without a terminal: no carriage returns, quiet for short phases, periodic 
   assert.equal(s.chunks[s.chunks.length - 1], "long: 100/100 (50.0s)\n");
 });
 
+test("episodes that end together still show progress: the turn they are at", () => {
+  let now = 0;
+  const s = sink(false);
+  const p = new Progress(s.out, 10, () => now);
+  for (let turn = 1; turn <= 8; turn++) {
+    p.update("eval", 0, 20, `turn ${turn}/8`);
+    now += 6;
+  }
+  p.update("eval", 20, 20);
+  assert.deepEqual(s.chunks, [
+    "eval: 0/20, turn 3/8 (12.0s)\n",
+    "eval: 0/20, turn 5/8 (24.0s)\n",
+    "eval: 0/20, turn 7/8 (36.0s)\n",
+    "eval: 20/20 (48.0s)\n",
+  ]);
+});
+
 test("the step summary shows rewards, gate, loss and the time split", () => {
   const line = stepSummary(3, 20, {
     "reward/first": 0.25,

@@ -28,8 +28,9 @@ export class Progress {
     return Boolean(this.out.isTTY);
   }
 
-  /** Reports `done` of `total` for a named piece of work; a new label starts a new bar. */
-  update(label: string, done: number, total: number): void {
+  /** Reports `done` of `total` for a named piece of work; a new label starts a new bar. `note`
+   * (e.g. "turn 3/8") says where the unfinished work is. */
+  update(label: string, done: number, total: number, note?: string): void {
     if (this.quiet) return;
     const t = this.now();
     if (label !== this.label) {
@@ -43,7 +44,9 @@ export class Progress {
       const width = Math.max(10, Math.min(30, (this.out.columns ?? 80) - label.length - 30));
       const filled = total > 0 ? Math.round((width * Math.min(done, total)) / total) : 0;
       const bar = "█".repeat(filled) + "░".repeat(width - filled);
-      this.out.write(`\r\x1b[K${label} ${bar} ${done}/${total} ${elapsed.toFixed(1)}s`);
+      this.out.write(
+        `\r\x1b[K${label} ${bar} ${done}/${total}${note ? ` ${note}` : ""} ${elapsed.toFixed(1)}s`,
+      );
       this.drawn = true;
       if (done >= total) this.clear();
     } else if (
@@ -52,7 +55,7 @@ export class Progress {
     ) {
       // Plain output stays quiet for short phases: a first line after `plainEverySec`, then one per
       // interval, and a closing line only for a phase that printed before.
-      this.out.write(`${label}: ${done}/${total} (${elapsed.toFixed(1)}s)\n`);
+      this.out.write(`${label}: ${done}/${total}${note ? `, ${note}` : ""} (${elapsed.toFixed(1)}s)\n`);
       this.lastPlain = t;
     }
   }

@@ -355,7 +355,7 @@ async function runLocked(
     const algos = await deps.algorithms();
     const evalOpts = evalOptionsFrom(cfg);
 
-    const onProgress = (e: ProgressEvent): void => progress.update(`  ${e.phase}`, e.done, e.total);
+    const onProgress = (e: ProgressEvent): void => progress.update(`  ${e.phase}`, e.done, e.total, e.note);
 
     const runEval = async (atStep: number): Promise<void> => {
       const te = clock();
