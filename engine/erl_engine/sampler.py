@@ -276,14 +276,9 @@ def _rms_norm(module: Any, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), module.weight.float(), module.variance_epsilon)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 # Pre-packed weights for the CPU's matmul libraries (oneDNN for bf16, MKL for fp32): a weight is
 # re-laid out once per request instead of inside every matmul call, which on decode-sized inputs
-# (tens of rows) is 15-40% of a projection's time. Tests switch this off to compare.
+# (tens of rows) is 12-40% of a projection's time. Tests switch this off to compare.
 PACK_WEIGHTS = True
 # Rows the packed layouts are tuned for (a hint only: any row count works).
 _PACK_ROWS = 64
