@@ -27,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from . import attention  # noqa: E402
 from .protocol import ProtocolError  # noqa: E402
 
 
@@ -242,6 +243,8 @@ def load(params: dict[str, Any], dtype: tuple[str, str] | None = None) -> Loaded
     torch.manual_seed(params["seed"])
     model.to(device)
     model.eval()
+    if device.type == "cpu" and dtype == "bfloat16":
+        attention.install(model)  # training attention in bf16 or fp32, by measurement (attention.py)
 
     reference = None
     if reference_kind == "copy":

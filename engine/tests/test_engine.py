@@ -370,3 +370,63 @@ def test_truncated_importance_sampling_weights_the_policy_term(engine: Engine) -
     assert 0 < n_clip < n_tok
     with pytest.raises(ProtocolError, match="tisCap"):
         call(engine, "forwardBackward", {"datums": out, "loss": {"name": "cross_entropy", "tisCap": 2.0}})
+
+
+# ---- micro-batch planning ---------------------------------------------------------------------------
+
+
+def _plan_cost(groups: list[list[int]], lengths: list[int]) -> int:
+    from erl_engine.engine import MICROBATCH_COST_TOKENS
+
+    return sum(len(g) * max(lengths[i] for i in g) + MICROBATCH_COST_TOKENS for g in groups)
+
+
+def test_micro_batches_split_where_that_saves_padding() -> None:
+    from erl_engine.engine import plan_micro_batches
+
+    # A GRPO batch: 8 prompts of different lengths, 4 samples each (the TRL peer bench's shape).
+    lengths = sorted([66, 68, 69, 86, 88, 96, 103, 112] * 4, reverse=True)
+    groups = plan_micro_batches(lengths, 16384)
+    assert len(groups) == 3
+    assert sum(len(g) * max(lengths[i] for i in g) for g in groups) == 2876  # against 3,584 as one batch
+    # Equal lengths stay together: a split would only add a micro-batch's cost.
+    assert plan_micro_batches([50] * 40, 16384) == [list(range(40))]
+
+
+def test_micro_batch_plans_are_optimal_and_within_the_budget() -> None:
+    import itertools
+    import random
+
+    from erl_engine.engine import plan_micro_batches
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 9)
+        lengths = sorted((rng.randint(1, 300) for _ in range(n)), reverse=True)
+        budget = rng.choice([100, 400, 1000, 16384])
+        groups = plan_micro_batches(lengths, budget, ids=[10 + i for i in range(n)])
+        flat = [i - 10 for g in groups for i in g]
+        assert flat == list(range(n))  # every datum once, in order
+        for g in groups:
+            assert len(g) == 1 or len(g) * max(lengths[i - 10] for i in g) <= budget
+        # Brute force over every contiguous split that respects the budget.
+        best = None
+        for cuts in itertools.product([False, True], repeat=n - 1):
+            parts, cur = [], [0]
+            for i, c in enumerate(cuts, start=1):
+                if c:
+                    parts.append(cur)
+                    cur = []
+                cur.append(i)
+            parts.append(cur)
+            if all(len(p) == 1 or len(p) * lengths[p[0]] <= budget for p in parts):
+                cost = _plan_cost(parts, lengths)
+                best = cost if best is None else min(best, cost)
+        assert _plan_cost([[i - 10 for i in g] for g in groups], lengths) == best
+
+
+def test_micro_batch_planning_wants_longest_first() -> None:
+    from erl_engine.engine import plan_micro_batches
+
+    with pytest.raises(ValueError, match="sorted longest first"):
+        plan_micro_batches([3, 5], 100)
