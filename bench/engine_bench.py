@@ -143,7 +143,77 @@ def bench_sampling(device: str, n_prompts: int, n: int, max_tokens: int, repeats
               f"HF generate {toks / t['generate']:7.0f} tok/s ({t['generate']:.2f}s)   "
               f"ratio {t['generate'] / t['engine']:.2f}x   "
               f"[engine prefill {t['prefill']:.2f}s, decode alone {decode:.0f} tok/s]")
+        floor, how = sampling_floor(dtype, prompts, n, max_tokens, repeats)
+        print(f"{'':9s} floor {floor:.2f}s ({how}): the most any sampler could be faster than generate here "
+              f"is {t['generate'] / floor:.2f}x; 2x needs {t['generate'] / 2:.2f}s")
         del e, lm, model
+
+
+def sampling_floor(dtype: str, prompts: list[list[int]], n: int, max_tokens: int, repeats: int) -> tuple[float, str]:
+    """A lower bound, on this CPU, for any sampler that does the same math: the prompts' tokens and every
+    decode step's rows through the model's projections (timed on their own, with pre-packed weights where
+    the CPU's libraries take them: the fastest matmuls found here), plus the decode attention's reads of
+    the KV cache at this machine's streaming read bandwidth. Element-wise work, sampling and every
+    per-op overhead count as zero, and a prompt shared by n samples is read once a step."""
+    import torch.nn.functional as F
+
+    c = BENCH_CONFIG
+    hd = c["hidden_size"] // c["num_attention_heads"]
+    shapes = [((c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd, c["hidden_size"]),
+              (c["hidden_size"], c["num_attention_heads"] * hd),
+              (2 * c["intermediate_size"], c["hidden_size"]), (c["hidden_size"], c["intermediate_size"])]
+    dt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    # Every layer's own weights, as in the model: a decode step streams all of them through the caches.
+    layers = [[(torch.randn(shape, generator=gen) * 0.05).to(dt) for shape in shapes]
+              for _ in range(c["num_hidden_layers"])]
+    head = (torch.randn((c["vocab_size"], c["hidden_size"]), generator=gen) * 0.05).to(dt)
+
+    def kernels(w: torch.Tensor, x: torch.Tensor, rows: int) -> list[Callable[[], Any]]:
+        """F.linear, and a pre-packed weight where the CPU's libraries take one."""
+        out: list[Callable[[], Any]] = [lambda: F.linear(x, w)]
+        try:
+            if dt == torch.float32:
+                packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+                out.append(lambda: torch.ops.mkl._mkl_linear(x, packed, w, None, rows))
+            else:
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+                out.append(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+        except (RuntimeError, AttributeError, NotImplementedError):
+            pass
+        return out
+
+    def projections_time(rows: int, loops: int) -> float:
+        """One pass of `rows` rows through every layer's projections and the head: the best of three
+        rounds of `loops` passes in a row (the caches as warm as a sampler's steps could keep them),
+        each shape with the faster of its kernels (chosen on the first layer)."""
+        weights = [w for ws in layers for w in ws] + [head]
+        fns = [kernels(w, torch.randn((rows, w.shape[1]), generator=gen).to(dt), rows) for w in weights]
+        faster = [min(range(len(k)), key=lambda j, k=k: best_of(k[j], 3)) for k in fns[: len(shapes)]]
+        fns = [k[faster[i % len(shapes)]] if i < len(fns) - 1 else min(k, key=lambda f: best_of(f, 3))
+               for i, k in enumerate(fns)]
+
+        def passes() -> None:
+            for _ in range(loops):
+                for f in fns:
+                    f()
+
+        passes()
+        return best_of(passes, 3) / loops
+
+    prompt_tokens = sum(len(p) for p in {tuple(p) for p in prompts})
+    rows = len(prompts) * n
+    proj = projections_time(prompt_tokens, 1) + (max_tokens - 1) * projections_time(rows, 20)
+    # KV bytes a decode step must read: the distinct prompts once, each row's own new tokens.
+    elem = 2 if dt == torch.bfloat16 else 4
+    per_token = 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * hd * elem  # keys and values
+    kv = sum(prompt_tokens + rows * step for step in range(1, max_tokens)) * per_token
+    buf = torch.ones(16 << 20)  # 64 MB, larger than the caches
+    bandwidth = buf.numel() * 4 / best_of(lambda: buf.sum(), repeats + 2)
+    attn = kv / bandwidth
+    return proj + attn, (f"projections {proj:.2f}s at the fastest matmuls found here, KV-cache reads "
+                         f"{kv / 1e9:.2f} GB at {bandwidth / 1e9:.0f} GB/s = {attn:.2f}s; element-wise work and "
+                         "overheads counted as zero")
 
 
 def bench_shared_prompts(device: str, repeats: int) -> None:

@@ -37,15 +37,27 @@ export function loadModelRequest(cfg: RunConfig, modelPath: string): LoadModelRe
   };
 }
 
+/**
+ * The engine's stderr lines worth a line of progress, as shown: it re-measures its thread count during
+ * a run, measures the training attention's precision per sequence length (bf16 models on CPU), and
+ * names an environment setting it ignores. Everything else on its stderr stays in its log tail.
+ */
+export function engineProgressLine(line: string): string | null {
+  for (const what of ["threads ", "attention ", "ignoring "]) {
+    if (line.startsWith(`erl engine: ${what}`)) return `engine: ${line.slice("erl engine: ".length)}`;
+  }
+  return null;
+}
+
 /** Starts (or connects to) an engine and loads the run's model; closes the engine if loading fails. */
 export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise<Engine> {
   const { openEngine } = await import("../engine/client.ts");
   let engine: Engine = await openEngine({
     ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
     ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
-    // The engine re-measures its thread count during a run; a change is worth a line of progress.
     onStderr: (line) => {
-      if (line.startsWith("erl engine: threads ")) process.stderr.write(`engine: ${line.slice(12)}\n`);
+      const shown = engineProgressLine(line);
+      if (shown !== null) process.stderr.write(`${shown}\n`);
     },
   });
   try {
