@@ -8,7 +8,9 @@ test("the engine's thread and attention verdicts and ignored settings become pro
     "engine: threads 2 -> 1 (1 thread 1.2 ms, 2 threads 18.8 ms)",
   );
   assert.equal(
-    engineProgressLine("erl engine: attention for training at up to 128 tokens: fp32: bf16 35.7 ms, fp32 11.2 ms"),
+    engineProgressLine(
+      "erl engine: attention for training at up to 128 tokens: fp32: bf16 35.7 ms, fp32 11.2 ms",
+    ),
     "engine: attention for training at up to 128 tokens: fp32: bf16 35.7 ms, fp32 11.2 ms",
   );
   assert.equal(engineProgressLine("Loading weights: 100%"), null);
