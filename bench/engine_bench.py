@@ -3,7 +3,7 @@ optim_step against a plain hand-written PyTorch training step; bf16 vs fp32; pea
 with batch and sequence length. Prints one line per measurement and the ratios.
 
 Run from the repository root:
-  .venv/bin/python bench/engine_bench.py [--quick] [--only sample|shared|train|scaling] [--device cpu|cuda]
+  .venv/bin/python bench/engine_bench.py [--quick] [--only sample|turns|shared|train|scaling] [--device cpu|cuda]
 
 The model is a randomly initialised ~6.4M-parameter Llama (8 layers, hidden 256) with the tiny
 fixture's character tokenizer, so nothing is downloaded. Each figure is the best of a few repeats
@@ -216,6 +216,44 @@ def sampling_floor(dtype: str, prompts: list[list[int]], n: int, max_tokens: int
                          "overheads counted as zero")
 
 
+def bench_turns(device: str, repeats: int) -> None:
+    """An episode's turns: each call's prompts are the previous prompts, their sampled replies and an
+    observation, as in the agent loop; with the prefix cache (keys and values kept from the previous
+    call) against a full prefill of every turn."""
+    from erl_engine import sampler
+
+    turns, replies, obs = 6, 24, 40
+    print(f"\n## multi-turn sampling: 16 prompts, {turns} turns of {replies} new tokens + {obs} observation tokens "
+          "(each turn's prompt = the last prompt + reply + observation)")
+    for dtype in ("float32", "bfloat16"):
+        times: dict[bool, float] = {}
+        stats = ""
+        for reuse in (False, True):
+            sampler.REUSE_PREFIXES = reuse
+            e = make_engine(dtype, device)
+            lm = e.need_model()
+            lm.eos_ids = []
+
+            def episode() -> None:
+                if lm.prefix_cache is not None:
+                    lm.prefix_cache.clear()
+                prompts = prompts_for(16)
+                rng = np.random.default_rng(1)
+                for t in range(turns):
+                    seqs = call(e, "sample", {"prompts": prompts, "n": 1, "maxTokens": replies, "temperature": 1.0,
+                                              "seed": t})["sequences"]
+                    prompts = [p + s["tokens"] + rng.integers(9, 100, size=obs).tolist() for p, s in zip(prompts, seqs)]
+
+            episode()  # warm-up
+            times[reuse] = best_of(episode, repeats)
+            if reuse and lm.prefix_cache is not None:
+                pc = lm.prefix_cache
+                stats = f"; last run: {pc.reused_tokens} prompt tokens reused, {pc.prefilled_tokens} prefilled (all runs)"
+        sampler.REUSE_PREFIXES = True
+        print(f"{dtype:9s} full prefill every turn {times[False]:.2f}s   prefix cache {times[True]:.2f}s   "
+              f"ratio {times[False] / times[True]:.2f}x{stats}")
+
+
 def bench_shared_prompts(device: str, repeats: int) -> None:
     """A turn-0 sampling call of the agent loop: each task's samples arrive as separate identical prompts.
     The engine prefills each distinct prompt once (sampler.DEDUP_PROMPTS); against one prefill per row."""
@@ -333,7 +371,7 @@ def machine_line(device: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller settings, one repeat")
-    ap.add_argument("--only", choices=["sample", "shared", "train", "scaling"])
+    ap.add_argument("--only", choices=["sample", "turns", "shared", "train", "scaling"])
     ap.add_argument("--one", help="internal: B,T,dtype of one training measurement, printed as JSON")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--device", default="cpu")
@@ -357,6 +395,8 @@ def main() -> None:
     if args.only in (None, "sample"):
         bench_sampling(args.device, 64, 1, 32 if args.quick else 64, repeats)
         bench_sampling(args.device, 16, 4, 32 if args.quick else 64, repeats)
+    if args.only in (None, "turns"):
+        bench_turns(args.device, repeats)
     if args.only in (None, "shared"):
         bench_shared_prompts(args.device, repeats)
     if args.only in (None, "train"):

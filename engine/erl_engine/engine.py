@@ -153,6 +153,10 @@ class Batch:
 # Calls whose work is large enough that a change of the CPU's load matters; before them the engine may
 # measure its thread count again (autotune.maybe_retune).
 HEAVY_METHODS = frozenset({"sample", "forward", "forwardBackward"})
+# Calls that leave the weights as they are; any other call clears the sampler's prefix cache
+# (prefix_cache.py), whose keys and values the current weights computed.
+KEEPS_WEIGHTS = frozenset({"hello", "info", "renderChat", "renderChats", "encode", "decode", "decodeMany",
+                           "sample", "forward", "forwardBackward", "saveState", "export"})
 
 
 class Engine:
@@ -186,6 +190,9 @@ class Engine:
         }
 
     def call(self, method: str, params: dict[str, Any]) -> Any:
+        if method not in KEEPS_WEIGHTS and self.lm is not None and self.lm.prefix_cache is not None:
+            # The sampler's stored keys and values belong to the current weights.
+            self.lm.prefix_cache.clear()
         if method in HEAVY_METHODS:
             note = autotune.maybe_retune()
             if note:

@@ -45,6 +45,9 @@ class LoadedModel:
     vocab_size: int = 0
     max_positions: int | None = None
     dtype_reason: str = "requested"
+    # The sampler's store of finished sequences' keys and values (prefix_cache.PrefixCache), created on
+    # first use; the engine clears it whenever the weights may change.
+    prefix_cache: Any = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype == "bfloat16":

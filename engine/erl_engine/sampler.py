@@ -13,6 +13,9 @@ the cache; each decode step writes one column and attends with SDPA (or, for flo
 batched matmuls), with no per-step cache concatenation or mask building. For every other causal LM,
 the model's own forward with a DynamicCache.
 
+On the fast path, a prompt that starts with a sequence of an earlier call (the next turn of an
+episode) reuses that sequence's keys and values and prefills only its new tokens (prefix_cache.py).
+
 Returned log-probs are the model's log-probs of each sampled token: log-softmax of the logits divided
 by the request's `logprobTemperature` (default 1, the raw distribution), with no top-k/top-p
 truncation, so they equal `forward`'s log-probs of the same tokens at the same temperature.
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import LoadedModel
+from .prefix_cache import PrefixCache, budget_from_env
 from .protocol import ProtocolError
 
 # Model types whose decoder layers have the Llama layout (pre-norm, q/k/v/o projections, rotary
@@ -40,6 +44,9 @@ FAST_DECODE = True
 # Identical prompts in one request (a task's samples sent as separate rows) are prefilled once and
 # their cache rows copied; tests switch this off to check that the results do not change.
 DEDUP_PROMPTS = True
+# Prompts that start with a finished sequence of an earlier call (the next turn of an episode) reuse
+# its keys and values (prefix_cache.py); tests switch this off to compare.
+REUSE_PREFIXES = True
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -152,10 +159,18 @@ def sample(
     model.eval()
     try:
         parts = _FastDecoder.layout(lm) if FAST_DECODE else None
+        store: PrefixCache | None = None
+        hits: list[tuple[int, int] | None] | None = None
+        if parts is not None and REUSE_PREFIXES:
+            if lm.prefix_cache is None:
+                lm.prefix_cache = PrefixCache(budget_from_env())
+            store = lm.prefix_cache if lm.prefix_cache.enabled else None
         if parts is not None:
             fast: _FastDecoder | None = _FastDecoder(lm, *parts, mask, longest + max_tokens)
+            hits = [store.lookup(p) for p in unique] if store is not None else None
             with lm.autocast():
-                logits = fast.prefill(unique)
+                logits = fast.prefill(unique, [None if h is None else (store.get(h[0]), h[1]) for h in hits]
+                                      if store is not None and hits is not None else None)
             next_pos = mask.sum(-1)
             cache = None
         else:
@@ -174,6 +189,7 @@ def sample(
         gen = torch.Generator(device=dev)
         gen.manual_seed(req["seed"])
         state = _Rows(total, max_tokens, stop_ids, stops)
+        saved: set[int] = set()  # sequences already stored in the prefix cache
         row_ids = torch.arange(total, device=dev)  # the sequence of each batch row (zombies included)
         step = fast.step if fast is not None else _generic_step(lm, cache)
         # One autocast region around the whole loop: autocast caches the bf16 copies of the weights
@@ -191,6 +207,10 @@ def sample(
                 # Dropping rows copies the whole cache; on the fast path finished rows ride along as
                 # ignored "zombies" until a quarter of the batch is done, then the batch is compacted.
                 if finished and (fast is None or finished * 4 >= len(state.active)):
+                    if store is not None and fast is not None:
+                        kept = set(keep)
+                        gone = [j for j in range(len(state.active)) if j not in kept]
+                        _store_rows(store, fast, gone, row_ids, prompts, n, state, saved)
                     idx = torch.tensor(keep, device=dev)
                     mask, next_pos, nxt, row_ids = mask[idx], next_pos[idx], nxt[idx], row_ids[idx]
                     if fast is not None:
@@ -205,6 +225,12 @@ def sample(
                     mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
                 logits = step(nxt, next_pos, mask)
                 next_pos = next_pos + 1
+        if store is not None and fast is not None:
+            _store_rows(store, fast, list(range(len(row_ids))), row_ids, prompts, n, state, saved)
+            # An entry whose every token a new sequence reused is contained in that sequence's entry.
+            for h, p in zip(hits or [], unique):
+                if h is not None and h[0] in store.entries and h[1] == len(store.get(h[0]).tokens):
+                    store.drop(h[0])
     finally:
         model.train(was_training)
     return [
@@ -212,6 +238,26 @@ def sample(
          "stopReason": state.reasons[row]}
         for row in range(total)
     ]
+
+
+def _store_rows(store: PrefixCache, fast: "_FastDecoder", batch_rows: list[int], row_ids: torch.Tensor,
+                prompts: list[np.ndarray], n: int, state: "_Rows", saved: set[int]) -> None:
+    """Copies the keys and values of these batch rows' sequences into the prefix cache: the prompt and
+    every sampled token but the last (whose keys a decode step may not have computed)."""
+    width = fast.prompt_width
+    for j in batch_rows:
+        seq = int(row_ids[j])
+        if seq in saved:
+            continue
+        saved.add(seq)
+        prompt = prompts[seq // n]
+        gen = state.tokens[seq][:-1]
+        start = width - len(prompt)
+        end = width + len(gen)
+        if end > fast.filled:  # not written yet (cannot happen: a row's tokens lag the filled columns)
+            continue
+        tokens = np.concatenate([prompt, np.asarray(gen, dtype=np.int64)]) if gen else prompt
+        store.add(tokens, fast.keys[:, j, :, start:end].clone(), fast.values[:, j, :, start:end].clone())
 
 
 class _Rows:
@@ -379,6 +425,7 @@ class _FastDecoder:
                                 device=dev)
         self.values = torch.zeros_like(self.keys)
         self.filled = width
+        self.prompt_width = width
         self.lengths = mask.sum(-1)
         # Additive attention bias: -inf on the prompts' left padding, 0 elsewhere (future slots are
         # never read: a step only attends to the filled columns).
@@ -480,39 +527,63 @@ class _FastDecoder:
 
     # ---- prefill --------------------------------------------------------------------------------
 
-    def prefill(self, prompts: list[np.ndarray]) -> torch.Tensor:
+    def prefill(self, prompts: list[np.ndarray], reuse: list[tuple[Any, int] | None] | None = None) -> torch.Tensor:
         """Fills the cache with the prompts (one per row, in order); returns their last position's
-        logits [rows, vocab]. Runs inside the caller's autocast region."""
+        logits [rows, vocab]. Runs inside the caller's autocast region.
+
+        `reuse[i]` = (prefix-cache entry, r): the first r tokens of prompt i have their keys and values
+        in the entry; they are copied into the cache and only the rest of the prompt is computed."""
         dev, width = self.keys.device, self.filled
         lengths = self.lengths
-        rows = torch.repeat_interleave(torch.arange(len(prompts), device=dev), lengths)
-        starts = torch.cumsum(lengths, 0) - lengths
-        pos = torch.arange(rows.shape[0], device=dev) - starts[rows]  # position of each packed token
+        done = [0] * len(prompts)
+        if reuse is not None:
+            for u, hit in enumerate(reuse):
+                if hit is None:
+                    continue
+                entry, r = hit
+                if entry.keys.dtype != self.cache_dtype or entry.keys.shape[0] != self.keys.shape[0]:
+                    continue
+                start = width - len(prompts[u])
+                self.keys[:, u, :, start:start + r] = entry.keys[:, :, :r].to(dev)
+                self.values[:, u, :, start:start + r] = entry.values[:, :, :r].to(dev)
+                done[u] = r
+        skip = torch.tensor(done, device=dev)
+        todo = lengths - skip  # tokens of each prompt still to compute (at least one)
+        rows = torch.repeat_interleave(torch.arange(len(prompts), device=dev), todo)
+        starts = torch.cumsum(todo, 0) - todo
+        pos = torch.arange(rows.shape[0], device=dev) - starts[rows] + skip[rows]  # position in its prompt
         col = pos + (width - lengths)[rows]  # its column in the left-padded cache
-        ids = torch.from_numpy(np.concatenate(prompts)).to(dev)
+        ids = torch.from_numpy(np.concatenate([p[r:] for p, r in zip(prompts, done)])).to(dev)
+        store = self.lm.prefix_cache
+        if store is not None:
+            store.reused_tokens += sum(done)
+            store.prefilled_tokens += int(rows.shape[0])
+        # Queries only for the columns that hold a token to compute: from the first such column on.
+        q0 = int(col.min())
         # Query column c sees key columns c' <= c that hold a token; a padding column sees only itself
         # (its output is never used, but a row of -inf alone would give NaN).
         valid = self.bias[:, 0, 0, :width] == 0
         causal = torch.ones((width, width), dtype=torch.bool, device=dev).tril()
         seen = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=dev)[None]
-        seen = seen[:, None]
+        seen = seen[:, None, q0:]
         h = self.inner.embed_tokens(ids)
         cos, sin = self.cos[pos][:, None], self.sin_signed[pos][:, None]
         b = len(prompts)
+        qcol = col - q0
         for i, layer in enumerate(self.layers):
             q, k, v, scale = self._qkv(i, _rms_norm(layer.input_layernorm, h), cos, sin)
             self.keys[i, rows, :, col] = k.to(self.cache_dtype)
             self.values[i, rows, :, col] = v.to(self.cache_dtype)
-            qp = torch.zeros((b, width, self.heads, self.head_dim), dtype=self.cache_dtype, device=dev)
-            qp[rows, col] = q.to(self.cache_dtype)
+            qp = torch.zeros((b, width - q0, self.heads, self.head_dim), dtype=self.cache_dtype, device=dev)
+            qp[rows, qcol] = q.to(self.cache_dtype)
             with torch.autocast(device_type=dev.type, enabled=False):
                 out = F.scaled_dot_product_attention(
                     qp.transpose(1, 2), self.keys[i, :, :, :width], self.values[i, :, :, :width],
                     attn_mask=seen, scale=scale, enable_gqa=self.group > 1,
                 )
-            o = out.transpose(1, 2)[rows, col].reshape(rows.shape[0], -1)
+            o = out.transpose(1, 2)[rows, qcol].reshape(rows.shape[0], -1)
             h = self._rest(i, h, o)
-        last = torch.cumsum(lengths, 0) - 1
+        last = torch.cumsum(todo, 0) - 1
         return self._logits(h[last])
 
     # ---- decode ---------------------------------------------------------------------------------

@@ -254,9 +254,9 @@ def test_identical_prompts_are_prefilled_once_with_the_same_results(engine: Any,
     prefill_rows: list[int] = []
     fast_prefill, model_prefill = sampler._FastDecoder.prefill, sampler._model_prefill
 
-    def counting_fast(self: Any, unique: list[Any]) -> Any:
+    def counting_fast(self: Any, unique: list[Any], reuse: Any = None) -> Any:
         prefill_rows.append(len(unique))
-        return fast_prefill(self, unique)
+        return fast_prefill(self, unique, reuse)
 
     def counting_model(lm: Any, ids: Any, *a: Any) -> Any:
         prefill_rows.append(ids.shape[0])
