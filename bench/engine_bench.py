@@ -249,7 +249,7 @@ def bench_turns(device: str, repeats: int) -> None:
             if reuse and lm.prefix_cache is not None:
                 pc = lm.prefix_cache
                 stats = f"; last run: {pc.reused_tokens} prompt tokens reused, {pc.prefilled_tokens} prefilled (all runs)"
-        sampler.REUSE_PREFIXES = True
+        sampler.REUSE_PREFIXES = False
         print(f"{dtype:9s} full prefill every turn {times[False]:.2f}s   prefix cache {times[True]:.2f}s   "
               f"ratio {times[False] / times[True]:.2f}x{stats}")
 
@@ -369,6 +369,12 @@ def machine_line(device: str) -> str:
 
 
 def main() -> None:
+    from erl_engine import sampler
+
+    # The sampling benches repeat one request: with the prefix cache on, every repeat after the first
+    # would reuse the first one's prompt keys. They measure a request from scratch, as `generate` runs;
+    # the cache has its own bench (--only turns), which switches it on and off itself.
+    sampler.REUSE_PREFIXES = False
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller settings, one repeat")
     ap.add_argument("--only", choices=["sample", "turns", "shared", "train", "scaling"])

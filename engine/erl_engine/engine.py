@@ -72,7 +72,7 @@ def token_logprobs(
 
 
 # What one more micro-batch costs, in padded tokens: a forward + backward has a fixed part (per-op
-# overhead, the optimizer-free bookkeeping) besides its per-token work. Measured on erl-tiny, bf16, one
+# overhead) besides its per-token work. Measured on erl-tiny, bf16, one
 # thread of a Xeon with AMX: 32 datums of 66-112 tokens took 279 ms as one micro-batch (3,584 padded
 # tokens), 237 ms as three (2,876) and 282 ms as eight (2,752, no padding): about 0.075 ms a token and
 # 9.5 ms a micro-batch, so a micro-batch is worth about 128 tokens there; on larger models a token
@@ -85,8 +85,8 @@ MICROBATCH_MAX_ROWS = 256
 def plan_micro_batches(lengths: list[int], budget: int, ids: list[int] | None = None) -> list[list[int]]:
     """Splits datums sorted by length (longest first) into consecutive micro-batches minimising padded
     tokens (rows x the group's longest) plus MICROBATCH_COST_TOKENS per micro-batch, each within
-    `budget` padded tokens and MICROBATCH_MAX_ROWS datums (a datum longer than the budget goes alone). Returns groups of `ids` (default:
-    positions in `lengths`). Dynamic programming over the sorted order, whose optimum is contiguous."""
+    `budget` padded tokens and MICROBATCH_MAX_ROWS datums (a datum longer than the budget goes alone).
+    Returns groups of `ids` (default: positions in `lengths`). Dynamic programming over the sorted order, whose optimum is contiguous."""
     n = len(lengths)
     ids = list(range(n)) if ids is None else ids
     if any(lengths[i] < lengths[i + 1] for i in range(n - 1)):

@@ -167,10 +167,12 @@ def sample(
             store = lm.prefix_cache if lm.prefix_cache.enabled else None
         if parts is not None:
             fast: _FastDecoder | None = _FastDecoder(lm, *parts, mask, longest + max_tokens)
-            hits = [store.lookup(p) for p in unique] if store is not None else None
+            reuse = None
+            if store is not None:
+                hits = [store.lookup(p) for p in unique]
+                reuse = [None if h is None else (store.get(h[0]), h[1]) for h in hits]
             with lm.autocast():
-                logits = fast.prefill(unique, [None if h is None else (store.get(h[0]), h[1]) for h in hits]
-                                      if store is not None and hits is not None else None)
+                logits = fast.prefill(unique, reuse)
             next_pos = mask.sum(-1)
             cache = None
         else:
@@ -228,7 +230,7 @@ def sample(
         if store is not None and fast is not None:
             _store_rows(store, fast, list(range(len(row_ids))), row_ids, prompts, n, state, saved)
             # An entry whose every token a new sequence reused is contained in that sequence's entry.
-            for h, p in zip(hits or [], unique):
+            for h in hits or []:
                 if h is not None and h[0] in store.entries and h[1] == len(store.get(h[0]).tokens):
                     store.drop(h[0])
     finally:
@@ -253,9 +255,7 @@ def _store_rows(store: PrefixCache, fast: "_FastDecoder", batch_rows: list[int],
         prompt = prompts[seq // n]
         gen = state.tokens[seq][:-1]
         start = width - len(prompt)
-        end = width + len(gen)
-        if end > fast.filled:  # not written yet (cannot happen: a row's tokens lag the filled columns)
-            continue
+        end = width + len(gen)  # a decode step wrote the keys of each sampled token but the last
         tokens = np.concatenate([prompt, np.asarray(gen, dtype=np.int64)]) if gen else prompt
         store.add(tokens, fast.keys[:, j, :, start:end].clone(), fast.values[:, j, :, start:end].clone())
 

@@ -59,20 +59,15 @@ def test_fp32_and_bf16_attention_give_the_same_gradients_within_bf16_precision(m
     assert any(not torch.equal(g16[n], g32[n]) for n in g16)
 
 
-def test_the_fp32_path_is_sdpa_over_fp32_inputs() -> None:
+def test_the_fp32_path_is_sdpa_over_fp32_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     module = torch.nn.Module()
     module.is_causal = True  # type: ignore[attr-defined]
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn((2, 4, 24, 16), generator=gen).to(torch.bfloat16).requires_grad_(True) for _ in range(3))
-    import os
-
-    os.environ[attention.ENV] = "fp32"
-    try:
-        out, _ = attention.forward(module, q, k, v, None, scaling=0.25)
-    finally:
-        del os.environ[attention.ENV]
+    monkeypatch.setenv(attention.ENV, "fp32")
+    out, _ = attention.forward(module, q, k, v, None, scaling=0.25)
     want, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None, scaling=0.25)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, want.to(torch.bfloat16))
