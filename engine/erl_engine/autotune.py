@@ -18,6 +18,10 @@ Threads chosen by measurement are measured again during a run (`maybe_retune`, a
 RETUNE_SECONDS, before a sample/forward/forwardBackward call; about 10 ms each time), because the load
 of a shared machine changes: a second process that starts after the engine takes a core from one of
 its OpenMP threads, and the engine drops to one thread until the core is free again.
+$ERL_ENGINE_CPU_BF16=off makes the engine treat this CPU as one without fast bf16 hardware (an AVX2-only
+CPU): "auto" resolves to float32 without a probe and the sampler does not pre-pack bf16 weights. The
+test suite runs the engine tests once this way, so a machine with AMX still exercises the path that
+most CPUs take. "auto" (the default) measures.
 The verdict and its reason (the measured times) go into EngineInfo (`dtypeReason`, `threadsReason`).
 A verdict is memoised per process for each (shape, threads); a new engine measures again, because the
 load of a shared machine changes.
@@ -38,6 +42,11 @@ import torch.nn.functional as F
 BF16_MARGIN = 1.15
 # More threads must beat fewer by this factor.
 THREADS_MARGIN = 1.10
+# During a run the current count is kept unless it is this much slower than the best: a 5-sample probe
+# of a few milliseconds varies by 10-20% on a shared machine, and a count that flips with that noise
+# (2.7 against 2.5 ms) made every step run on whichever count the last probe favoured. A core taken by
+# another process makes two threads 2-10x slower, well past this.
+RETUNE_MARGIN = 1.3
 # Floating-point work of one dtype-probe repeat (multiply-adds x 2), kept small: tens of milliseconds
 # for the whole probe.
 PROBE_FLOPS = 3e8
@@ -50,6 +59,21 @@ _last_probe = 0.0
 # Seconds between re-measurements of the thread count during a run.
 RETUNE_SECONDS = 30.0
 _dtype_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
+CPU_BF16_ENV = "ERL_ENGINE_CPU_BF16"
+_bf16_warned: set[str] = set()
+
+
+def cpu_bf16_off() -> bool:
+    """True when $ERL_ENGINE_CPU_BF16=off: behave as on a CPU without fast bf16 (see the header)."""
+    raw = os.environ.get(CPU_BF16_ENV, "auto")
+    want = raw.strip().lower() or "auto"
+    if want not in ("auto", "off"):
+        if raw not in _bf16_warned:
+            _bf16_warned.add(raw)
+            print(f"erl engine: ignoring {CPU_BF16_ENV}={raw!r} (expected auto or off); measuring instead",
+                  file=sys.stderr, flush=True)
+        return False
+    return want == "off"
 
 
 def threads_reason() -> str:
@@ -126,7 +150,7 @@ def maybe_retune(now: float | None = None, interval: float = RETUNE_SECONDS) -> 
         return None
     _last_probe = now
     before = torch.get_num_threads()
-    n, detail = probe_threads(max_threads=_retune_max, repeats=5)
+    n, detail = probe_threads(max_threads=_retune_max, repeats=5, current=before)
     detail = detail.replace("measured at start: ", "")
     when = time.strftime("%H:%M:%S")
     if n == before:
@@ -137,8 +161,9 @@ def maybe_retune(now: float | None = None, interval: float = RETUNE_SECONDS) -> 
     return f"erl engine: threads {before} -> {n} ({detail})"
 
 
-def probe_threads(max_threads: int | None = None, repeats: int = 5) -> tuple[int, str]:
-    """Times a fixed matmul workload with 1, 2, 4, ... threads; returns (count, reason)."""
+def probe_threads(max_threads: int | None = None, repeats: int = 5, current: int | None = None) -> tuple[int, str]:
+    """Times a fixed matmul workload with 1, 2, 4, ... threads; returns (count, reason). With `current`
+    (a re-measurement), that count stays unless it is RETUNE_MARGIN slower than the best."""
     top = max(1, max_threads or torch.get_num_threads())
     cands = [1]
     while cands[-1] * 2 < top:
@@ -171,6 +196,8 @@ def probe_threads(max_threads: int | None = None, repeats: int = 5) -> tuple[int
     best = min(med.values())
     chosen = next(c for c in cands if med[c] <= best * THREADS_MARGIN)
     detail = ", ".join(f"{c} thread{'s' if c > 1 else ''} {med[c] * 1e3:.1f} ms" for c in cands)
+    if current in med and chosen != current and med[current] <= best * RETUNE_MARGIN:
+        return current, f"{detail} (median of {repeats} matmul probes); kept {current} (within {RETUNE_MARGIN}x of the best)"
     return chosen, f"measured at start: {detail} (median of {repeats} matmul probes); chose {chosen}"
 
 
@@ -228,6 +255,8 @@ def resolve_dtype(requested: str, device: torch.device, config: Any) -> tuple[st
         return "float32", f"auto: the CUDA device ({torch.cuda.get_device_name(device)}) has no bf16 support"
     if device.type != "cpu":
         return "float32", f"auto: float32 on device type {device.type}"
+    if cpu_bf16_off():
+        return "float32", f"auto: {CPU_BF16_ENV}=off treats this CPU as one without fast bf16"
     hidden, inter = model_shape(config)
     threads = torch.get_num_threads()
     key = (hidden, inter, threads)

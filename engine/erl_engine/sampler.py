@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import autotune
 from .model import LoadedModel
 from .prefix_cache import PrefixCache, budget_from_env
 from .protocol import ProtocolError
@@ -330,15 +331,14 @@ PACK_WEIGHTS = True
 _PACK_ROWS = 64
 
 
-def _linear(w: torch.Tensor, bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """x -> x @ w.T + bias, through a pre-packed weight on a CPU where the packing works and agrees with
-    F.linear on a probe; otherwise F.linear itself."""
-
-    def plain(x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, w, bias)
-
+def _prepacked(w: torch.Tensor, bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """x -> x @ w.T + bias through a weight pre-packed for this CPU's matmul library, or None where this
+    CPU or torch build cannot (the op is missing or refuses, e.g. oneDNN's bf16 packing without AVX-512 or
+    AVX-NE-CONVERT; it disagrees with F.linear on a probe; or $ERL_ENGINE_CPU_BF16=off for bf16)."""
     if not PACK_WEIGHTS or w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16):
-        return plain
+        return None
+    if w.dtype == torch.bfloat16 and autotune.cpu_bf16_off():
+        return None
     try:
         if w.dtype == torch.bfloat16:
             packed_bf16 = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS)
@@ -353,11 +353,28 @@ def _linear(w: torch.Tensor, bias: torch.Tensor | None) -> Callable[[torch.Tenso
 
         probe = torch.randn((3, w.shape[1]), generator=torch.Generator().manual_seed(0)).to(w.dtype)
         tol = 1e-2 if w.dtype == torch.bfloat16 else 1e-4
-        if not torch.allclose(packed(probe).float(), plain(probe).float(), atol=tol, rtol=tol):
-            return plain
-    except (RuntimeError, AttributeError, NotImplementedError):  # a torch build without these ops
-        return plain
+        plain = F.linear(probe, w, bias)
+        if not torch.allclose(packed(probe).float(), plain.float(), atol=tol, rtol=tol):
+            return None
+    except (RuntimeError, AttributeError, NotImplementedError):  # a torch build or CPU without these ops
+        return None
     return packed
+
+
+def prepacking_works(dtype: torch.dtype) -> bool:
+    """Whether `_linear` pre-packs weights of this dtype on this machine (the same probe it runs)."""
+    w = torch.randn((48, 32), generator=torch.Generator().manual_seed(1)).to(dtype)
+    return _prepacked(w, None) is not None
+
+
+def _linear(w: torch.Tensor, bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> x @ w.T + bias, through a pre-packed weight where this CPU supports it (`_prepacked`),
+    otherwise F.linear itself."""
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, bias)
+
+    return _prepacked(w, bias) or plain
 
 
 class _FastDecoder:

@@ -208,3 +208,18 @@ test("a folder that cannot be created on a read-only disk is named with EROFS, n
     syncBuiltinESMExports();
   }
 });
+
+test("`erl` before set-up (no node_modules) says what to run first, in one line, and exits 2", async () => {
+  const { spawnSync } = await import("node:child_process");
+  // The entry point alone, where no node_modules can be found above it: as in a fresh clone.
+  const dir = mkdtempSync(join(tmpdir(), "erl-fresh-"));
+  mkdirSync(join(dir, "bin"));
+  fs.copyFileSync(fileURLToPath(new URL("../../bin/erl.mjs", import.meta.url)), join(dir, "bin", "erl.mjs"));
+  const r = spawnSync(process.execPath, [join(dir, "bin", "erl.mjs"), "--help"], { encoding: "utf8" });
+  assert.equal(r.status, 2);
+  assert.equal(r.stdout, "");
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0]!, /not set up yet; run `npm test` or `bash scripts\/setup\.sh`/);
+  assert.doesNotMatch(r.stderr, /ERR_MODULE_NOT_FOUND|at .*\(/);
+});
