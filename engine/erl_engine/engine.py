@@ -46,6 +46,27 @@ _LOSS_FIELDS = {
 }
 
 
+# Model types whose causal-LM head is `logits = lm_head(final hidden state)`, nothing after it (no
+# logit scaling or soft-capping): for these the head may run on the positions that are needed only.
+PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def _body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The decoder (up to the final norm) and the LM head of a plain-head model (a PEFT wrapper is
+    looked through; LoRA layers inside stay active), or None for any other model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    try:
+        body, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if body is None or head is None or body is base:
+        return None
+    return body, head
+
+
 def token_logprobs(
     model: torch.nn.Module,
     inp: torch.Tensor,
@@ -53,12 +74,30 @@ def token_logprobs(
     autocast: Any,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    keep: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(target) at every position [B, T] (fp32) from logits / temperature, and optionally the
-    entropy of each such distribution."""
-    with autocast:
-        out = model(input_ids=inp, use_cache=False)
-    logits = out.logits.float()
+    entropy of each such distribution.
+
+    `keep` ([B, T] bool): only these positions are needed; the others come back as 0. For a plain-head
+    model (PLAIN_HEAD_TYPES) the LM head, the log-softmax and the entropy then run on those positions
+    alone: with a 49k vocabulary (SmolLM2) the head is a fifth of the model's work per token, and an
+    RL or SFT batch trains a minority of its tokens (the replies, not the prompts and boards).
+    `position_ids` ([B, T]): packed rows (Batch), whose positions restart at each sequence."""
+    extra = {"position_ids": position_ids} if position_ids is not None else {}
+    split = _body_and_head(model) if keep is not None else None
+    if split is None:
+        with autocast:
+            out = model(input_ids=inp, use_cache=False, **extra)
+        logits = out.logits.float()
+    else:
+        body, head = split
+        assert keep is not None
+        with autocast:
+            hidden = body(input_ids=inp, use_cache=False, **extra).last_hidden_state
+            logits = head(hidden[keep]).float()  # [N, vocab]
+        tgt = tgt[keep]
     if temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
@@ -68,6 +107,12 @@ def token_logprobs(
         with torch.no_grad():
             probs = torch.softmax(logits, dim=-1)
             ent = lse - (probs * logits).sum(-1)
+    if split is not None:
+        assert keep is not None
+        full = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)
+        logp = full.masked_scatter(keep, logp)
+        if ent is not None:
+            ent = torch.zeros(keep.shape, dtype=ent.dtype, device=ent.device).masked_scatter(keep, ent)
     return logp, ent
 
 
@@ -109,17 +154,47 @@ def plan_micro_batches(lengths: list[int], budget: int, ids: list[int] | None = 
     return groups
 
 
-class Batch:
-    """A padded micro-batch of datums: tensors [b, T] plus each row's datum index and length."""
+def pack_rows(lengths: list[int], ids: list[int] | None = None) -> list[list[int]]:
+    """Packs datums into rows no longer than the longest datum, first fit in order of decreasing length
+    (`ids`: the datums' own ids, default positions in `lengths`). Each row is a list of datum ids, laid
+    end to end; rows come back longest first, as plan_micro_batches wants them."""
+    ids = list(range(len(lengths))) if ids is None else ids
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    cap = max(lengths, default=0)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(ids[i])
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([ids[i]])
+            room.append(cap - lengths[i])
+    filled = [cap - free for free in room]
+    return [rows[r] for r in sorted(range(len(rows)), key=lambda r: -filled[r])]
 
-    def __init__(self, datums: list[dict[str, Any]], indices: list[int], device: torch.device, need_rl: bool):
-        rows = [datums[i] for i in indices]
+
+class Batch:
+    """A padded micro-batch: tensors [b, T]. Each row holds one datum, or with packing several laid end
+    to end (`rows`), whose positions restart at 0 so that attention stays within each (transformers
+    builds the block-diagonal causal mask from the position ids). `place[i]` = (row, offset) of datum i."""
+
+    def __init__(self, datums: list[dict[str, Any]], indices: list[int], device: torch.device, need_rl: bool,
+                 rows: list[list[int]] | None = None):
+        if rows is None:
+            rows = [[i] for i in indices]
         # No indices: a one-token, zero-weight padding batch (a rank with fewer micro-batches than
         # another still joins every collective).
-        t = max((len(d["inputIds"]) for d in rows), default=1)
+        lens = [sum(len(datums[i]["inputIds"]) for i in row) for row in rows]
+        t = max(lens, default=1)
         b = max(len(rows), 1)
-        self.indices = indices
-        self.lengths = [len(d["inputIds"]) for d in rows]
+        self.indices = [i for row in rows for i in row]
+        self.lengths = [len(datums[i]["inputIds"]) for i in self.indices]
+        self.place: dict[int, tuple[int, int]] = {}
+        packed = any(len(row) > 1 for row in rows)
+        pos = np.zeros((b, t), dtype=np.int64) if packed else None
         inp = np.zeros((b, t), dtype=np.int64)
         tgt = np.zeros((b, t), dtype=np.int64)
         w = np.zeros((b, t), dtype=np.float32)
@@ -127,20 +202,31 @@ class Batch:
         old = np.zeros((b, t), dtype=np.float32)
         # The sampler's log-probs where a datum has them (else the old ones: no gap), and which rows do.
         smp = np.zeros((b, t), dtype=np.float32)
-        has_smp = np.zeros((b, 1), dtype=np.float32)
-        for r, d in enumerate(rows):
-            n = len(d["inputIds"])
-            inp[r, :n] = d["inputIds"]
-            tgt[r, :n] = d["targetIds"]
-            w[r, :n] = d["weights"]
-            if need_rl:
-                adv[r, :n] = d["advantages"]
-                old[r, :n] = d["oldLogprobs"]
-            if "samplerLogprobs" in d:
-                smp[r, :n] = d["samplerLogprobs"]
-                has_smp[r] = 1.0
-            elif need_rl:
-                smp[r, :n] = d["oldLogprobs"]
+        has_smp = np.zeros((b, t), dtype=np.float32)
+        for r, row in enumerate(rows):
+            o = 0
+            for i in row:
+                d = datums[i]
+                n = len(d["inputIds"])
+                self.place[i] = (r, o)
+                sl = slice(o, o + n)
+                inp[r, sl] = d["inputIds"]
+                tgt[r, sl] = d["targetIds"]
+                w[r, sl] = d["weights"]
+                if pos is not None:
+                    pos[r, sl] = np.arange(n)
+                if need_rl:
+                    adv[r, sl] = d["advantages"]
+                    old[r, sl] = d["oldLogprobs"]
+                if "samplerLogprobs" in d:
+                    smp[r, sl] = d["samplerLogprobs"]
+                    has_smp[r, sl] = 1.0
+                elif need_rl:
+                    smp[r, sl] = d["oldLogprobs"]
+                o += n
+            if pos is not None and o < t:  # the row's padding continues its last sequence's positions
+                pos[r, o:] = np.arange(pos[r, o - 1] + 1, pos[r, o - 1] + 1 + t - o) if o > 0 else np.arange(t - o)
+        self.pos = torch.from_numpy(pos).to(device) if pos is not None else None
         self.inp = torch.from_numpy(inp).to(device)
         self.tgt = torch.from_numpy(tgt).to(device)
         self.w = torch.from_numpy(w).to(device)
@@ -407,13 +493,15 @@ class Engine:
             if lm.max_positions is not None and n > lm.max_positions:
                 raise bad(f"params.datums[{i}].inputIds", f"{n} tokens exceed the model's {lm.max_positions} positions")
 
-    def _plan(self, datums: list[dict[str, Any]], method: str) -> list[list[int]]:
-        """This rank's micro-batches; under torchrun every rank gets as many (padding with [])."""
+    def _plan(self, datums: list[dict[str, Any]], method: str, pack: bool = False) -> list[list[list[int]]]:
+        """This rank's micro-batches, each a list of rows of datum indices (one datum per row, or several
+        with `pack`); under torchrun every rank gets as many (padding with empty ones), and packing is
+        not used there."""
         d = self.dist
         if d is None:
-            return self._micro_batches(datums)
+            return self._micro_batches(datums, pack=pack)
         err: BaseException | None = None
-        groups: list[list[int]] = []
+        groups: list[list[list[int]]] = []
         try:
             d.maybe_fault(method)
             groups = self._micro_batches(datums, d.shard_by_tokens([len(x["inputIds"]) for x in datums]))
@@ -423,12 +511,20 @@ class Engine:
         count = d.max_int(len(groups))
         return groups + [[] for _ in range(count - len(groups))]
 
-    def _micro_batches(self, datums: list[dict[str, Any]], subset: list[int] | None = None) -> list[list[int]]:
+    def _micro_batches(self, datums: list[dict[str, Any]], subset: list[int] | None = None,
+                       pack: bool = False) -> list[list[list[int]]]:
         """Datums grouped into micro-batches of at most `microbatch_tokens` padded tokens each (a longer
-        datum goes alone), split where that saves padding: see plan_micro_batches."""
+        datum goes alone), split where that saves padding: see plan_micro_batches. With `pack`, datums
+        are first laid end to end in rows (pack_rows) and the rows are planned instead."""
         pool = list(range(len(datums)) if subset is None else subset)
+        if pack:
+            rows = pack_rows([len(datums[i]["inputIds"]) for i in pool], pool)
+            lengths = [sum(len(datums[i]["inputIds"]) for i in row) for row in rows]
+            groups = plan_micro_batches(lengths, self.microbatch_tokens)
+            return [[rows[k] for k in g] for g in groups]
         order = sorted(pool, key=lambda i: -len(datums[i]["inputIds"]))
-        return plan_micro_batches([len(datums[i]["inputIds"]) for i in order], self.microbatch_tokens, order)
+        groups = plan_micro_batches([len(datums[i]["inputIds"]) for i in order], self.microbatch_tokens, order)
+        return [[[i] for i in g] for g in groups]
 
     @torch.no_grad()
     def forward(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -437,7 +533,7 @@ class Engine:
         temperature = p.get("temperature", 1.0)
         self._check_datums(datums, False)
         result: list[Any] = [None] * len(datums)
-        plan = self._plan(datums, "forward")
+        plan = self._plan(datums, "forward", pack=p.get("pack", False))
         # DDP needs no collective without gradients: its inner model is used directly.
         model = self.train_module if (self.dist and self.dist.mode == "fsdp") else lm.model
         assert model is not None
@@ -448,11 +544,13 @@ class Engine:
             for idx in plan:
                 if self.dist is not None:
                     self.dist.maybe_fault("forward/batch")
-                b = Batch(datums, idx, lm.device, False)
-                logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast(), temperature=temperature)
+                b = Batch(datums, [], lm.device, False, rows=idx)
+                logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast(), temperature=temperature,
+                                         position_ids=b.pos)
                 logp_np = logp.cpu().numpy()
-                for r, di in enumerate(idx):
-                    result[di] = pack_f32(logp_np[r, : b.lengths[r]])
+                for di, n in zip(b.indices, b.lengths):
+                    r, o = b.place[di]
+                    result[di] = pack_f32(logp_np[r, o: o + n])
         except Exception as e:
             # Under DDP these micro-batches issue no collective: a rank that fails in one (out of memory,
             # say) meets the others at agree() below. Under FSDP2 each forward is full of collectives.
@@ -465,7 +563,7 @@ class Engine:
                 dist.reshard(lm.model)
         if self.dist is not None:
             self.dist.agree(err)
-            mine = {di: result[di] for idx in plan for di in idx}
+            mine = {di: result[di] for idx in plan for row in idx for di in row}
             for part in self.dist.all_gather(mine):
                 for di, lp in part.items():
                     result[di] = lp
@@ -494,7 +592,7 @@ class Engine:
 
         acc = _MetricAcc()
         total_loss = 0.0
-        plan = self._plan(datums, "forwardBackward")
+        plan = self._plan(datums, "forwardBackward", pack=p.get("pack", False))
         d = self.dist
         train = self.train_module if self.train_module is not None else lm.model
         # DDP and FSDP2 average gradients over ranks; the loss divisor is already global.
@@ -502,17 +600,27 @@ class Engine:
         lm.model.train()
         try:
             for k, idx in enumerate(plan):
-                b = Batch(datums, idx, lm.device, need_rl)
+                b = Batch(datums, [], lm.device, need_rl, rows=idx)
                 # DDP all-reduces once per call, at its last micro-batch (the others accumulate locally).
                 no_sync = d is not None and d.mode == "ddp" and k < len(plan) - 1
                 with train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                    # Only the weighted positions enter the loss and the metrics; under DDP/FSDP2 the
+                    # wrapped module must run its own forward (its hooks), so it computes every position.
+                    keep = (b.w != 0) if d is None else None
+                    if keep is not None and b.old is not None:
+                        # Positions left out come back as log-prob 0; their old log-probs go to 0 too, so
+                        # their (weight-0) ratios stay finite instead of 0 * inf.
+                        b.old = torch.where(keep, b.old, 0.0)
+                        b.smp = torch.where(keep, b.smp, 0.0)
                     logp, ent = token_logprobs(
-                        train, b.inp, b.tgt, lm.autocast(), with_entropy=True, temperature=spec.temperature
+                        train, b.inp, b.tgt, lm.autocast(), with_entropy=True, temperature=spec.temperature,
+                        keep=keep, position_ids=b.pos,
                     )
                     ref_logp = None
                     if spec.kl_coef:
                         with torch.no_grad(), lm.reference_model() as ref:
-                            ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast(), temperature=spec.temperature)
+                            ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast(), temperature=spec.temperature,
+                                                         keep=keep, position_ids=b.pos)
                     loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp, b.smp)
                     (loss * scale if scale != 1.0 else loss).backward()
                 total_loss += float(loss.detach())

@@ -121,6 +121,68 @@ def test_micro_batching_and_split_calls_give_the_same_gradient(engine: Engine) -
         assert torch.allclose(whole[k], split[k], atol=1e-6), k
 
 
+@pytest.mark.parametrize("lora", [None, {"rank": 4, "alpha": 8, "dropout": 0.0, "targetModules": "all-linear"}])
+def test_the_head_on_weighted_positions_only_gives_the_full_heads_loss_and_gradient(
+        lora: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """forwardBackward runs the LM head on the weighted positions only (a plain-head model): the loss,
+    the metrics and every gradient equal those of the head over every position. Old log-probs far below
+    any real value at unweighted positions stay harmless."""
+    from erl_engine import engine as engine_mod
+
+    results = []
+    for plain in (True, False):
+        e = Engine()
+        call(e, "loadModel", load_params(**({"lora": lora, "reference": "base"} if lora else {"reference": "copy"})))
+        datums = with_old_logprobs(e, rl_datums(), shift=-0.05)
+        for d in datums:  # unweighted positions: an old log-prob whose ratio would overflow fp32
+            d["oldLogprobs"] = [x if w else -200.0 for x, w in zip(d["oldLogprobs"], d["weights"])]
+        if plain:
+            monkeypatch.setattr(engine_mod, "PLAIN_HEAD_TYPES", frozenset())
+        else:
+            monkeypatch.undo()
+            assert engine_mod._body_and_head(e.need_model().model) is not None
+        res = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "dualClip": 3, "klCoef": 0.1}})
+        results.append((res, grads(e)))
+    (full, g_full), (kept, g_kept) = results
+    assert kept["loss"] == pytest.approx(full["loss"], rel=1e-5, abs=1e-7)
+    for k in ("ratio_mean", "kl", "entropy", "tokens", "clip_frac_high"):
+        if k in full["metrics"]:
+            assert kept["metrics"][k] == pytest.approx(full["metrics"][k], rel=1e-4, abs=1e-6), k
+    assert np.isfinite(kept["loss"]) and set(g_full) == set(g_kept) and g_full
+    for k in g_full:
+        assert torch.allclose(g_full[k], g_kept[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_packed_rows_give_the_padded_results() -> None:
+    """`pack`: datums laid end to end in rows (positions restarting, attention within each) give the
+    same forward log-probs, loss, metrics and gradients as one datum per padded row; the rows really
+    hold several datums."""
+    from erl_engine.engine import Batch, pack_rows
+
+    assert pack_rows([5, 9, 4, 2, 9]) == [[1], [4], [0, 2], [3]]
+    results = []
+    for pack in (False, True):
+        e = Engine()
+        call(e, "loadModel", load_params())
+        datums = with_old_logprobs(e, rl_datums(), shift=-0.05)
+        datums[1]["samplerLogprobs"] = [x - 0.01 for x in datums[1]["oldLogprobs"]]
+        lps = [unpack(x) for x in call(e, "forward", {"datums": datums, "pack": pack})["logprobs"]]
+        res = call(e, "forwardBackward", {"datums": datums, "pack": pack,
+                                           "loss": {"name": "ppo", "aggregation": "seq-mean-token-sum"}})
+        results.append((lps, res, grads(e)))
+        rows = e._micro_batches(datums, pack=pack)
+        b = Batch(datums, [], torch.device("cpu"), True, rows=rows[0])
+        assert (b.pos is not None) == pack and (b.inp.shape[0] < len(datums)) == pack
+    (lp0, r0, g0), (lp1, r1, g1) = results
+    for a, c in zip(lp0, lp1):
+        assert np.allclose(a, c, atol=2e-5)
+    assert r1["loss"] == pytest.approx(r0["loss"], rel=1e-5)
+    for k in ("ratio_mean", "mismatch_abs_mean", "tokens", "entropy"):
+        assert r1["metrics"][k] == pytest.approx(r0["metrics"][k], rel=1e-4, abs=1e-7), k
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=2e-6, rtol=1e-4), k
+
+
 def test_zero_advantages_give_zero_gradient(engine: Engine) -> None:
     datums = [{**d, "advantages": [0.0] * len(d["targetIds"])} for d in with_old_logprobs(engine, rl_datums())]
     res = call(engine, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "dualClip": 3}})

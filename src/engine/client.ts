@@ -24,6 +24,7 @@ import type {
   Engine,
   EngineInfo,
   ForwardBackwardResult,
+  ScoreOptions,
   LoadModelRequest,
   LossConfig,
   SampledSequence,
@@ -362,9 +363,10 @@ export class EngineClient implements Engine {
     return checkSample(await this.transport.call("sample", params));
   }
 
-  async forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]> {
+  async forward(datums: Datum[], opts?: ScoreOptions & { temperature?: number }): Promise<number[][]> {
     const params: Record<string, unknown> = { datums: datums.map(datumToWire) };
     if (opts?.temperature !== undefined && opts.temperature !== 1) params.temperature = opts.temperature;
+    if (opts?.pack) params.pack = true;
     const result = await this.transport.call("forward", params);
     return checkForward(
       result,
@@ -372,8 +374,12 @@ export class EngineClient implements Engine {
     );
   }
 
-  async forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult> {
-    const params = { datums: datums.map(datumToWire), loss };
+  async forwardBackward(
+    datums: Datum[],
+    loss: LossConfig,
+    opts?: ScoreOptions,
+  ): Promise<ForwardBackwardResult> {
+    const params = { datums: datums.map(datumToWire), loss, ...(opts?.pack ? { pack: true } : {}) };
     return checkForwardBackward(await this.transport.call("forwardBackward", params));
   }
 

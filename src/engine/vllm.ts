@@ -17,6 +17,7 @@ import type {
   Engine,
   EngineInfo,
   ForwardBackwardResult,
+  ScoreOptions,
   LoadModelRequest,
   LossConfig,
   SampledSequence,
@@ -102,11 +103,11 @@ export class VllmSampledEngine implements Engine {
     return this.vllm.sample(req);
   }
 
-  forward(datums: Datum[]): Promise<number[][]> {
-    return this.trainer.forward(datums);
+  forward(datums: Datum[], opts?: ScoreOptions & { temperature?: number }): Promise<number[][]> {
+    return this.trainer.forward(datums, opts);
   }
-  forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult> {
-    return this.trainer.forwardBackward(datums, loss);
+  forwardBackward(datums: Datum[], loss: LossConfig, opts?: ScoreOptions): Promise<ForwardBackwardResult> {
+    return this.trainer.forwardBackward(datums, loss, opts);
   }
 
   async optimStep(cfg: AdamWConfig): Promise<{ gradNorm: number; metrics: Record<string, number> }> {

@@ -196,24 +196,27 @@ export interface RunConfig {
 // ---------------------------------------------------------------------------------------------
 // Schema
 
-type Field =
+export type Field =
   | { kind: "number"; int?: boolean; min?: number; max?: number; exclusiveMin?: boolean; nullable?: boolean }
   | { kind: "string"; nullable?: boolean; nonEmpty?: boolean }
   | { kind: "enum"; values: readonly string[] }
   | { kind: "boolean" }
   | { kind: "object"; fields: Record<string, Field>; nullable?: boolean };
 
-const num = (o: Omit<Extract<Field, { kind: "number" }>, "kind"> = {}): Field => ({ kind: "number", ...o });
-const int = (min: number, o: { nullable?: boolean; max?: number } = {}): Field => ({
+export const num = (o: Omit<Extract<Field, { kind: "number" }>, "kind"> = {}): Field => ({
+  kind: "number",
+  ...o,
+});
+export const int = (min: number, o: { nullable?: boolean; max?: number } = {}): Field => ({
   kind: "number",
   int: true,
   min,
   ...o,
 });
-const str = (o: { nullable?: boolean; nonEmpty?: boolean } = {}): Field => ({ kind: "string", ...o });
-const oneOf = (values: readonly string[]): Field => ({ kind: "enum", values });
-const bool: Field = { kind: "boolean" };
-const obj = (fields: Record<string, Field>, nullable = false): Field => ({
+export const str = (o: { nullable?: boolean; nonEmpty?: boolean } = {}): Field => ({ kind: "string", ...o });
+export const oneOf = (values: readonly string[]): Field => ({ kind: "enum", values });
+export const bool: Field = { kind: "boolean" };
+export const obj = (fields: Record<string, Field>, nullable = false): Field => ({
   kind: "object",
   fields,
   nullable,
@@ -461,7 +464,13 @@ function expectation(f: Field): string {
  * Checks `value` against field `f` and returns it merged over `base` (for objects: keys absent from
  * `value` keep the base's value). `where` names the source for error messages.
  */
-function check(f: Field, value: unknown, base: unknown, key: string, where: { file?: string }): unknown {
+export function check(
+  f: Field,
+  value: unknown,
+  base: unknown,
+  key: string,
+  where: { file?: string },
+): unknown {
   const fail = (): never => {
     throw inputError({ ...where, key }, `expected ${expectation(f)}, got ${describe(value)}`);
   };
@@ -636,8 +645,8 @@ export function loadConfigFile(file: string): RunConfig {
 }
 
 /** Looks up the schema field for a dotted key path, or null. */
-function fieldAt(path: string[]): Field | null {
-  let f: Field = SCHEMA;
+function fieldAt(path: string[], schema: Field = SCHEMA): Field | null {
+  let f: Field = schema;
   for (const p of path) {
     if (f.kind !== "object") return null;
     const next: Field | undefined = Object.hasOwn(f.fields, p) ? f.fields[p] : undefined;
@@ -676,6 +685,28 @@ function parseSetValue(f: Field, text: string, key: string): unknown {
 
 /** Applies `key.path=value` overrides, type-checked against the schema; errors name the key. */
 export function applyOverrides(cfg: RunConfig, sets: readonly string[]): RunConfig {
+  return applySets(
+    SCHEMA,
+    cfg,
+    sets,
+    (partial, where, base, cross) => validateConfig(partial, where, base, cross),
+    (c) => crossCheck(c, { file: "--set" }),
+  );
+}
+
+/**
+ * `key.path=value` overrides for any config described by a schema: each value is parsed as its field
+ * expects and validated over the config so far (`validate`, without cross-key checks), then
+ * `crossCheck` runs once all overrides are in (one --set may need another).
+ */
+export function applySets<T>(
+  schema: Field,
+  cfg: T,
+  sets: readonly string[],
+  validate: (partial: unknown, where: { file?: string }, base: T, cross: boolean) => T,
+  crossCheck: (cfg: T) => void,
+): T {
+  const fieldAt_ = (path: string[]) => fieldAt(path, schema);
   let out = cfg;
   for (const s of sets) {
     const eq = s.indexOf("=");
@@ -683,9 +714,9 @@ export function applyOverrides(cfg: RunConfig, sets: readonly string[]): RunConf
     const key = s.slice(0, eq).trim();
     const text = s.slice(eq + 1);
     const path = key.split(".");
-    const f = fieldAt(path);
+    const f = fieldAt_(path);
     if (!f) {
-      const parent = fieldAt(path.slice(0, -1));
+      const parent = fieldAt_(path.slice(0, -1));
       const known = parent && parent.kind === "object" ? Object.keys(parent.fields) : [];
       const hint = suggest(path[path.length - 1]!, known);
       throw inputError(
@@ -698,9 +729,9 @@ export function applyOverrides(cfg: RunConfig, sets: readonly string[]): RunConf
     let partial: unknown = value;
     for (let i = path.length - 1; i >= 0; i--) partial = { [path[i]!]: partial };
     // Constraints between keys are checked once all overrides are in (one --set may need another).
-    out = validateConfig(partial, { file: "--set" }, out, false);
+    out = validate(partial, { file: "--set" }, out, false);
   }
-  if (sets.length > 0) crossCheck(out, { file: "--set" });
+  if (sets.length > 0) crossCheck(out);
   return out;
 }
 

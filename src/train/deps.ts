@@ -113,7 +113,10 @@ export async function loadRunForInference(
   const { UserError } = await import("../util/errors.ts");
   const files = new RunFiles(runDir);
   if (!files.exists()) throw new UserError(`${runDir}: not a run directory (no config.json)`);
-  const config = validateConfig(files.readConfig(), { file: files.configFile });
+  const raw = files.readConfig();
+  const config = isSftConfig(raw)
+    ? await sftAsRunConfig(raw, files.configFile)
+    : validateConfig(raw, { file: files.configFile });
   const ckpt = readLatestCheckpoint(files.checkpointsDir);
   if (!ckpt) throw new UserError(`${runDir}: has no checkpoint yet (nothing trained to use)`);
   return {
@@ -160,4 +163,33 @@ export async function reflectorFor(
     ...(r.topP !== null ? { topP: r.topP } : {}),
     maxTokens: r.maxTokens ?? cfg.algo.maxReflectionTokens,
   });
+}
+
+function isSftConfig(raw: unknown): boolean {
+  return typeof raw === "object" && raw !== null && (raw as { kind?: unknown }).kind === "sft";
+}
+
+/**
+ * An SFT run's config as a run config (defaults for everything SFT does not have), so that `erl eval`,
+ * `erl export` and `erl engine serve` use an SFT run like any other.
+ */
+async function sftAsRunConfig(raw: unknown, file: string): Promise<RunConfig> {
+  const { validateSftConfig } = await import("./sft-config.ts");
+  const { defaultConfig } = await import("./config.ts");
+  const cfg = validateSftConfig(raw, { file });
+  const base = defaultConfig();
+  return {
+    ...base,
+    seed: cfg.seed,
+    model: { ...cfg.model, reference: "none" },
+    engine: { ...base.engine, url: cfg.engine.url, python: cfg.engine.python },
+  };
+}
+
+/** The engine of an SFT run: the run config's engine start with the SFT config's model and engine keys. */
+export async function startSftEngine(
+  cfg: import("./sft-config.ts").SftConfig,
+  modelPath: string,
+): Promise<Engine> {
+  return startEngineFor(await sftAsRunConfig(cfg, "config"), modelPath);
 }
