@@ -5,7 +5,8 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { REPO_ROOT, startEngine, type EngineClient } from "../engine/client.ts";
+import { startEngine, type EngineClient } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { EngineBackend } from "../agent/backend.ts";
 import { TrajectoryBuilder } from "../agent/trajectory.ts";
 import { FrozenLakeFamily } from "../envs/frozenlake.ts";

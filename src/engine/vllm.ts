@@ -22,7 +22,8 @@ import type {
   SampledSequence,
   SampleRequest,
 } from "./api.ts";
-import { REPO_ROOT, startEngine, type EngineClient } from "./client.ts";
+import { startEngine, type EngineClient } from "./client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { UserError } from "../util/errors.ts";
 
 export function defaultVllmPython(): string {

@@ -16,7 +16,7 @@ import { buildDenseIndex, Embedder, passageText, type DenseIndex } from "./dense
 import { HotpotFamily, type HotpotTask } from "./hotpotqa.ts";
 import { loadCorpusJsonl, type Passage } from "./search.ts";
 import { formatToolCall } from "./tool-protocol.ts";
-import { defaultPython, REPO_ROOT } from "../engine/client.ts";
+import { defaultPython, REPO_ROOT } from "../util/paths.ts";
 import { validateConfig } from "../train/config.ts";
 
 const shipped = new HotpotFamily();

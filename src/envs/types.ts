@@ -89,6 +89,15 @@ export interface EnvPromptParts {
 
 export type Split = "train" | "test";
 
+/** How many of the role claims in a rulebook are right (an environment's `checkClaims`). */
+export interface ClaimCheck {
+  /** Role claims found in the rulebook (FrozenLake: "X is you", "X is the goal", ...). */
+  claims: number;
+  correct: number;
+  /** Every role claimed, each once, all correct. */
+  complete: boolean;
+}
+
 export interface EnvFamily<T extends Task = Task> {
   readonly name: string;
   /** Loads a shipped or user-provided split. */
@@ -103,4 +112,9 @@ export interface EnvFamily<T extends Task = Task> {
   readonly maxTurns: number;
   /** Strings at which a sampler should stop a reply (e.g. right after a tool call). */
   readonly stopStrings?: readonly string[];
+  /**
+   * Diagnostics: checks a rulebook's claims about the environment (e.g. which letter is the agent)
+   * against the truth, for `erl reflections`. Optional: only environments with checkable roles offer it.
+   */
+  checkClaims?(rulebook: string): ClaimCheck;
 }

@@ -19,9 +19,9 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { randomBytes, timingSafeEqual } from "node:crypto";
-import { isIP } from "node:net";
 import type { ChatMessage, Engine, SampledSequence } from "../engine/api.ts";
 import { UserError } from "../util/errors.ts";
+import { isLoopback } from "../util/net.ts";
 
 export interface OpenAIServerOptions {
   engine: Engine;
@@ -46,13 +46,6 @@ export interface OpenAIServerHandle {
   url: string;
   server: Server;
   close(): Promise<void>;
-}
-
-export function isLoopback(host: string): boolean {
-  if (host === "localhost") return true;
-  if (isIP(host) === 4) return host.startsWith("127.");
-  if (isIP(host) === 6) return host === "::1" || host === "0:0:0:0:0:0:0:1";
-  return false;
 }
 
 /** An error answered to the client in OpenAI's shape. */

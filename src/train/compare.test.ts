@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { validateConfig } from "./config.ts";
 import { budgetStatement, parseBudget, plannedConfig, runComparison } from "./compare.ts";
-import { counterDeps } from "./testkit.ts";
+import { counterDeps } from "../testing/testkit.ts";
 import { Progress } from "./progress.ts";
 import { mean, pm, std, summarise, curve, type RunData } from "./report.ts";
 import { lineChart, niceTicks } from "./svg.ts";

@@ -15,7 +15,7 @@ import { knownEnvs, type EnvOptions } from "../envs/registry.ts";
 import { HOTPOT_SEARCHES } from "../envs/hotpotqa.ts";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { REPO_ROOT } from "../util/paths.ts";
 import { inputError, UserError } from "../util/errors.ts";
 import { KNOWN_MODELS } from "../models/registry.ts";
 
@@ -599,7 +599,7 @@ function crossCheck(cfg: RunConfig, where: { file?: string }): void {
 
 /** The folder holding the shipped presets. */
 export function presetsDir(): string {
-  return fileURLToPath(new URL("../../configs/", import.meta.url));
+  return join(REPO_ROOT, "configs");
 }
 
 /** Names of the shipped presets (file names without `.json`). */

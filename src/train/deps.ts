@@ -6,8 +6,33 @@
 import { join } from "node:path";
 import type { Engine, LoadModelRequest } from "../engine/api.ts";
 import type { ApiEndpointConfig, RunConfig } from "./config.ts";
-import type { TrainDeps } from "./runner.ts";
-import type { MemoryJSON } from "../algo/types.ts";
+import type { EnvFamily } from "../envs/types.ts";
+import type { EnvOptions } from "../envs/registry.ts";
+import type {
+  ErlStepFn,
+  EvaluateFn,
+  MemoryJSON,
+  ModelBackend,
+  RlvrStepFn,
+  TrainOnSamplesFn,
+} from "../algo/types.ts";
+
+export interface Algorithms {
+  erlStep: ErlStepFn;
+  rlvrStep: RlvrStepFn;
+  trainOnSamples: TrainOnSamplesFn;
+  evaluate: EvaluateFn;
+}
+
+/** What a run needs from the rest of the system; tests substitute their own. */
+export interface TrainDeps {
+  /** Starts an engine with the run's model loaded (the model path is already checked). */
+  startEngine(config: RunConfig, modelPath: string): Promise<Engine>;
+  makeBackend(engine: Engine): Promise<ModelBackend>;
+  algorithms(): Promise<Algorithms>;
+  /** The environment family by name, with the run's options for it (config.ts `envOptions`). */
+  getEnv(name: string, opts?: EnvOptions): EnvFamily | Promise<EnvFamily>;
+}
 
 /** The engine's model request for a run config. */
 export function loadModelRequest(cfg: RunConfig, modelPath: string): LoadModelRequest {

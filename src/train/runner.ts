@@ -11,17 +11,12 @@
 import { mkdirSync, rmSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
 import type { Engine, EngineInfo } from "../engine/api.ts";
-import type { EnvFamily, Task } from "../envs/types.ts";
-import type { EnvOptions } from "../envs/registry.ts";
+import type { Task } from "../envs/types.ts";
 import type {
   AlgoContext,
-  ErlStepFn,
-  EvaluateFn,
   ModelBackend,
   ProgressEvent,
-  RlvrStepFn,
   StepResult,
-  TrainOnSamplesFn,
 } from "../algo/types.ts";
 import { createMemory, RulebookMemory } from "../algo/memory.ts";
 import { Rng } from "../util/rng.ts";
@@ -48,26 +43,9 @@ import { JSONL_FILES, RunFiles, type RunState } from "./runfiles.ts";
 import { RunLock } from "./runlock.ts";
 import { EngineError } from "../engine/protocol.ts";
 import { evalSummary, Progress, stepSummary } from "./progress.ts";
-import { apiBackendFor, reflectorFor } from "./deps.ts";
+import { apiBackendFor, reflectorFor, type TrainDeps } from "./deps.ts";
 import { usageMetrics, type ApiUsage, type OpenAIBackend } from "../agent/openai-backend.ts";
 import { makeDirs } from "../util/dirs.ts";
-
-export interface Algorithms {
-  erlStep: ErlStepFn;
-  rlvrStep: RlvrStepFn;
-  trainOnSamples: TrainOnSamplesFn;
-  evaluate: EvaluateFn;
-}
-
-/** What a run needs from the rest of the system; tests substitute their own. */
-export interface TrainDeps {
-  /** Starts an engine with the run's model loaded (the model path is already checked). */
-  startEngine(config: RunConfig, modelPath: string): Promise<Engine>;
-  makeBackend(engine: Engine): Promise<ModelBackend>;
-  algorithms(): Promise<Algorithms>;
-  /** The environment family by name, with the run's options for it (config.ts `envOptions`). */
-  getEnv(name: string, opts?: EnvOptions): EnvFamily | Promise<EnvFamily>;
-}
 
 export interface RunOptions {
   config: RunConfig;

@@ -10,8 +10,8 @@ import { join } from "node:path";
 import type { Engine, EngineInfo } from "../engine/api.ts";
 import type { EnvFamily, Episode, Task } from "../envs/types.ts";
 import type { ModelBackend, RolloutRecord, StepResult, MemoryWrite, TrainSample } from "../algo/types.ts";
-import type { Algorithms, TrainDeps } from "./runner.ts";
-import { Progress } from "./progress.ts";
+import type { Algorithms, TrainDeps } from "../train/deps.ts";
+import { Progress } from "../train/progress.ts";
 import { UserError } from "../util/errors.ts";
 import { readJsonlTolerant } from "../util/jsonl.ts";
 
