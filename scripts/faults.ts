@@ -513,15 +513,16 @@ kase("disk", "full disk mid-run, then space freed and resumed", 90, async () => 
     let writes = 0;
     const full = { on: false };
     const deps = counterDeps();
-    const algos = deps.algorithms;
-    deps.algorithms = async () => {
-      const a = await algos();
-      const step = a.erlStep;
-      a.erlStep = async (...args) => {
-        if (++writes === 5) full.on = true; // the disk fills during step 5
-        return step(...args);
+    const algorithm = deps.algorithm;
+    deps.algorithm = async (name) => {
+      const a = await algorithm(name);
+      return {
+        ...a,
+        step: async (...args) => {
+          if (++writes === 5) full.on = true; // the disk fills during step 5
+          return a.step(...args);
+        },
       };
-      return a;
     };
     const restore = simulateFailure(resolve(mnt), "ENOSPC", () => full.on);
     try {

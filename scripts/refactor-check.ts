@@ -109,6 +109,8 @@ function compare(a: string, b: string): number {
     }
     const [ta, tb] = [readFileSync(pa, "utf8"), readFileSync(pb, "utf8")];
     if (ta === tb) continue;
+    // A JSON file whose values are all equal differs only in key order, which no reader depends on.
+    if (n.endsWith(".json") && jsonDiff(JSON.parse(ta), JSON.parse(tb)).length === 0) continue;
     bad++;
     if (n.endsWith(".json"))
       for (const d of jsonDiff(JSON.parse(ta), JSON.parse(tb))) console.log(`${n}: ${d}`);

@@ -336,7 +336,7 @@ test("a template that rewrites earlier turns is refused", async () => {
 
 test("HotpotQA through the loop: a search turn, a tool message, then a boxed answer", async () => {
   const { getEnv } = await import("../envs/registry.ts");
-  const { envStopStrings } = await import("../algo/samples.ts");
+  const { envStopStrings } = await import("../algo/attempts.ts");
   const hotpot = getEnv("hotpotqa");
   const task = hotpot.loadSplit("test")[0]! as Task & { answer: string; question: string };
   const script = ({ messages }: { messages: { role: string }[] }) =>

@@ -16,7 +16,8 @@ import { erlStep } from "./erl.ts";
 import { scoringDatum, trainOnSamples } from "./learner.ts";
 import { createMemory } from "./memory.ts";
 import type { AlgoContext, TrainSample } from "./types.ts";
-import { defaultConfig, erlOptionsFrom, learnerConfigFrom } from "../train/config.ts";
+import { defaultConfig, learnerConfigFrom } from "../train/config.ts";
+import { erlOptionsFrom } from "../train/algorithms/erl.ts";
 
 const FIXTURE = join(REPO_ROOT, "test", "fixtures", "tiny-model");
 let engine: EngineClient;

@@ -15,13 +15,9 @@ import { erlStep } from "./erl.ts";
 import { evaluate } from "./eval.ts";
 import { RulebookMemory, createMemory } from "./memory.ts";
 import { rlvrStep } from "./rlvr.ts";
-import {
-  applyOverrides,
-  defaultConfig,
-  erlOptionsFrom,
-  evalOptionsFrom,
-  rlvrOptionsFrom,
-} from "../train/config.ts";
+import { applyOverrides, defaultConfig, evalOptionsFrom } from "../train/config.ts";
+import { erlOptionsFrom } from "../train/algorithms/erl.ts";
+import { rlvrOptionsFrom } from "../train/algorithms/rlvr.ts";
 import {
   type AlgoContext,
   type ErlOptions,

@@ -45,7 +45,7 @@
  * shown prompt) and trains nothing; a distill replay longer than the context window is dropped.
  *
  * Layout: the algorithm (`erlStep`, steps 1–7 as numbered above) first; below the BOOKKEEPING banner
- * the rollout records and metrics it reports, and the option checks.
+ * the rollout records and metrics it reports.
  */
 import {
   replayWithSystem,
@@ -63,18 +63,11 @@ import {
 import type { Task } from "../envs/types.ts";
 import { UserError } from "../util/errors.ts";
 import { scoringDatum } from "./learner.ts";
-import { describeMemoryMode, sameMemoryMode, validateMemoryMode } from "./memory.ts";
+import { describeMemoryMode, sameMemoryMode } from "./memory.ts";
+import { envStopStrings, episodeId, groupKey, runAttempts, type Attempt } from "./attempts.ts";
+import { validateErlOptions } from "./option-checks.ts";
 import {
-  checkAttemptOptions,
-  checkPositiveInt,
-  checkRules,
-  checkSampling,
-  envStopStrings,
-  episodeId,
   firstSamples,
-  runAttempts,
-  type Attempt,
-  groupKey,
   makeDistillSample,
   makeSample,
   withAdvantages,
@@ -276,8 +269,8 @@ export async function erlStep(
 }
 
 // =============================================================================================
-// BOOKKEEPING: what the step reports (rollout records, metrics) and its option checks; no
-// decision of the algorithm is made below this line.
+// BOOKKEEPING: what the step reports (rollout records, metrics); no decision of the algorithm is
+// made below this line. (Its option checks: option-checks.ts.)
 // =============================================================================================
 
 /** The step's rollout records (first attempts, then second attempts with their reflection) and metrics. */
@@ -362,18 +355,4 @@ function report(a: {
     metrics["reflection/tag_rate"] = mean(reflections.map((r) => (r.reflection!.tagFound ? 1 : 0)));
   }
   return { rollouts, metrics };
-}
-
-export function validateErlOptions(o: ErlOptions): void {
-  checkAttemptOptions(o, "attemptSampling", o.attemptSampling);
-  validateMemoryMode(o.memory);
-  for (const key of ["noMemory", "noReflection", "noDistill"] as const)
-    if (typeof o[key] !== "boolean") throw new UserError(`option "${key}": expected true or false`);
-  checkRules(o);
-  if (o.reflectionAdvantage !== "grpo" && o.reflectionAdvantage !== "reference-twice")
-    throw new UserError(
-      `option "reflectionAdvantage": expected "grpo" or "reference-twice", got ${JSON.stringify(o.reflectionAdvantage)}`,
-    );
-  checkSampling("reflectionSampling", o.reflectionSampling);
-  checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
 }

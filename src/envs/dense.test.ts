@@ -238,5 +238,5 @@ test("an unknown search value is refused, naming the key and the value", () => {
     () => validateConfig({ env: "hotpotqa", hotpotqa: { search: "e5" } }),
     (e: Error) => /hotpotqa\.search/.test(e.message) && /"e5"/.test(e.message) && /"dense"/.test(e.message),
   );
-  assert.equal(validateConfig({ env: "hotpotqa" }).hotpotqa.search, "bm25");
+  assert.equal((validateConfig({ env: "hotpotqa" }).hotpotqa as { search: string }).search, "bm25");
 });

@@ -8,6 +8,7 @@
  * `step(actionText)` until `done`.
  */
 import type { Rng } from "../util/rng.ts";
+import type { Field } from "../util/schema.ts";
 
 /** Why an episode stopped. */
 export type StopReason =
@@ -117,4 +118,18 @@ export interface EnvFamily<T extends Task = Task> {
    * against the truth, for `erl reflections`. Optional: only environments with checkable roles offer it.
    */
   checkClaims?(rulebook: string): ClaimCheck;
+}
+
+/** Options passed through to a family's constructor; each family documents its own keys. */
+export type EnvOptions = Record<string, unknown>;
+
+/** What a family declares to the run config. */
+export interface EnvConfig {
+  /**
+   * The keys a run config may set for this family, in a block named after it, with their defaults;
+   * the block's values are passed to the factory as its options.
+   */
+  options?: { schema: Record<string, Field>; defaults: EnvOptions };
+  /** Evaluation samples per task when the config's `eval.n` is null (default 4, the paper's). */
+  evalSamples?: number;
 }

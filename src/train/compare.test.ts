@@ -44,7 +44,7 @@ test("budgets: the paper's equal rollouts, equal attempts, equal time", () => {
   assert.equal(timed.name, "erl-seed2");
   assert.match(
     budgetStatement(b, { kind: "rollouts" }, ["erl", "rlvr"]),
-    /RLVR samples 10 .* erl sample 4 .* 3 training steps/,
+    /erl samples 4 .* rlvr samples 10 .* 3 training steps/,
   );
   assert.match(budgetStatement(b, { kind: "time", minutes: 3 }, ["rlvr"]), /3 minutes of run time/);
   assert.deepEqual(parseSeeds("3"), [0, 1, 2]);
@@ -131,7 +131,7 @@ test(
     const r1 = await runComparison({ ...opts, deps: counterDeps() });
     assert.equal(r1.ran.length, 4);
     const report = readFileSync(join(dir, "report.md"), "utf8");
-    assert.match(report, /\*\*Budget\.\*\* .*RLVR samples 10/);
+    assert.match(report, /\*\*Budget\.\*\* .*rlvr samples 10/);
     assert.match(report, /\| erl \| \d\.\d{3} ± \d\.\d{3} \|/);
     assert.match(report, /\| rlvr \| /);
     for (const f of [

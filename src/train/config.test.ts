@@ -7,18 +7,20 @@ import {
   applyOverrides,
   attemptsPerTask,
   buildConfig,
+  getAlgorithm,
   checkModelPath,
   defaultConfig,
-  erlOptionsFrom,
   evalOptionsFrom,
   learnerConfigFrom,
   listPresets,
   loadConfigFile,
   optimConfigFrom,
-  rlvrOptionsFrom,
   validateConfig,
 } from "./config.ts";
+import { erlOptionsFrom } from "./algorithms/erl.ts";
+import { rlvrOptionsFrom } from "./algorithms/rlvr.ts";
 import { UserError } from "../util/errors.ts";
+import type { ErlOptions } from "../algo/types.ts";
 import { loadModelRequest } from "./deps.ts";
 
 function writeTmp(content: string): string {
@@ -189,7 +191,8 @@ test("config maps onto the algorithm, optimiser and engine options", () => {
     "algo.memory=perWorker",
     "algo.memoryWorkers=3",
   ]);
-  const erl = erlOptionsFrom(cfg);
+  // The algorithm's descriptor maps the config, with its variant's flags.
+  const erl = getAlgorithm(cfg.algo.name).options(cfg) as ErlOptions;
   assert.deepEqual([erl.noMemory, erl.noReflection, erl.noDistill], [false, true, false]);
   assert.deepEqual(erl.memory, { kind: "perWorker", k: 3 });
   assert.equal(erl.attemptSampling.topK, undefined);
