@@ -43,6 +43,14 @@
  * Deviations: perWorker memory slots are assigned by batch position (position mod k) rather than by
  * rollout worker; a reflection whose prompt does not fit the context gets an empty reply (Δ = the
  * shown prompt) and trains nothing; a distill replay longer than the context window is dropped.
+ * Against verl, still different (learner.ts; docs/algorithms.md): the PPO anchor (old log-probs) of
+ * rollout rows is the sampler's log-probs, not a trainer forward pass before the update (only
+ * `loss.tisCap` adds that pass); mini-batches are cut after a seeded shuffle, where verl keeps the
+ * batch order (rebalanced by sequence length across ranks); a partial last mini-batch is normalised
+ * by its own size, where verl scales it as a fraction of a full one; the Sokoban push reminder is a
+ * line of the `reference` profile's system prompt (so a second attempt under Δ keeps it only if Δ
+ * does), where the reference's solver prompt has none and its user turn after a move that changed
+ * nothing says the move likely hit a wall or a blocked box.
  *
  * Layout: the algorithm (`erlStep`, steps 1–7 as numbered above) first; below the BOOKKEEPING banner
  * the rollout records and metrics it reports.

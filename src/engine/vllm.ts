@@ -103,8 +103,9 @@ export class VllmSampledEngine implements Engine {
     return this.vllm.sample(req);
   }
 
-  forward(datums: Datum[]): Promise<number[][]> {
-    return this.trainer.forward(datums);
+  /** The trainer scores (at the temperature asked: distill rows are scored at the loss's T). */
+  forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]> {
+    return this.trainer.forward(datums, opts);
   }
   forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult> {
     return this.trainer.forwardBackward(datums, loss);

@@ -167,6 +167,20 @@ export function crossCheck(cfg: RunConfig, where: Source): void {
     if (!/^https?:\/\//.test(cfg[block].baseUrl!))
       throw inputError({ ...where, key: `${block}.baseUrl` }, "must start with http:// or https://");
   }
+  // Log-probs are taken at loss.temperature in rollouts and the loss; verl takes them at the
+  // sampling temperature. T = 1 (raw logits) is this project's CPU setting; any other T must be
+  // the attempts' own, or every ratio starts away from 1 on the attempts' tokens.
+  const t = cfg.loss.temperature;
+  if (t !== 1 && t !== cfg.algo.attemptSampling.temperature)
+    throw inputError(
+      { ...where, key: "loss.temperature" },
+      `${t} is neither 1 (log-probs of the raw logits) nor the attempts' sampling temperature (algo.attemptSampling.temperature ${cfg.algo.attemptSampling.temperature}); set them equal, as verl does`,
+    );
+  if (cfg.engine.sampler === "vllm" && t !== 1)
+    throw inputError(
+      { ...where, key: "loss.temperature" },
+      `${t}: the vLLM sampler (engine.sampler "vllm") reports log-probs at temperature 1 only; use loss.temperature 1 with it`,
+    );
   const algo = getAlgorithm(cfg.algo.name);
   if (cfg.policy.kind === "openai" && algo.trains) {
     const frozen = knownAlgorithms().filter((n) => !getAlgorithm(n).trains);
