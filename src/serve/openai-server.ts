@@ -3,7 +3,7 @@
  * (plain and streamed, with log-probs), `/v1/completions` and `/v1/models`, for one loaded model.
  *
  * It lives on the TypeScript side, over the engine client, because chat rendering, decoding and
- * request validation already live there (docs/decisions/openai-server-in-typescript.md). It speaks
+ * request validation already live there (docs/decisions/0014-openai-server-in-typescript.md). It speaks
  * to the engine through the `Engine` interface only: a local child process or a remote engine.
  *
  * Safety, as for the engine's own HTTP server: a bearer token on every request, checked before any
