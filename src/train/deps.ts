@@ -24,7 +24,7 @@ export interface TrainDeps {
   /** The algorithm the config names (the registry's, src/train/algorithms/). */
   algorithm(name: string): Algorithm | Promise<Algorithm>;
   trainer(): Promise<Trainer>;
-  /** The environment family by name, with the run's options for it (config.ts `envOptions`). */
+  /** The environment family by name, with the run's options for it (config/options.ts `envOptions`). */
   getEnv(name: string, opts?: EnvOptions): EnvFamily | Promise<EnvFamily>;
 }
 
