@@ -2,7 +2,12 @@ import { test } from "node:test";
 import { createHash } from "node:crypto";
 import assert from "node:assert/strict";
 import { Rng } from "../util/rng.ts";
-import { checkClaims, frozenLakePrompt, FROZENLAKE_SYMBOLS, type FrozenLakeTask } from "../envs/frozenlake.ts";
+import {
+  checkClaims,
+  frozenLakePrompt,
+  FROZENLAKE_SYMBOLS,
+  type FrozenLakeTask,
+} from "../envs/frozenlake.ts";
 import { compactProfile } from "../agent/prompts.ts";
 import { parseDirection } from "../envs/common.ts";
 import { drawFlSymbols, drawPermutedReference, FL_ROLES, SYMBOL_POOL } from "./symbols.ts";
