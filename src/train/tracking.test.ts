@@ -134,10 +134,13 @@ test("tracking off writes nothing beside metrics.jsonl; a Python without the lib
   const names = readdirSync(join(runs, "plain"));
   assert.ok(!names.includes("tensorboard") && !names.includes("wandb"), names.join(", "));
 
-  // The system's Python has neither package: the run stops before its first step and says which.
+  // A fresh virtualenv has neither package: the run stops before its first step and says which.
+  const bare = join(runs, "bare-venv");
+  const made = spawnSync(defaultPython(), ["-m", "venv", "--without-pip", bare], { encoding: "utf8" });
+  assert.equal(made.status, 0, made.stderr);
   await assert.rejects(
     runTraining({
-      config: config({ tensorboard: true, python: "/usr/bin/python3" }),
+      config: config({ tensorboard: true, python: join(bare, "bin", "python") }),
       runDir: join(runs, "refused"),
       resume: false,
       deps: counterDeps(),
