@@ -3,6 +3,7 @@ loss recomputed from forward, micro-batching, LoRA and references, checkpoints, 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -492,3 +493,52 @@ def test_micro_batch_planning_wants_longest_first() -> None:
 
     with pytest.raises(ValueError, match="sorted longest first"):
         plan_micro_batches([3, 5], 100)
+
+
+def _masked_mean_k3(ref: list[list[float]], cur: list[list[float]], datums: list[dict[str, Any]]) -> float:
+    """k3 = exp(d) - d - 1, d = ref - cur, averaged over the trained tokens (the engine's `kl` metric)."""
+    total, count = 0.0, 0
+    for r, c, d in zip(ref, cur, datums):
+        for rv, cv, w in zip(r, c, d["weights"]):
+            if w != 0:
+                x = rv - cv
+                total += math.exp(x) - x - 1.0
+                count += 1
+    return total / count
+
+
+def test_reference_logprobs_are_taken_at_the_loss_temperature() -> None:
+    # verl computes the reference's log-probs on logits / T like the policy's. The reference here is
+    # the loaded weights (a copy), so its log-probs at T are the policy's before the update.
+    e = Engine()
+    call(e, "loadModel", load_params(reference="copy"))
+    datums = with_old_logprobs(e, rl_datums())
+    at = lambda t: [unpack(x) for x in call(e, "forward", {"datums": datums, "temperature": t})["logprobs"]]  # noqa: E731
+    ref_t, ref_1 = at(0.5), at(1.0)
+    call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo"}})
+    call(e, "optimStep", {"lr": 5e-2})
+    cur_t, cur_1 = at(0.5), at(1.0)
+    expected = _masked_mean_k3(ref_t, cur_t, datums)
+    # A reference taken at T = 1 against the policy at T gives another value, well outside the tolerance below.
+    wrong = _masked_mean_k3(ref_1, cur_t, datums)
+    assert expected > 1e-4 and abs(wrong - expected) > 0.01 * expected, (expected, wrong, _masked_mean_k3(ref_1, cur_1, datums))
+    res = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "klCoef": 0.5, "temperature": 0.5}})
+    assert res["metrics"]["kl"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_log_ratio_and_kl_clamps_reach_the_loss() -> None:
+    e = Engine()
+    call(e, "loadModel", load_params(reference="copy"))
+    # Old log-probs 3 above the current ones: log-ratio -3 on every token.
+    datums = with_old_logprobs(e, rl_datums(), shift=3.0)
+    free = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo"}})["metrics"]
+    clamped = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "logRatioClamp": 0.5}})["metrics"]
+    assert free["ratio_mean"] == pytest.approx(math.exp(-3.0), rel=1e-4)
+    assert clamped["ratio_mean"] == pytest.approx(math.exp(-0.5), rel=1e-4)
+    # After an update the policy has moved from the reference: k3 > cap on some tokens, capped with klClamp.
+    call(e, "optimStep", {"lr": 5e-2})
+    loss = {"name": "ppo", "klCoef": 0.5}
+    kl_free = call(e, "forwardBackward", {"datums": datums, "loss": loss})["metrics"]["kl"]
+    kl_capped = call(e, "forwardBackward", {"datums": datums, "loss": {**loss, "klClamp": 1e-4}})["metrics"]["kl"]
+    assert kl_free > 1e-3
+    assert kl_capped <= 1e-4 + 1e-9

@@ -9,11 +9,11 @@ import { parseArgs } from "node:util";
 import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { knownEnvs } from "../envs/registry.ts";
-import { ALGOS, buildConfig, type AlgoName, type EnvName } from "../train/config.ts";
+import { buildConfig, getAlgorithm, knownAlgorithms } from "../train/config.ts";
 import { parseBudget, runComparison } from "../train/compare.ts";
 import { defaultDeps } from "../train/deps.ts";
 
-const HELP = `usage: erl compare --env <env> --algos erl,rlvr[,erl-no-memory,erl-no-reflection,erl-no-distill] --seeds N
+const HELP = `usage: erl compare --env <env> --algos erl,rlvr[,...] --seeds N
                    [--budget rollouts|attempts|time:<minutes>] [--config <file|preset>] [--set key=value ...]
                    [--runs-dir runs] [--out DIR]
 
@@ -22,7 +22,10 @@ Runs every algorithm with every seed (one after another), on the same tasks, the
 
 options:
   --env ENV          ${knownEnvs().join(", ")}
-  --algos LIST       comma-separated algorithms (${ALGOS.join(", ")})
+  --algos LIST       comma-separated algorithms:
+${knownAlgorithms()
+  .map((a) => `                       ${a.padEnd(18)} ${getAlgorithm(a).summary}`)
+  .join("\n")}
   --seeds N|LIST     N seeds (0..N-1) or an explicit list such as 3,4,5 (default 3)
   --budget B         what is equalised (default rollouts):
                        rollouts   the paper's: 10 rollouts per task for RLVR, 4 first attempts
@@ -46,16 +49,16 @@ export function parseSeeds(text: string): number[] {
   return [...new Set(list.map(Number))];
 }
 
-export function parseAlgos(text: string): AlgoName[] {
+export function parseAlgos(text: string): string[] {
   const list = text
     .split(",")
     .map((s) => s.trim())
     .filter(Boolean);
   for (const a of list)
-    if (!(ALGOS as readonly string[]).includes(a))
-      throw new UserError(`--algos: unknown algorithm "${a}" (known: ${ALGOS.join(", ")})`);
+    if (!knownAlgorithms().includes(a))
+      throw new UserError(`--algos: unknown algorithm "${a}" (known: ${knownAlgorithms().join(", ")})`);
   if (list.length === 0) throw new UserError("--algos: give at least one algorithm");
-  return [...new Set(list)] as AlgoName[];
+  return [...new Set(list)];
 }
 
 export async function run(args: string[]): Promise<number> {
@@ -79,7 +82,7 @@ export async function run(args: string[]): Promise<number> {
   }
   if (!values.env || !knownEnvs().includes(values.env))
     throw new UserError(`--env is required: one of ${knownEnvs().join(", ")}\n\n${HELP}`);
-  const env = values.env as EnvName;
+  const env = values.env;
   if (!values.algos) throw new UserError(`--algos is required, e.g. --algos erl,rlvr\n\n${HELP}`);
   const algos = parseAlgos(values.algos);
   const seeds = parseSeeds(values.seeds ?? "3");

@@ -115,7 +115,8 @@ async function serveOpenAI(o: {
   if (!o.model) throw new UserError("--model <model-dir|run-dir> is required with --openai");
   const dtype = checkDtype(o.dtype);
   const device = checkDevice(o.device);
-  const { isLoopback, startOpenAIServer } = await import("../serve/openai-server.ts");
+  const { startOpenAIServer } = await import("../serve/openai-server.ts");
+  const { isLoopback } = await import("../util/net.ts");
   if (!isLoopback(o.host) && !o.allowRemote)
     throw new UserError(
       `refusing to listen on non-loopback address ${o.host} without --allow-remote (prefer an SSH tunnel to 127.0.0.1)`,

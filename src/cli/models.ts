@@ -5,7 +5,7 @@
 import { parseArgs } from "node:util";
 import { resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { REPO_ROOT, defaultPython } from "../engine/client.ts";
+import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 import { KNOWN_MODELS, findModel, modelDir } from "../models/registry.ts";
 import { installModel, installStatus } from "../models/install.ts";
 

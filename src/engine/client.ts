@@ -12,10 +12,10 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { lineSplitter } from "../util/lines.ts";
+import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 import type {
   AdamWConfig,
   ChatMessage,
@@ -49,9 +49,6 @@ import {
   toErrorCode,
   type WireRequest,
 } from "./protocol.ts";
-
-/** The repository root (this file is src/engine/client.ts). */
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 /** How calls reach the engine. */
 export interface Transport {
@@ -100,10 +97,6 @@ export function engineArgs(ranks: number): string[] {
 export interface HttpEngineOptions {
   token: string;
   protocolVersion?: number;
-}
-
-export function defaultPython(): string {
-  return process.env.ERL_PYTHON || join(REPO_ROOT, ".venv", "bin", "python");
 }
 
 class StdioTransport implements Transport {

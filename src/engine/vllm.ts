@@ -23,7 +23,8 @@ import type {
   SampledSequence,
   SampleRequest,
 } from "./api.ts";
-import { REPO_ROOT, startEngine, type EngineClient } from "./client.ts";
+import { startEngine, type EngineClient } from "./client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { UserError } from "../util/errors.ts";
 
 export function defaultVllmPython(): string {
@@ -103,6 +104,7 @@ export class VllmSampledEngine implements Engine {
     return this.vllm.sample(req);
   }
 
+  /** The trainer scores (at the temperature asked: distill rows are scored at the loss's T). */
   forward(datums: Datum[], opts?: ScoreOptions & { temperature?: number }): Promise<number[][]> {
     return this.trainer.forward(datums, opts);
   }

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO_ROOT } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { KNOWN_MODELS, findModel, modelDir } from "./registry.ts";
 import { installStatus, PROVENANCE } from "./install.ts";
 import { main } from "../cli/main.ts";

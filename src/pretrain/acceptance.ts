@@ -16,60 +16,12 @@ import { runEpisodes, sampleReplies, type LoopSettings, type SamplingSettings } 
 import { compactProfile, findRulebook, rulebookFromReflection } from "../agent/prompts.ts";
 import { startEngine } from "../engine/client.ts";
 import type { ChatMessage } from "../engine/api.ts";
-import { FROZENLAKE_SYMBOLS, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
+import { checkClaims, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
 import { defaultConfig, evalOptionsFrom } from "../train/config.ts";
 import { SokobanFamily, type SokobanTask } from "../envs/sokoban.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
 import { sokobanTableRulebook } from "./sokoban-corpus.ts";
-
-export interface ClaimCheck {
-  /** Role claims found in the rulebook ("X is you", "X is the goal", "X is a hole", "X is safe frozen ice"). */
-  claims: number;
-  correct: number;
-  /** All four roles claimed, all correct. */
-  complete: boolean;
-}
-
-const CLAIM_PATTERNS: readonly [RegExp, keyof typeof FROZENLAKE_SYMBOLS][] = [
-  [/(\S+) is you\b/g, "agent"],
-  [/(\S+) is the goal\b/g, "goal"],
-  [/(\S+) is a hole\b/g, "hole"],
-  [/(\S+) is safe frozen ice\b/g, "frozen"],
-];
-
-const TABLE_CLAIM = /^ (\S+) \t(you|goal|hole|ice)\b/gm;
-const TABLE_ROLE: Readonly<Record<string, keyof typeof FROZENLAKE_SYMBOLS>> = {
-  you: "agent",
-  goal: "goal",
-  hole: "hole",
-  ice: "frozen",
-};
-
-/** Checks the role claims of a rulebook (prose or table shape) against the reference letters. */
-export function checkClaims(rulebook: string, symbols = FROZENLAKE_SYMBOLS): ClaimCheck {
-  let claims = 0;
-  let correct = 0;
-  const right = new Set<string>();
-  for (const m of rulebook.matchAll(TABLE_CLAIM)) {
-    const role = TABLE_ROLE[m[2] ?? ""]!;
-    claims++;
-    if (m[1] === symbols[role]) {
-      correct++;
-      right.add(role);
-    }
-  }
-  for (const [re, role] of CLAIM_PATTERNS)
-    for (const m of rulebook.matchAll(re)) {
-      const letter = (m[1] ?? "").replace(/^[-;(]+/, "");
-      claims++;
-      if (letter === symbols[role]) {
-        correct++;
-        right.add(role);
-      }
-    }
-  return { claims, correct, complete: right.size === 4 && claims === 4 };
-}
 
 export interface ModeFigures {
   mode: "greedy" | "sampled";

@@ -10,8 +10,16 @@ import { join, resolve } from "node:path";
 import { cpus } from "node:os";
 import { UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/jsonl.ts";
-import { attemptsPerTask, checkModelPath, validateConfig, type AlgoName, type RunConfig } from "./config.ts";
-import { runTraining, type TrainDeps } from "./runner.ts";
+import {
+  checkModelPath,
+  evalSamplesPerTask,
+  getAlgorithm,
+  validateConfig,
+  type RunConfig,
+} from "./config.ts";
+import { erlAlgoConfig } from "./algorithms/erl.ts";
+import { runTraining } from "./runner.ts";
+import type { TrainDeps } from "./deps.ts";
 import { RunFiles } from "./runfiles.ts";
 import { Progress } from "./progress.ts";
 import { loadRunData, terminalTable, writeReport, type AlgoSummary, type RunData } from "./report.ts";
@@ -27,24 +35,24 @@ export function parseBudget(text: string): Budget {
   throw new UserError(`--budget ${text}: expected "rollouts" (the paper's), "attempts" or "time:<minutes>"`);
 }
 
-export function runName(algo: AlgoName, seed: number): string {
+export function runName(algo: string, seed: number): string {
   return `${algo}-seed${seed}`;
 }
 
 /** The config of one run of the comparison. */
 export function plannedConfig(
   base: RunConfig,
-  algo: AlgoName,
+  algo: string,
   seed: number,
   budget: Budget,
   dir: string,
 ): RunConfig {
+  // "attempts": every algorithm samples as many first attempts per task as the base config's own
+  // algorithm; "rollouts": each algorithm its own default (the paper's: RLVR 10, ERL 4).
   const n =
     budget.kind === "attempts"
-      ? attemptsPerTask({ ...base, algo: { ...base.algo, name: "erl" } })
-      : algo === "rlvr"
-        ? 10
-        : 4;
+      ? (base.algo.n ?? getAlgorithm(base.algo.name).attemptsPerTask)
+      : getAlgorithm(algo).attemptsPerTask;
   const cfg: RunConfig = {
     ...base,
     name: runName(algo, seed),
@@ -57,13 +65,20 @@ export function plannedConfig(
 }
 
 /** The sentence the report states as the budget. */
-export function budgetStatement(base: RunConfig, budget: Budget, algos: readonly AlgoName[]): string {
+export function budgetStatement(base: RunConfig, budget: Budget, algos: readonly string[]): string {
   const same = `Every run uses the same tasks in the same order for a given seed (${base.batchSize} tasks per step)`;
-  const erl = algos.filter((a) => a !== "rlvr");
+  const retrying = algos.filter((a) => getAlgorithm(a).retries);
   const perTask =
     budget.kind === "attempts"
-      ? `every algorithm samples ${attemptsPerTask({ ...base, algo: { ...base.algo, name: "erl" } })} first attempts per task (ERL variants then add a reflection and a second attempt for each failed one)`
-      : `equal rollouts per task as in the paper: RLVR samples 10 first attempts per task${erl.length ? `; ${erl.join(", ")} sample 4 first attempts per task and, for each failed one, a reflection and a second attempt (at most 8 episodes and 4 reflections per task)` : ""}`;
+      ? `every algorithm samples ${base.algo.n ?? getAlgorithm(base.algo.name).attemptsPerTask} first attempts per task${retrying.length ? ` (${retrying.join(", ")} then add a reflection and a second attempt for each failed one)` : ""}`
+      : `equal rollouts per task as in the paper: ${algos
+          .map((a) => {
+            const n = getAlgorithm(a).attemptsPerTask;
+            return getAlgorithm(a).retries
+              ? `${a} samples ${n} first attempts per task and, for each failed one, a reflection and a second attempt (at most ${2 * n} episodes and ${n} reflections per task)`
+              : `${a} samples ${n} first attempts per task`;
+          })
+          .join("; ")}`;
   const length =
     budget.kind === "time"
       ? `equal wall-clock time: each run trains for ${budget.minutes} minutes of run time (engine start-up and evaluations included) and stops after the step that crosses it, at most ${base.steps} steps`
@@ -73,7 +88,7 @@ export function budgetStatement(base: RunConfig, budget: Budget, algos: readonly
 
 export interface CompareOptions {
   env: RunConfig["env"];
-  algos: AlgoName[];
+  algos: string[];
   seeds: number[];
   budget: Budget;
   base: RunConfig;
@@ -103,7 +118,7 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
   if (existsSync(planFile)) {
     const old = JSON.parse(readFileSync(planFile, "utf8")) as { algos?: string[] };
     // Adding algorithms or seeds to a comparison is fine; its runs must match the stored configs below.
-    plan.algos = [...new Set([...(old.algos ?? []), ...o.algos])] as AlgoName[];
+    plan.algos = [...new Set([...(old.algos ?? []), ...o.algos])] as string[];
   }
   writeFileAtomic(planFile, JSON.stringify(plan, null, 2) + "\n");
 
@@ -156,8 +171,8 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
       `model: \`${base.model.path}\` (${base.model.dtype}, ${base.model.device}${base.model.lora ? `, LoRA rank ${base.model.lora.rank}` : ", full fine-tuning"})`,
       `steps ${base.steps}, ${base.batchSize} tasks per step, AdamW lr ${base.optim.lr}, weight decay ${base.optim.weightDecay}, grad clip ${base.optim.gradClip ?? "none"}`,
       `loss: PPO clip ${base.loss.clipLow}/${base.loss.clipHigh}, dual clip ${base.loss.dualClip ?? "none"}, KL ${base.loss.klCoef}, ${base.loss.aggregation}`,
-      `sampling: attempts T=${base.algo.attemptSampling.temperature}, reflections T=${base.algo.reflectionSampling.temperature} top-p ${base.algo.reflectionSampling.topP}; prompt profile ${base.algo.profile}; memory ${base.algo.memory}`,
-      `evaluation: ${base.data.evalTasks ?? "all"} tasks of the ${base.data.evalSplit} split, n = ${base.eval.n ?? (o.env === "hotpotqa" ? 1 : 4)} per task, T=${base.eval.sampling.temperature} top-p ${base.eval.sampling.topP} top-k ${base.eval.sampling.topK ?? "none"}, every ${base.eval.every || "—"} steps and at the end`,
+      `sampling: attempts T=${base.algo.attemptSampling.temperature}, reflections T=${erlAlgoConfig(base).reflectionSampling.temperature} top-p ${erlAlgoConfig(base).reflectionSampling.topP}; prompt profile ${base.algo.profile}; memory ${erlAlgoConfig(base).memory}`,
+      `evaluation: ${base.data.evalTasks ?? "all"} tasks of the ${base.data.evalSplit} split, n = ${evalSamplesPerTask(base)} per task, T=${base.eval.sampling.temperature} top-p ${base.eval.sampling.topP} top-k ${base.eval.sampling.topK ?? "none"}, every ${base.eval.every || "—"} steps and at the end`,
       `machine: ${c[0]?.model ?? "unknown CPU"}, ${c.length} logical cores; runs one after another`,
     ],
     algos: o.algos,

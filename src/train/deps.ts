@@ -6,8 +6,27 @@
 import { join } from "node:path";
 import type { Engine, LoadModelRequest } from "../engine/api.ts";
 import type { ApiEndpointConfig, RunConfig } from "./config.ts";
-import type { TrainDeps } from "./runner.ts";
-import type { MemoryJSON } from "../algo/types.ts";
+import type { EnvFamily, EnvOptions } from "../envs/types.ts";
+import type { EvaluateFn, MemoryJSON, ModelBackend, TrainOnSamplesFn } from "../algo/types.ts";
+import type { Algorithm } from "./algorithms/types.ts";
+
+/** What every algorithm's run shares: training on the step's samples, and evaluation. */
+export interface Trainer {
+  trainOnSamples: TrainOnSamplesFn;
+  evaluate: EvaluateFn;
+}
+
+/** What a run needs from the rest of the system; tests substitute their own. */
+export interface TrainDeps {
+  /** Starts an engine with the run's model loaded (the model path is already checked). */
+  startEngine(config: RunConfig, modelPath: string): Promise<Engine>;
+  makeBackend(engine: Engine): Promise<ModelBackend>;
+  /** The algorithm the config names (the registry's, src/train/algorithms/). */
+  algorithm(name: string): Algorithm | Promise<Algorithm>;
+  trainer(): Promise<Trainer>;
+  /** The environment family by name, with the run's options for it (config/options.ts `envOptions`). */
+  getEnv(name: string, opts?: EnvOptions): EnvFamily | Promise<EnvFamily>;
+}
 
 /** The engine's model request for a run config. */
 export function loadModelRequest(cfg: RunConfig, modelPath: string): LoadModelRequest {
@@ -82,19 +101,13 @@ export function defaultDeps(): TrainDeps {
       const { EngineBackend } = await import("../agent/backend.ts");
       return EngineBackend.create(engine);
     },
-    algorithms: async () => {
-      const [erl, rlvr, learner, evaluation] = await Promise.all([
-        import("../algo/erl.ts"),
-        import("../algo/rlvr.ts"),
+    algorithm: async (name) => (await import("./algorithms/registry.ts")).getAlgorithm(name),
+    trainer: async () => {
+      const [learner, evaluation] = await Promise.all([
         import("../algo/learner.ts"),
         import("../algo/eval.ts"),
       ]);
-      return {
-        erlStep: erl.erlStep,
-        rlvrStep: rlvr.rlvrStep,
-        trainOnSamples: learner.trainOnSamples,
-        evaluate: evaluation.evaluate,
-      };
+      return { trainOnSamples: learner.trainOnSamples, evaluate: evaluation.evaluate };
     },
     getEnv: async (name, opts) => {
       const { getEnv } = await import("../envs/registry.ts");
@@ -158,10 +171,11 @@ export async function reflectorFor(
 ): Promise<import("../agent/openai-backend.ts").OpenAIBackend | undefined> {
   const r = cfg.reflector;
   if (r.kind === "policy") return undefined;
+  const { erlAlgoConfig } = await import("./algorithms/erl.ts");
   return apiBackendFor("reflector", r, {
     ...(r.temperature !== null ? { temperature: r.temperature } : {}),
     ...(r.topP !== null ? { topP: r.topP } : {}),
-    maxTokens: r.maxTokens ?? cfg.algo.maxReflectionTokens,
+    maxTokens: r.maxTokens ?? erlAlgoConfig(cfg).maxReflectionTokens,
   });
 }
 

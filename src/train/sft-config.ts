@@ -8,20 +8,9 @@ import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { inputError, UserError } from "../util/errors.ts";
-import {
-  applySets,
-  bool,
-  check,
-  defaultConfig,
-  int,
-  num,
-  obj,
-  oneOf,
-  SCHEMA,
-  str,
-  type Field,
-  type RunConfig,
-} from "./config.ts";
+import { bool, check, int, num, obj, oneOf, str, type Field } from "../util/schema.ts";
+import { defaultConfig, runSchema, type RunConfig } from "./config.ts";
+import { applySets } from "./config/set.ts";
 
 export interface SftConfig {
   kind: "sft";
@@ -75,46 +64,48 @@ export interface SftConfig {
   checkpoint: { every: number; keep: number };
 }
 
-const model = (SCHEMA as Extract<Field, { kind: "object" }>).fields.model!;
+/** The run config's `model` block: the same keys and checks as `erl train`'s. */
+const modelField = (): Field => (runSchema() as Extract<Field, { kind: "object" }>).fields.model!;
 
-export const SFT_SCHEMA: Field = obj({
-  kind: oneOf(["sft"]),
-  description: str(),
-  name: str({ nullable: true, nonEmpty: true }),
-  runsDir: str({ nonEmpty: true }),
-  seed: int(0, { max: 2 ** 31 - 1 }),
-  data: obj({
-    train: str({ nonEmpty: true }),
-    eval: str({ nullable: true, nonEmpty: true }),
-    evalFraction: num({ min: 0, max: 0.5 }),
-    evalMax: int(1, { nullable: true }),
-    trainOn: oneOf(["assistant", "all"]),
-    maxTokens: int(16, { nullable: true, max: 1 << 20 }),
-    tooLong: oneOf(["skip", "error"]),
-  }),
-  model,
-  engine: obj({
-    url: str({ nullable: true, nonEmpty: true }),
-    python: str({ nullable: true, nonEmpty: true }),
-  }),
-  epochs: num({ min: 0, exclusiveMin: true, max: 1000 }),
-  steps: int(1, { nullable: true, max: 10_000_000 }),
-  batchSize: int(1, { max: 65536 }),
-  packing: oneOf(["auto", "on", "off"]),
-  optim: obj({
-    lr: num({ min: 0 }),
-    weightDecay: num({ min: 0 }),
-    beta1: num({ min: 0, max: 1 }),
-    beta2: num({ min: 0, max: 1 }),
-    eps: num({ min: 0, exclusiveMin: true }),
-    gradClip: num({ min: 0, exclusiveMin: true, nullable: true }),
-    schedule: oneOf(["cosine", "linear", "constant"]),
-    warmupSteps: int(0),
-    minLrRatio: num({ min: 0, max: 1 }),
-  }),
-  eval: obj({ every: int(0), final: bool, initial: bool }),
-  checkpoint: obj({ every: int(1), keep: int(1) }),
-});
+export const sftSchema = (): Field =>
+  obj({
+    kind: oneOf(["sft"]),
+    description: str(),
+    name: str({ nullable: true, nonEmpty: true }),
+    runsDir: str({ nonEmpty: true }),
+    seed: int(0, { max: 2 ** 31 - 1 }),
+    data: obj({
+      train: str({ nonEmpty: true }),
+      eval: str({ nullable: true, nonEmpty: true }),
+      evalFraction: num({ min: 0, max: 0.5 }),
+      evalMax: int(1, { nullable: true }),
+      trainOn: oneOf(["assistant", "all"]),
+      maxTokens: int(16, { nullable: true, max: 1 << 20 }),
+      tooLong: oneOf(["skip", "error"]),
+    }),
+    model: modelField(),
+    engine: obj({
+      url: str({ nullable: true, nonEmpty: true }),
+      python: str({ nullable: true, nonEmpty: true }),
+    }),
+    epochs: num({ min: 0, exclusiveMin: true, max: 1000 }),
+    steps: int(1, { nullable: true, max: 10_000_000 }),
+    batchSize: int(1, { max: 65536 }),
+    packing: oneOf(["auto", "on", "off"]),
+    optim: obj({
+      lr: num({ min: 0 }),
+      weightDecay: num({ min: 0 }),
+      beta1: num({ min: 0, max: 1 }),
+      beta2: num({ min: 0, max: 1 }),
+      eps: num({ min: 0, exclusiveMin: true }),
+      gradClip: num({ min: 0, exclusiveMin: true, nullable: true }),
+      schedule: oneOf(["cosine", "linear", "constant"]),
+      warmupSteps: int(0),
+      minLrRatio: num({ min: 0, max: 1 }),
+    }),
+    eval: obj({ every: int(0), final: bool, initial: bool }),
+    checkpoint: obj({ every: int(1), keep: int(1) }),
+  });
 
 export function defaultSftConfig(): SftConfig {
   const run = defaultConfig();
@@ -171,13 +162,13 @@ export function validateSftConfig(
   base: SftConfig = defaultSftConfig(),
   cross = true,
 ): SftConfig {
-  const cfg = check(SFT_SCHEMA, value, base, "", where) as SftConfig;
+  const cfg = check(sftSchema(), value, base, "", where) as SftConfig;
   if (cross) crossCheck(cfg, where);
   return cfg;
 }
 
 export function applySftOverrides(cfg: SftConfig, sets: readonly string[]): SftConfig {
-  return applySets(SFT_SCHEMA, cfg, sets, validateSftConfig, (c) => crossCheck(c, { file: "--set" }));
+  return applySets(sftSchema(), cfg, sets, validateSftConfig, (c) => crossCheck(c, { file: "--set" }));
 }
 
 /** The folder of the shipped SFT presets. */

@@ -18,27 +18,26 @@
  *   data is refused, so a resumed run is the run it would have been.
  */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
-import { basename, dirname, join, resolve } from "node:path";
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { basename, join, resolve } from "node:path";
 import type { ModelBackend } from "../agent/backend.ts";
 import type { Datum, Engine, EngineInfo } from "../engine/api.ts";
-import { EngineError } from "../engine/protocol.ts";
 import { inputError, systemUserError, UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/jsonl.ts";
-import { makeDirs } from "../util/dirs.ts";
 import { Rng } from "../util/rng.ts";
 import {
   checkpointCandidates,
   CHECKPOINT_VERSION,
-  readCheckpointDir,
   writeCheckpoint,
   type RunCheckpoint,
 } from "./checkpoint.ts";
 import { learningRate, type Schedule } from "./lr-schedule.ts";
 import { Progress } from "./progress.ts";
-import { engineSummary, readMetrics } from "./runner.ts";
-import { RunFiles } from "./runfiles.ts";
-import { RunLock } from "./runlock.ts";
+import { engineSummary } from "./runner.ts";
+import { lockRunDir, pickCheckpoint } from "./run-open.ts";
+import type { RunFiles } from "./runfiles.ts";
+import type { RunLock } from "./runlock.ts";
+import { readJsonlTolerant } from "../util/jsonl.ts";
 import type { SftConfig } from "./sft-config.ts";
 import { readChatFile, type ChatExample } from "./sft-data.ts";
 import { renderExample, type SftSequence } from "./sft-render.ts";
@@ -244,28 +243,8 @@ function lineList(lines: readonly number[]): string {
 // The run
 
 export async function runSft(opts: SftOptions): Promise<SftSummary> {
-  const files = new RunFiles(opts.runDir);
-  let createdDir = false;
-  const exists = (): UserError =>
-    new UserError(
-      `${opts.runDir} already exists; continue it with erl sft --resume ${opts.runDir} or pick another run name`,
-    );
-  if (opts.resume) {
-    if (!files.exists()) throw new UserError(`--resume ${opts.runDir}: not a run directory (no config.json)`);
-  } else {
-    if (files.exists()) throw exists();
-    try {
-      makeDirs(dirname(opts.runDir));
-      mkdirSync(opts.runDir);
-      createdDir = true;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST")
-        throw systemUserError(e, "cannot create the run directory") ?? e;
-    }
-  }
-  const lock = RunLock.acquire(opts.runDir, { breakLock: opts.breakLock ?? false });
+  const { files, lock, createdDir } = lockRunDir({ ...opts, command: "erl sft" });
   try {
-    if (!opts.resume && files.exists()) throw exists();
     return await runLocked(opts, files, lock, createdDir);
   } finally {
     lock.release();
@@ -319,20 +298,9 @@ async function runLocked(
   try {
     progress.line(`starting the engine and loading ${cfg.model.path}`);
     engine = await opts.deps.startEngine(cfg, resolve(cfg.model.path));
-    for (const dir of opts.resume ? checkpointCandidates(files.checkpointsDir) : []) {
-      try {
-        const c = readCheckpointDir(dir);
-        if (files.offsets().metrics < c.state.offsets.metrics)
-          throw new UserError(`${files.path("metrics")}: shorter than the checkpoint records`);
-        await engine.loadState(resolve(dir, "engine"));
-        ckpt = c;
-        break;
-      } catch (e) {
-        const dead = e instanceof EngineError && ["engine_exited", "unreachable"].includes(e.code);
-        if (!(e instanceof UserError) || dead) throw e;
-        progress.line(`checkpoint ${basename(dir)} is damaged (${e.message}); trying the one before it`);
-      }
-    }
+    const candidates = opts.resume ? checkpointCandidates(files.checkpointsDir) : [];
+    const picked = await pickCheckpoint(engine, candidates, files, progress);
+    ckpt = picked ? { dir: picked.dir, state: picked.state } : null;
   } catch (e) {
     if (engine) await engine.close().catch(() => undefined);
     const msg = e instanceof Error ? e.message : String(e);
@@ -530,7 +498,9 @@ async function runLocked(
     }
     if (ckpt?.state.final === true) {
       status("finished", finishedAt);
-      const evals = readMetrics(files).filter((r) => r.kind === "eval");
+      const evals = readJsonlTolerant<Record<string, unknown>>(files.path("metrics")).filter(
+        (r) => r.kind === "eval",
+      );
       return {
         runDir: opts.runDir,
         steps: finishedAt,
