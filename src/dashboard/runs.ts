@@ -262,7 +262,7 @@ export class Run {
     }
     const model = isObj(config.model) ? str(config.model.path) : str(config.model);
     const algo = algoName(config);
-    const env = str(config.env, "?");
+    const env = envName(config);
     const rawState = str(status.state);
     const pid = num(status.pid);
     let state: RunState =
@@ -494,7 +494,15 @@ export function lineDiff(before: string, after: string): DiffPart[] {
 
 /** The algorithm's name: training writes `algo` as an object (`{"name": "erl", ...}`), older files as a string. */
 export function algoName(config: Json): string {
+  if (config.kind === "sft") return "sft";
   return isObj(config.algo) ? str(config.algo.name, "?") : str(config.algo, "?");
+}
+
+/** What a run trains on: its environment, or a fine-tuning run's data file. */
+export function envName(config: Json): string {
+  if (config.kind === "sft" && isObj(config.data))
+    return str(config.data.train, "?").split(/[\\/]/).pop() ?? "?";
+  return str(config.env, "?");
 }
 
 /** Runs that share every config key except name, seed and output paths belong to one seed group. */
@@ -516,7 +524,7 @@ function groupKey(config: Json, id: string): string {
   const rest: Json = {};
   for (const k of Object.keys(config).sort()) if (!skip.has(k)) rest[k] = config[k];
   const algo = algoName(config);
-  const env = str(config.env, "?");
+  const env = envName(config);
   // A readable prefix plus a short hash of the remaining settings.
   let h = 0x811c9dc5;
   const text = JSON.stringify(rest);

@@ -10,7 +10,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { startEngine, type EngineClient } from "../engine/client.ts";
 import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 import { EngineBackend } from "../agent/backend.ts";
@@ -375,6 +375,16 @@ test("a tiny run's held-out loss falls; kill -9 and --resume give the identical 
   assert.ok(evals.length >= 3);
   assert.ok(evals[evals.length - 1]! < 0.5 * evals[0]!, `held-out loss ${evals.join(" → ")}`);
   assert.match(whole.stdout, /finished: .*whole \(20 steps, held-out loss/);
+  // The dashboard's fine-tuning charts (and the shared loss and speed charts) plot keys this run wrote.
+  const defs = (await import(pathToFileURL(join(ROOT, "src/dashboard/static/chart-defs.js")).href)) as {
+    CHARTS: { id: string; kind: "train" | "eval"; runKind?: string; series: { key: string }[] }[];
+  };
+  for (const chart of defs.CHARTS.filter((c) => c.runKind === "sft" || ["loss", "tps"].includes(c.id)))
+    for (const s of chart.series)
+      assert.ok(
+        m.some((r) => r.kind === chart.kind && typeof r[s.key] === "number"),
+        `chart ${chart.id}: ${s.key} (${chart.kind}) missing from an SFT run`,
+      );
 
   // The same run, killed with SIGKILL once a few checkpoints exist, then resumed.
   const run = join(dir, "killed");
