@@ -15,9 +15,9 @@ import { defaultDeps } from "../train/deps.ts";
 
 const HELP = `usage: erl compare --env <env> --algos erl,rlvr[,...] --seeds N
                    [--budget rollouts|attempts|time:<minutes>] [--config <file|preset>] [--set key=value ...]
-                   [--runs-dir runs] [--out DIR]
+                   [--runs-dir runs] [--out DIR] [--parallel N]
 
-Runs every algorithm with every seed (one after another), on the same tasks, then writes
+Runs every algorithm with every seed (one after another, or N side by side), on the same tasks, then writes
 <out>/report.md with the final table (mean ± sd over seeds) and plots.
 
 options:
@@ -35,7 +35,17 @@ ${knownAlgorithms()
   --config C         base config file or preset (default <env>-tiny)
   --set key=value    override a base config key (repeatable)
   --runs-dir DIR     where comparisons go (default runs)
-  --out DIR          the comparison directory (default <runs-dir>/compare-<env>)`;
+  --out DIR          the comparison directory (default <runs-dir>/compare-<env>)
+  --parallel N       train N runs side by side, each engine with cores/N threads (default 1)`;
+
+/** `--parallel N`: runs side by side, 1 to 64. */
+export function parseParallel(text: string | undefined): number {
+  if (text === undefined) return 1;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 64)
+    throw new UserError(`--parallel: expected an integer from 1 to 64, got ${JSON.stringify(text)}`);
+  return n;
+}
 
 export function parseSeeds(text: string): number[] {
   if (/^\d+$/.test(text)) {
@@ -73,6 +83,7 @@ export async function run(args: string[]): Promise<number> {
       set: { type: "string", multiple: true },
       "runs-dir": { type: "string" },
       out: { type: "string" },
+      parallel: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -91,6 +102,7 @@ export async function run(args: string[]): Promise<number> {
   const runsDir = values["runs-dir"] ?? config.runsDir;
   const dir = resolve(values.out ?? join(runsDir, `compare-${env}`));
   const command = ["erl compare", ...args].join(" ");
+  const parallel = parseParallel(values.parallel);
   const result = await runComparison({
     env,
     algos,
@@ -100,6 +112,7 @@ export async function run(args: string[]): Promise<number> {
     dir,
     command,
     deps: defaultDeps(),
+    parallel,
   });
   console.log(`\n${result.table}\n`);
   console.log(`report: ${result.report}`);

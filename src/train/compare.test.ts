@@ -172,3 +172,44 @@ test(
     assert.equal(r3.ran.length, 0);
   },
 );
+
+test(
+  "--parallel: runs side by side, each engine with cores/N threads; the same runs and report",
+  { timeout: 60_000 },
+  async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), "erl-compare-par-")), "cmp");
+    const threads: (number | undefined)[] = [];
+    const deps = counterDeps({ delayMs: 5 });
+    const start = deps.startEngine;
+    let open = 0;
+    let most = 0;
+    deps.startEngine = async (c, p, o) => {
+      threads.push(o?.threads);
+      const e = await start(c, p, o);
+      most = Math.max(most, ++open);
+      const close = e.close.bind(e);
+      e.close = async () => {
+        open--;
+        await close();
+      };
+      return e;
+    };
+    const r = await runComparison({
+      env: "frozenlake",
+      algos: ["erl", "rlvr"],
+      seeds: [0],
+      budget: { kind: "rollouts" },
+      base: base(),
+      dir,
+      command: "erl compare --parallel 2",
+      progress: quiet(),
+      deps,
+      parallel: 2,
+    });
+    assert.equal(r.ran.length, 2);
+    assert.equal(most, 2, "the two runs' engines were open at the same time");
+    const want = Math.max(1, Math.floor((await import("node:os")).cpus().length / 2));
+    assert.deepEqual(threads, [want, want]);
+    assert.match(readFileSync(join(dir, "report.md"), "utf8"), /2 runs side by side/);
+  },
+);

@@ -1,5 +1,6 @@
 /**
- * A comparison: every algorithm × seed trained one after another (the machine has few cores) on
+ * A comparison: every algorithm × seed trained one after another (the machine has few cores), or
+ * `parallel` at a time with the cores shared out (each engine gets cores / parallel threads), on
  * the same tasks — the data order depends only on the seed — under one stated, equalised budget,
  * then a report. Runs live in the comparison directory; running the same comparison again skips
  * finished runs and resumes unfinished ones, so an interrupted comparison loses at most the steps
@@ -96,6 +97,12 @@ export interface CompareOptions {
   command: string;
   deps: TrainDeps;
   progress?: Progress;
+  /**
+   * Runs trained side by side (default 1). Each local engine then gets cores / parallel threads (at
+   * least 1), and each run's progress lines carry its name. On a small model, where a second thread
+   * buys little, two runs side by side finish in about the time of one.
+   */
+  parallel?: number;
 }
 
 export interface CompareResult {
@@ -125,10 +132,14 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
   const ran: string[] = [];
   const skipped: string[] = [];
   const total = o.algos.length * o.seeds.length;
+  const parallel = Math.max(1, Math.min(o.parallel ?? 1, total));
+  const threads = parallel > 1 ? Math.max(1, Math.floor(cpus().length / parallel)) : undefined;
+  const jobs: (() => Promise<void>)[] = [];
   let k = 0;
   for (const seed of o.seeds)
     for (const algo of o.algos) {
       k++;
+      const at = `[${k}/${total}] ${algo} seed ${seed}`;
       const cfg = plannedConfig(base, algo, seed, o.budget, dir);
       const runDir = join(dir, runName(algo, seed));
       const files = new RunFiles(runDir);
@@ -143,16 +154,41 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
               .join(", ")}); use a new --out directory (or delete that run)`,
           );
         if (files.readStatus()?.state === "finished") {
-          progress.line(`[${k}/${total}] ${algo} seed ${seed}: finished before, skipped`);
+          progress.line(`${at}: finished before, skipped`);
           skipped.push(runDir);
           continue;
         }
         resume = true;
       }
-      progress.line(`[${k}/${total}] ${algo} seed ${seed}${resume ? " (resuming)" : ""}`);
-      await runTraining({ config: cfg, runDir, resume, deps: o.deps, progress });
-      ran.push(runDir);
+      jobs.push(async () => {
+        progress.line(
+          `${at}${resume ? " (resuming)" : ""}${threads ? `, ${threads} engine thread${threads > 1 ? "s" : ""}` : ""}`,
+        );
+        const deps: TrainDeps =
+          threads === undefined
+            ? o.deps
+            : { ...o.deps, startEngine: (c, p, opts) => o.deps.startEngine(c, p, { threads, ...opts }) };
+        const runProgress = parallel > 1 ? prefixedProgress(`${algo}/${seed}`) : progress;
+        await runTraining({ config: cfg, runDir, resume, deps, progress: runProgress });
+        ran.push(runDir);
+      });
     }
+  // A pool of `parallel` workers over the runs in order; the first failure stops the others' next runs.
+  let next = 0;
+  let failed: unknown = null;
+  await Promise.all(
+    Array.from({ length: Math.min(parallel, jobs.length) }, async () => {
+      while (failed === null && next < jobs.length) {
+        const job = jobs[next++]!;
+        try {
+          await job();
+        } catch (e) {
+          failed ??= e;
+        }
+      }
+    }),
+  );
+  if (failed !== null) throw failed;
 
   const runs: RunData[] = [];
   const unfinished: string[] = [];
@@ -173,7 +209,7 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
       `loss: PPO clip ${base.loss.clipLow}/${base.loss.clipHigh}, dual clip ${base.loss.dualClip ?? "none"}, KL ${base.loss.klCoef}, ${base.loss.aggregation}`,
       `sampling: attempts T=${base.algo.attemptSampling.temperature}, reflections T=${erlAlgoConfig(base).reflectionSampling.temperature} top-p ${erlAlgoConfig(base).reflectionSampling.topP}; prompt profile ${base.algo.profile}; memory ${erlAlgoConfig(base).memory}`,
       `evaluation: ${base.data.evalTasks ?? "all"} tasks of the ${base.data.evalSplit} split, n = ${evalSamplesPerTask(base)} per task, T=${base.eval.sampling.temperature} top-p ${base.eval.sampling.topP} top-k ${base.eval.sampling.topK ?? "none"}, every ${base.eval.every || "—"} steps and at the end`,
-      `machine: ${c[0]?.model ?? "unknown CPU"}, ${c.length} logical cores; runs one after another`,
+      `machine: ${c[0]?.model ?? "unknown CPU"}, ${c.length} logical cores; ${parallel > 1 ? `${parallel} runs side by side, ${threads} engine thread${threads === 1 ? "" : "s"} each` : "runs one after another"}`,
     ],
     algos: o.algos,
     seeds: o.seeds,
@@ -200,4 +236,16 @@ export function configDifferences(a: unknown, b: unknown, path = ""): string[] {
   return JSON.stringify(a) === JSON.stringify(b)
     ? []
     : [`${path || "(config)"}: ${JSON.stringify(a)} in the run, ${JSON.stringify(b)} asked`];
+}
+
+/** Progress for one of several runs side by side: plain lines, each starting with the run's name. */
+function prefixedProgress(name: string): Progress {
+  return new Progress({
+    write: (text: string) => {
+      const lines = text.split("\n");
+      const last = lines.pop();
+      process.stdout.write(lines.map((l) => `[${name}] ${l}\n`).join("") + (last ? `[${name}] ${last}` : ""));
+    },
+    isTTY: false,
+  });
 }

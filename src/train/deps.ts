@@ -18,8 +18,11 @@ export interface Trainer {
 
 /** What a run needs from the rest of the system; tests substitute their own. */
 export interface TrainDeps {
-  /** Starts an engine with the run's model loaded (the model path is already checked). */
-  startEngine(config: RunConfig, modelPath: string): Promise<Engine>;
+  /**
+   * Starts an engine with the run's model loaded (the model path is already checked); `threads` fixes
+   * a local engine's CPU threads (runs side by side, `erl compare --parallel`) instead of measuring.
+   */
+  startEngine(config: RunConfig, modelPath: string, opts?: { threads?: number }): Promise<Engine>;
   makeBackend(engine: Engine): Promise<ModelBackend>;
   /** The algorithm the config names (the registry's, src/train/algorithms/). */
   algorithm(name: string): Algorithm | Promise<Algorithm>;
@@ -69,11 +72,16 @@ export function engineProgressLine(line: string): string | null {
 }
 
 /** Starts (or connects to) an engine and loads the run's model; closes the engine if loading fails. */
-export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise<Engine> {
+export async function startEngineFor(
+  cfg: RunConfig,
+  modelPath: string,
+  opts: { threads?: number } = {},
+): Promise<Engine> {
   const { openEngine } = await import("../engine/client.ts");
   let engine: Engine = await openEngine({
     ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
     ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
+    ...(opts.threads !== undefined ? { env: { ERL_ENGINE_THREADS: String(opts.threads) } } : {}),
     onStderr: (line) => {
       const shown = engineProgressLine(line);
       if (shown !== null) process.stderr.write(`${shown}\n`);
