@@ -492,6 +492,12 @@ class Engine:
         if norm is None:
             norm = spec.normalizer = default_normalizer([d["weights"] for d in datums], spec.aggregation)
 
+        # forwardOnly: the same loss and metrics without gradients (eval mode, nothing accumulates);
+        # returnLogprobs: each datum's per-target log-probs too (the Tinker front, erl_tinker/server.py).
+        forward_only = bool(p.get("forwardOnly"))
+        if forward_only and self.dist is not None:
+            raise bad("params.forwardOnly", "not available under engine ranks")
+        logprobs_out: list[Any] | None = [None] * len(datums) if p.get("returnLogprobs") else None
         acc = _MetricAcc()
         total_loss = 0.0
         plan = self._plan(datums, "forwardBackward")
@@ -499,13 +505,14 @@ class Engine:
         train = self.train_module if self.train_module is not None else lm.model
         # DDP and FSDP2 average gradients over ranks; the loss divisor is already global.
         scale = float(d.world) if d is not None else 1.0
-        lm.model.train()
+        lm.model.train(not forward_only)
         try:
             for k, idx in enumerate(plan):
                 b = Batch(datums, idx, lm.device, need_rl)
                 # DDP all-reduces once per call, at its last micro-batch (the others accumulate locally).
                 no_sync = d is not None and d.mode == "ddp" and k < len(plan) - 1
-                with train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                grad = torch.no_grad() if forward_only else contextlib.nullcontext()
+                with grad, train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
                     logp, ent = token_logprobs(
                         train, b.inp, b.tgt, lm.autocast(), with_entropy=True, temperature=spec.temperature
                     )
@@ -514,10 +521,15 @@ class Engine:
                         with torch.no_grad(), lm.reference_model() as ref:
                             ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast(), temperature=spec.temperature)
                     loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp, b.smp)
-                    (loss * scale if scale != 1.0 else loss).backward()
+                    if not forward_only:
+                        (loss * scale if scale != 1.0 else loss).backward()
                 total_loss += float(loss.detach())
                 acc.add(b.w != 0, logp.detach(), ent, diag, b.w, norm)
                 acc.add_mismatch((b.w != 0) & (b.has_smp != 0), logp.detach(), b.smp)
+                if logprobs_out is not None:
+                    logp_np = logp.detach().float().cpu().numpy()
+                    for r, di in enumerate(idx):
+                        logprobs_out[di] = pack_f32(logp_np[r, : b.lengths[r]])
         finally:
             lm.model.eval()
         if d is not None:
@@ -529,7 +541,15 @@ class Engine:
         metrics["sequences"] = float(len(datums))
         metrics["normalizer"] = norm
         metrics["grad_norm"] = self._grad_norm()
-        return {"loss": total_loss, "metrics": metrics}
+        out: dict[str, Any] = {"loss": total_loss, "metrics": metrics}
+        if logprobs_out is not None:
+            if d is not None:
+                mine = {di: logprobs_out[di] for idx in plan for di in idx}
+                for part in d.all_gather(mine):
+                    for di, lp in part.items():
+                        logprobs_out[di] = lp
+            out["logprobs"] = logprobs_out
+        return out
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.need_model().model.parameters() if p.requires_grad]

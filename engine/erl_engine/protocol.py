@@ -311,7 +311,7 @@ PARAMS: dict[str, Validator] = {
         },
     ),
     "forward": Obj({"datums": List(DATUM, 1)}, {"temperature": Num(0, lo_open=True)}),
-    "forwardBackward": Obj({"datums": List(DATUM, 1), "loss": LOSS}),
+    "forwardBackward": Obj({"datums": List(DATUM, 1), "loss": LOSS}, {"forwardOnly": Bool(), "returnLogprobs": Bool()}),
     "optimStep": Obj(
         {"lr": Num(0)},
         {
