@@ -35,6 +35,7 @@ import queue
 import re
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -890,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"erl engine serve --tinker: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if generated:
         print(f"erl engine serve --tinker: API key (TINKER_API_KEY): {token}", file=sys.stderr)
     print(f"erl engine serve --tinker: serving {svc.cfg.model_name} ({svc.cfg.model_path}), checkpoints in {svc.cfg.store}; "
