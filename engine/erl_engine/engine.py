@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from . import ENGINE_VERSION, PROTOCOL_VERSION
-from . import autotune, checkpoint, dist, sampler
+from . import autotune, checkpoint, dist, sampler, tokenizing
+from .loss_metrics import LossMetrics
 from .losses import LossSpec, compute_loss, default_normalizer
 from .model import LoadedModel, load, load_dtype, precheck
 from .protocol import ProtocolError, bad, pack_f32
@@ -311,45 +312,30 @@ class Engine:
 
     # ---- tokenizer --------------------------------------------------------------------------------
 
-    def _chat_text(self, chat: dict[str, Any], path: str) -> str:
-        tok = self.need_model().tokenizer
-        if not getattr(tok, "chat_template", None):
-            raise ProtocolError("bad_request", "this model's tokenizer has no chat template (tokenizer_config.json)")
-        try:
-            return str(
-                tok.apply_chat_template(
-                    chat["messages"], tokenize=False, add_generation_prompt=chat.get("addGenerationPrompt", False)
-                )
-            )
-        except Exception as e:  # jinja errors from the model's own template
-            raise ProtocolError("bad_request", f"{path}.messages: the chat template failed: {e}") from None
-
     def render_chat(self, p: dict[str, Any]) -> dict[str, Any]:
-        text = self._chat_text(p, "params")
-        return {"ids": list(self.need_model().tokenizer.encode(text, add_special_tokens=False))}
+        return {"ids": tokenizing.render_chats(self.need_model().tokenizer, [p], ["params"])[0]}
 
     def render_chats(self, p: dict[str, Any]) -> dict[str, Any]:
         """renderChat for many conversations in one call (one round trip per turn of a batch)."""
-        texts = [self._chat_text(c, f"params.chats[{i}]") for i, c in enumerate(p["chats"])]
-        tok = self.need_model().tokenizer
-        return {"ids": [list(tok.encode(t, add_special_tokens=False)) for t in texts]}
+        paths = [f"params.chats[{i}]" for i in range(len(p["chats"]))]
+        return {"ids": tokenizing.render_chats(self.need_model().tokenizer, p["chats"], paths)}
 
     def encode(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
-        return {"ids": list(lm.tokenizer.encode(p["text"], add_special_tokens=p.get("addSpecialTokens", False)))}
+        return {"ids": tokenizing.encode(lm.tokenizer, p["text"], p.get("addSpecialTokens", False))}
 
     def decode(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
         ids = p["ids"]
         self._check_ids(ids, "params.ids")
-        return {"text": lm.tokenizer.decode(ids.tolist(), skip_special_tokens=p.get("skipSpecialTokens", False))}
+        return {"text": tokenizing.decode(lm.tokenizer, ids.tolist(), p.get("skipSpecialTokens", False))}
 
     def decode_many(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
         for i, ids in enumerate(p["seqs"]):
             self._check_ids(ids, f"params.seqs[{i}]")
         skip = p.get("skipSpecialTokens", False)
-        return {"texts": [lm.tokenizer.decode(ids.tolist(), skip_special_tokens=skip) for ids in p["seqs"]]}
+        return {"texts": [tokenizing.decode(lm.tokenizer, ids.tolist(), skip) for ids in p["seqs"]]}
 
     def _check_ids(self, ids: np.ndarray, path: str) -> None:
         lm = self.need_model()
@@ -498,7 +484,7 @@ class Engine:
         if forward_only and self.dist is not None:
             raise bad("params.forwardOnly", "not available under engine ranks")
         logprobs_out: list[Any] | None = [None] * len(datums) if p.get("returnLogprobs") else None
-        acc = _MetricAcc()
+        acc = LossMetrics()
         total_loss = 0.0
         plan = self._plan(datums, "forwardBackward")
         d = self.dist
@@ -535,7 +521,7 @@ class Engine:
         if d is not None:
             parts = d.all_gather((total_loss, acc))
             total_loss = sum(x[0] for x in parts)
-            acc = _MetricAcc.merged([x[1] for x in parts])
+            acc = LossMetrics.merged([x[1] for x in parts])
         metrics = acc.result()
         metrics["loss"] = total_loss
         metrics["sequences"] = float(len(datums))
@@ -648,94 +634,6 @@ class Engine:
         if self.dist.rank == 0:
             checkpoint.export(lm, p["dir"], merge_lora=False, state_dict=state)
         return {}
-
-
-class _MetricAcc:
-    """Sums per-token diagnostics over unmasked tokens across micro-batches."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sums: dict[str, float] = {}
-        self.rmin = math.inf
-        self.rmax = -math.inf
-        self.mm_count = 0
-        self.mm_max = 0.0
-
-    def _add(self, key: str, v: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + v
-
-    @classmethod
-    def merged(cls, parts: list["_MetricAcc"]) -> "_MetricAcc":
-        """The sums of several ranks' accumulators (every metric is a sum, a min or a max)."""
-        out = cls()
-        for part in parts:
-            out.count += part.count
-            for key, v in part.sums.items():
-                out._add(key, v)
-            out.rmin = min(out.rmin, part.rmin)
-            out.rmax = max(out.rmax, part.rmax)
-            out.mm_count += part.mm_count
-            out.mm_max = max(out.mm_max, part.mm_max)
-        return out
-
-    def add_mismatch(self, mask: torch.Tensor, logp: torch.Tensor, sampler_logp: torch.Tensor) -> None:
-        """The rollout-trainer gap on tokens that carry the sampler's log-probs: d = trainer - sampler."""
-        if not mask.any():
-            return
-        gap = (logp - sampler_logp)[mask].double()
-        self.mm_count += int(gap.numel())
-        self._add("mm_abs", float(gap.abs().sum()))
-        # k3 estimate of KL(sampler || trainer) from tokens drawn by the sampler: r - 1 - log r, r = p/q.
-        self._add("mm_k3", float((torch.exp(gap) - 1.0 - gap).sum()))
-        self.mm_max = max(self.mm_max, float(gap.abs().max()))
-
-    def add(
-        self,
-        mask: torch.Tensor,
-        logp: torch.Tensor,
-        ent: torch.Tensor | None,
-        diag: dict[str, torch.Tensor],
-        w: torch.Tensor,
-        norm: float,
-    ) -> None:
-        m = mask.float()
-        self.count += int(m.sum())
-        self._add("logprob", float((logp * m).sum()))
-        if ent is not None:
-            self._add("entropy", float((ent * m).sum()))
-        if "ratio" in diag:
-            r = diag["ratio"]
-            self._add("ratio", float((r * m).sum()))
-            if mask.any():
-                self.rmin = min(self.rmin, float(r[mask].min()))
-                self.rmax = max(self.rmax, float(r[mask].max()))
-        for key in ("clip_low", "clip_high", "dual_clip", "kl", "tis", "tis_clip"):
-            if key in diag:
-                self._add(key, float((diag[key].float() * m).sum()))
-        if norm > 0:
-            self._add("pg_loss", float((diag["pg"] * w).sum()) / norm)
-
-    def result(self) -> dict[str, float]:
-        c = max(self.count, 1)
-        out: dict[str, float] = {"tokens": float(self.count), "logprob_mean": self.sums.get("logprob", 0.0) / c}
-        if "entropy" in self.sums:
-            out["entropy"] = self.sums["entropy"] / c
-        if "ratio" in self.sums:
-            out["ratio_mean"] = self.sums["ratio"] / c
-            out["ratio_min"] = self.rmin if self.count else 1.0
-            out["ratio_max"] = self.rmax if self.count else 1.0
-        names = {"clip_low": "clip_frac_low", "clip_high": "clip_frac_high", "dual_clip": "dual_clip_frac", "kl": "kl",
-                 "tis": "tis_weight_mean", "tis_clip": "tis_clip_frac"}
-        for key, name in names.items():
-            if key in self.sums:
-                out[name] = self.sums[key] / c
-        out["pg_loss"] = self.sums.get("pg_loss", 0.0)
-        if self.mm_count:
-            out["mismatch_tokens"] = float(self.mm_count)
-            out["mismatch_abs_mean"] = self.sums["mm_abs"] / self.mm_count
-            out["mismatch_abs_max"] = self.mm_max
-            out["mismatch_k3"] = self.sums["mm_k3"] / self.mm_count
-        return out
 
 
 def _rss_bytes() -> int:

@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { REPO_ROOT } from "./client.ts";
+import { REPO_ROOT, startEngine, type EngineClient } from "./client.ts";
 
 /** $ERL_TINKER_PYTHON, else <repo>/.venv-tinker/bin/python (checked to exist). */
 export function tinkerPython(): string {
@@ -93,4 +93,30 @@ export async function spawnTinkerServer(
       await exited;
     },
   };
+}
+
+/**
+ * The `engine.kind: "tinker"` engine: erl_tinker.bridge in the Tinker virtualenv, a child process over
+ * stdio like a local engine, which forwards every call to the service through the official SDK.
+ */
+export async function startTinkerBridge(
+  cfg: { baseUrl: string | null; apiKeyEnv: string; baseModel: string | null },
+  onStderr?: (line: string) => void,
+): Promise<EngineClient> {
+  const key = process.env[cfg.apiKeyEnv];
+  if (!key)
+    throw new UserError(
+      `engine.apiKeyEnv: the environment variable ${cfg.apiKeyEnv} (the Tinker API key) is not set`,
+    );
+  if (!cfg.baseModel) throw new UserError("engine.baseModel: the Tinker base model is required");
+  return startEngine({
+    python: tinkerPython(),
+    args: ["-m", "erl_tinker.bridge"],
+    env: {
+      TINKER_API_KEY: key,
+      ERL_TINKER_BASE_MODEL: cfg.baseModel,
+      ...(cfg.baseUrl ? { TINKER_BASE_URL: cfg.baseUrl } : {}),
+    },
+    ...(onStderr ? { onStderr } : {}),
+  });
 }

@@ -91,6 +91,17 @@ export interface RunConfig {
     gradientCheckpointing: boolean;
   };
   engine: {
+    /**
+     * "engine": this project's engine (a local child process, or `url`); "tinker": a Tinker service
+     * through the official SDK (docs/tinker.md), with `baseUrl`, `apiKeyEnv` and `baseModel`.
+     */
+    kind: "engine" | "tinker";
+    /** The Tinker service's URL; null = the SDK's default service (or $TINKER_BASE_URL). */
+    baseUrl: string | null;
+    /** Name of the environment variable holding the Tinker API key (the key itself is never in a config). */
+    apiKeyEnv: string;
+    /** The Tinker base model to train, e.g. "Qwen/Qwen3-4B-Instruct-2507" (model.path holds its tokenizer). */
+    baseModel: string | null;
     /** A running engine server (`erl engine serve`); null starts a local child process. */
     url: string | null;
     /** Python interpreter for a local engine; null = $ERL_PYTHON or .venv/bin/python. */
@@ -273,6 +284,10 @@ export const SCHEMA: Field = obj({
     gradientCheckpointing: bool,
   }),
   engine: obj({
+    kind: oneOf(["engine", "tinker"]),
+    baseUrl: str({ nullable: true, nonEmpty: true }),
+    apiKeyEnv: str({ nonEmpty: true }),
+    baseModel: str({ nullable: true, nonEmpty: true }),
     url: str({ nullable: true, nonEmpty: true }),
     python: str({ nullable: true, nonEmpty: true }),
     sampler: oneOf(["engine", "vllm"]),
@@ -373,7 +388,16 @@ export function defaultConfig(): RunConfig {
       reference: "auto",
       gradientCheckpointing: false,
     },
-    engine: { url: null, python: null, sampler: "engine", vllmPython: null },
+    engine: {
+      kind: "engine",
+      baseUrl: null,
+      apiKeyEnv: "TINKER_API_KEY",
+      baseModel: null,
+      url: null,
+      python: null,
+      sampler: "engine",
+      vllmPython: null,
+    },
     reflector: {
       kind: "policy",
       ...defaultEndpoint(),
@@ -571,6 +595,7 @@ function crossCheck(cfg: RunConfig, where: { file?: string }): void {
       '"base" needs LoRA (model.lora); use "copy" for full fine-tuning',
     );
   if (cfg.loss.clipHigh <= 0) throw inputError({ ...where, key: "loss.clipHigh" }, "must be > 0");
+  if (cfg.engine.kind === "tinker") tinkerCheck(cfg, where);
   for (const [block, api] of [
     ["reflector", cfg.reflector.kind === "openai"],
     ["policy", cfg.policy.kind === "openai"],
@@ -592,6 +617,24 @@ function crossCheck(cfg: RunConfig, where: { file?: string }): void {
       { ...where, key: "algo.memory" },
       'erl-icl deploys one rulebook, so it needs "global" memory',
     );
+}
+
+/** What a Tinker service can run (its built-in losses, LoRA only); docs/tinker.md. */
+function tinkerCheck(cfg: RunConfig, where: { file?: string }): void {
+  const need = (key: string, ok: boolean, why: string) => {
+    if (!ok) throw inputError({ ...where, key }, `${why} with engine.kind "tinker" (docs/tinker.md)`);
+  };
+  need("engine.baseModel", cfg.engine.baseModel !== null, 'is required (e.g. "Qwen/Qwen3-4B-Instruct-2507")');
+  need("engine.url", cfg.engine.url === null, "must be null (engine.baseUrl names the service)");
+  need("engine.sampler", cfg.engine.sampler === "engine", 'must be "engine" (the service samples)');
+  if (cfg.engine.baseUrl !== null) need("engine.baseUrl", /^https?:\/\//.test(cfg.engine.baseUrl), "must start with http(s)://");
+  need("model.lora", cfg.model.lora !== null, "must be set (a Tinker service trains LoRA adapters)");
+  need("loss.klCoef", cfg.loss.klCoef === 0, "must be 0 (no built-in Tinker loss has a KL term)");
+  need("loss.dualClip", cfg.loss.dualClip === null, "must be null (no built-in Tinker loss has a dual clip)");
+  need("loss.tisCap", cfg.loss.tisCap === null, "must be null");
+  need("loss.logRatioClamp", cfg.loss.logRatioClamp === null, "must be null");
+  need("loss.klClamp", cfg.loss.klClamp === null, "must be null");
+  need("loss.temperature", cfg.loss.temperature === 1, "must be 1 (the service's log-probs are at temperature 1)");
 }
 
 // ---------------------------------------------------------------------------------------------

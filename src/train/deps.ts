@@ -52,14 +52,18 @@ export function engineProgressLine(line: string): string | null {
 /** Starts (or connects to) an engine and loads the run's model; closes the engine if loading fails. */
 export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise<Engine> {
   const { openEngine } = await import("../engine/client.ts");
-  let engine: Engine = await openEngine({
-    ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
-    ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
-    onStderr: (line) => {
-      const shown = engineProgressLine(line);
-      if (shown !== null) process.stderr.write(`${shown}\n`);
-    },
-  });
+  const onStderr = (line: string) => {
+    const shown = engineProgressLine(line);
+    if (shown !== null) process.stderr.write(`${shown}\n`);
+  };
+  let engine: Engine =
+    cfg.engine.kind === "tinker"
+      ? await (await import("../engine/tinker.ts")).startTinkerBridge(cfg.engine, onStderr)
+      : await openEngine({
+          ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
+          ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
+          onStderr,
+        });
   try {
     if (cfg.engine.sampler === "vllm") {
       const { VllmSampledEngine } = await import("../engine/vllm.ts");
