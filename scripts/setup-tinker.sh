@@ -4,7 +4,8 @@
 # first, then engine/requirements-tinker.txt (the tinker SDK and the engine's transformers), then
 # tinker-cookbook 0.6.1 without its dependencies and then those dependencies less `tml-renderers`:
 # the cookbook asks for tml-renderers>=0.4.1, which is not published for Python 3.11, and imports it
-# only for the Inkling models and the audio recipes. It runs `erl engine serve --tinker` and the `engine.kind: "tinker"` bridge (docs/tinker.md). About
+# only for the Inkling models and the audio recipes (its math-rl extra is installed: the minimal RL
+# recipe grades answers with it). It runs `erl engine serve --tinker` and the `engine.kind: "tinker"` bridge (docs/tinker.md). About
 # 1.5 GB and a few minutes the first time; afterwards a stamp file skips it until this script or the
 # pins change.
 #
@@ -41,8 +42,10 @@ from importlib.metadata import distribution
 name = re.split(r"[=<>!~ \[]", sys.argv[1], maxsplit=1)[0]
 skip = {"torch", "tml-renderers", "tinker", "transformers"}
 for req in distribution(name).requires or []:
-    if "extra ==" in req:
+    # The math-rl extra too: the cookbook's minimal RL loop grades GSM8K answers with it.
+    if "extra ==" in req and "math-rl" not in req:
         continue
+    req = req.split(";")[0].strip()
     base = re.split(r"[=<>!~ ;\[(]", req, maxsplit=1)[0].strip().lower().replace("_", "-")
     if base not in skip:
         print(req)
