@@ -28,8 +28,8 @@ How each call maps (the service trains LoRA adapters; losses are sums over token
   reports one (metric grad_norm:mean), else -1.
 - saveState(dir) / loadState(dir): Tinker's save_state / load_state_with_optimizer; the directory
   gets tinker.json with the tinker:// path (the weights stay on the service).
-- export(dir): save_weights_for_sampler; tinker.json records the tinker:// path (download it with
-  the Tinker CLI where the service allows).
+- export(dir): save_weights_external (a peft adapter) and its files downloaded into dir where the
+  service gives download URLs; otherwise dir/tinker.json records the tinker:// path and why.
 """
 
 from __future__ import annotations
@@ -238,6 +238,8 @@ class Bridge:
                         clip_low=lc.get("clipLow", LossSpec.clip_low), clip_high=lc.get("clipHigh", LossSpec.clip_high))
         norm = lc.get("normalizer") or default_normalizer([d["weights"] for d in datums], spec.aggregation)
         spec.normalizer = norm
+        # Every token masked (a zero divisor): the engine's loss is 0, and so is every input here.
+        norm = norm if norm > 0 else 1.0
         data = []
         for d in datums:
             w = d["weights"].astype(np.float32)
@@ -315,22 +317,51 @@ class Bridge:
         return {"step": self.step}
 
     def export(self, p: dict[str, Any]) -> dict[str, Any]:
+        """The adapter in Hugging Face's (peft) format, downloaded where the service offers it; else (or
+        when the download fails) `dir` holds only tinker.json with the tinker:// path and the reason."""
         if p.get("mergeLora"):
-            raise bad("params.mergeLora", "a Tinker service keeps the weights; export records their tinker:// path")
-        path = self.need().save_weights_for_sampler(f"erl-export-step-{self.step}-{os.urandom(4).hex()}").result().path
-        self.write_pointer(p["dir"], {"tinker_path": path, "kind": "sampler_weights", "step": self.step,
-                                      "base_model": self.base_model, "lora": self.lora})
+            raise bad("params.mergeLora", "a Tinker service exports LoRA adapters, not merged weights")
+        name = f"erl-export-step-{self.step}-{os.urandom(4).hex()}"
+        meta: dict[str, Any] = {"kind": "external_weights", "step": self.step, "base_model": self.base_model, "lora": self.lora}
+        files: dict[str, bytes] = {}
+        try:
+            meta["tinker_path"] = self.need().save_weights_external(name).result().path
+        except Exception as e:  # noqa: BLE001 - a service without external exports: the sampler weights' path
+            meta["kind"] = "sampler_weights"
+            meta["tinker_path"] = self.need().save_weights_for_sampler(name).result().path
+            meta["not_downloaded"] = f"save_weights_external: {type(e).__name__}: {e}".splitlines()[0][:300]
+        else:
+            try:
+                import httpx
+
+                urls = tinker.RestClient(base_url=self.base_url).get_external_weights_urls(meta["tinker_path"]).result().urls
+                for rel, url in urls.items():
+                    if rel.startswith("/") or ".." in rel.split("/"):
+                        raise ValueError(f"unsafe file name {rel!r} in the download list")
+                    r = httpx.get(url, timeout=600, follow_redirects=True)
+                    r.raise_for_status()
+                    files[rel] = r.content
+            except Exception as e:  # noqa: BLE001 - recorded in tinker.json; the path stays usable
+                files = {}
+                meta["not_downloaded"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        self.write_pointer(p["dir"], meta, files)
         return {}
 
     @staticmethod
-    def write_pointer(d: str, meta: dict[str, Any]) -> None:
+    def write_pointer(d: str, meta: dict[str, Any], files: dict[str, bytes] | None = None) -> None:
+        """`d` holding tinker.json (and downloaded files), written beside it and renamed into place."""
+        import shutil
+
         tmp = d.rstrip("/") + ".tmp-tinker"
-        os.makedirs(tmp, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for rel, data in (files or {}).items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+            with open(os.path.join(tmp, rel), "wb") as f:
+                f.write(data)
         with open(os.path.join(tmp, "tinker.json"), "w") as f:
             json.dump(meta, f, indent=1)
         if os.path.isdir(d):
-            import shutil
-
             shutil.rmtree(d)
         os.replace(tmp, d)
 
@@ -381,6 +412,9 @@ def _error_of(e: Exception) -> ProtocolError:
     text = f"{type(e).__name__}: {e}".splitlines()[0][:600]
     if isinstance(e, (tinker.BadRequestError, tinker.NotFoundError, tinker.UnprocessableEntityError)):
         return ProtocolError("bad_request", f"Tinker service refused the request: {text}")
+    if isinstance(e, tinker.RequestFailedError):
+        user = str(getattr(e, "category", "")).lower().endswith("user")
+        return ProtocolError("bad_request" if user else "internal", f"Tinker service: {text}")
     if isinstance(e, tinker.AuthenticationError):
         return ProtocolError("unauthorized", f"Tinker service: {text} (check the key in engine.apiKeyEnv)")
     return ProtocolError("internal", f"Tinker service call failed: {text}")

@@ -17,6 +17,8 @@ What a route does, in Tinker's terms:
 - optim_step (AdamW: learning_rate, beta1, beta2, eps, weight_decay, grad_clip_norm);
 - save_state / load_state / save_weights_for_sampler: engine saveState/loadState under --store, named
   tinker://<model_id>/weights/<name> and tinker://<model_id>/sampler_weights/<name>;
+  save_weights_external: the engine's export (a peft adapter directory) as .../external_weights/<name>,
+  on this machine's disk (download URLs are not served);
 - sampling sessions (a saved path, the live weights of a training model, or the base model) and
   asample, with prompt log-probs;
 - futures: every such call answers a request id at once; retrieve_future waits up to LONG_POLL_S for
@@ -512,6 +514,19 @@ class TinkerService:
 
         return m.engine.worker.submit(fut, job)
 
+    def save_external(self, req: types.SaveWeightsExternalRequest) -> Future:
+        m = self.model(req.model_id)
+        if req.age_encryption_recipients:
+            raise UserError("SaveWeightsExternalRequest.age_encryption_recipients: encrypted exports are not served")
+        path, d = self.save_dir(m.model_id, "external_weights", req.path)
+        fut = self.futures.new()
+
+        def job() -> dict[str, Any]:
+            m.engine.call("export", {"dir": d})  # a peft adapter directory
+            return {"type": "save_weights_external", "path": path}
+
+        return m.engine.worker.submit(fut, job)
+
     def load_weights(self, req: types.LoadWeightsRequest) -> Future:
         parsed, d = self.dir_of(req.path)
         meta = self.read_meta(d, req.path)
@@ -808,6 +823,7 @@ def make_routes(svc: TinkerService) -> Callable[[str, str], Route | None]:
         ("POST", "/api/v1/save_weights"): post(types.SaveWeightsRequest, svc.save_weights),
         ("POST", "/api/v1/save_weights_for_sampler"): post(types.SaveWeightsForSamplerRequest, svc.save_for_sampler),
         ("POST", "/api/v1/load_weights"): post(types.LoadWeightsRequest, svc.load_weights),
+        ("POST", "/api/v1/save_weights_external"): post(types.SaveWeightsExternalRequest, svc.save_external),
         ("POST", "/api/v1/create_sampling_session"): post(types.CreateSamplingSessionRequest, svc.create_sampling_session),
         ("POST", "/api/v1/asample"): asample,
         ("POST", "/api/v1/retrieve_future"): retrieve,

@@ -61,7 +61,8 @@ async function serve(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  if (values.openai && values.tinker) throw new UserError("--openai and --tinker are two different servers: pick one");
+  if (values.openai && values.tinker)
+    throw new UserError("--openai and --tinker are two different servers: pick one");
   if (!values.openai && !values.tinker)
     for (const k of ["model", "served-model-name", "dtype", "device"] as const)
       if (values[k] !== undefined)

@@ -627,14 +627,19 @@ function tinkerCheck(cfg: RunConfig, where: { file?: string }): void {
   need("engine.baseModel", cfg.engine.baseModel !== null, 'is required (e.g. "Qwen/Qwen3-4B-Instruct-2507")');
   need("engine.url", cfg.engine.url === null, "must be null (engine.baseUrl names the service)");
   need("engine.sampler", cfg.engine.sampler === "engine", 'must be "engine" (the service samples)');
-  if (cfg.engine.baseUrl !== null) need("engine.baseUrl", /^https?:\/\//.test(cfg.engine.baseUrl), "must start with http(s)://");
+  if (cfg.engine.baseUrl !== null)
+    need("engine.baseUrl", /^https?:\/\//.test(cfg.engine.baseUrl), "must start with http(s)://");
   need("model.lora", cfg.model.lora !== null, "must be set (a Tinker service trains LoRA adapters)");
   need("loss.klCoef", cfg.loss.klCoef === 0, "must be 0 (no built-in Tinker loss has a KL term)");
   need("loss.dualClip", cfg.loss.dualClip === null, "must be null (no built-in Tinker loss has a dual clip)");
   need("loss.tisCap", cfg.loss.tisCap === null, "must be null");
   need("loss.logRatioClamp", cfg.loss.logRatioClamp === null, "must be null");
   need("loss.klClamp", cfg.loss.klClamp === null, "must be null");
-  need("loss.temperature", cfg.loss.temperature === 1, "must be 1 (the service's log-probs are at temperature 1)");
+  need(
+    "loss.temperature",
+    cfg.loss.temperature === 1,
+    "must be 1 (the service's log-probs are at temperature 1)",
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

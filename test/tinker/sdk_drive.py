@@ -98,6 +98,17 @@ def main() -> None:
     out["restored_loss"] = back.metrics["loss:sum"]
     out["two_step_loss"] = out["steps"][3]["loss"]  # recomputed below by the test from its own engine
 
+    # forward_backward_custom (a client-side loss in torch): the SDK's forward, then cross_entropy with
+    # the loss's gradient as weights. Cross-entropy written as a custom loss reports the same loss.
+    import torch
+
+    def custom_ce(data: list[types.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return sum(-(lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum() for d, lp in zip(data, logprobs)), {}
+
+    ce_data = [datum(s, **w) for s, w in zip(seqs, ce_inputs)]
+    out["custom_loss"] = tc.forward_backward_custom(ce_data, custom_ce).result().metrics["loss:sum"]
+    out["custom_reference"] = tc.forward(ce_data, "cross_entropy").result().metrics["loss:sum"]
+
     # Refusals are readable exceptions, not hangs or retry loops.
     errors = {}
     t0 = time.time()
