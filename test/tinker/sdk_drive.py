@@ -46,7 +46,6 @@ def main() -> None:
     ce_inputs = [{"weights": [0.0] + [1.0] * (len(s) - 2)} for s in seqs]
     res = tc.forward([datum(s, **w) for s, w in zip(seqs, ce_inputs)], "cross_entropy").result()
     record("forward", ce_inputs, "cross_entropy", None, res)
-    base_lp = [o["logprobs"].tolist() for o in res.loss_fn_outputs]
 
     res = tc.forward_backward([datum(s, **w) for s, w in zip(seqs, ce_inputs)], "cross_entropy").result()
     record("forward_backward", ce_inputs, "cross_entropy", None, res)
@@ -54,8 +53,13 @@ def main() -> None:
     om = tc.optim_step(adam).result()
     out["steps"].append({"op": "optim_step", "adam": adam.model_dump(), "metrics": om.metrics})
 
+    # The RL losses' old log-probs: the current weights' own, shifted by 0.05 nats, so that every ratio
+    # is exp(0.05) and the PPO clip (1.02 below) acts on every token with a positive advantage.
+    res = tc.forward([datum(s, **w) for s, w in zip(seqs, ce_inputs)], "cross_entropy").result()
+    record("forward", ce_inputs, "cross_entropy", None, res)
+    now_lp = [o["logprobs"].tolist() for o in res.loss_fn_outputs]
     rl_inputs = []
-    for s, lp in zip(seqs, base_lp):
+    for s, lp in zip(seqs, now_lp):
         n = len(s) - 1
         rl_inputs.append({"logprobs": [float(x) - 0.05 for x in lp],
                           "advantages": [0.0] + [float(a) for a in rng.normal(size=n - 1)]})
@@ -96,7 +100,6 @@ def main() -> None:
     tc2 = sc.create_training_client_from_state_with_optimizer(saved).result()
     back = tc2.forward([datum(s, **w) for s, w in zip(seqs, ce_inputs)], "cross_entropy").result()
     out["restored_loss"] = back.metrics["loss:sum"]
-    out["two_step_loss"] = out["steps"][3]["loss"]  # recomputed below by the test from its own engine
 
     # forward_backward_custom (a client-side loss in torch): the SDK's forward, then cross_entropy with
     # the loss's gradient as weights. Cross-entropy written as a custom loss reports the same loss.
