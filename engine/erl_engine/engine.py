@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from . import ENGINE_VERSION, PROTOCOL_VERSION
-from . import autotune, checkpoint, dist, sampler
+from . import autotune, checkpoint, dist, sampler, tokenizing
+from .loss_metrics import LossMetrics
 from .losses import LossSpec, compute_loss, default_normalizer
 from .model import LoadedModel, load, load_dtype, precheck
 from .protocol import ProtocolError, bad, pack_f32
@@ -397,45 +398,30 @@ class Engine:
 
     # ---- tokenizer --------------------------------------------------------------------------------
 
-    def _chat_text(self, chat: dict[str, Any], path: str) -> str:
-        tok = self.need_model().tokenizer
-        if not getattr(tok, "chat_template", None):
-            raise ProtocolError("bad_request", "this model's tokenizer has no chat template (tokenizer_config.json)")
-        try:
-            return str(
-                tok.apply_chat_template(
-                    chat["messages"], tokenize=False, add_generation_prompt=chat.get("addGenerationPrompt", False)
-                )
-            )
-        except Exception as e:  # jinja errors from the model's own template
-            raise ProtocolError("bad_request", f"{path}.messages: the chat template failed: {e}") from None
-
     def render_chat(self, p: dict[str, Any]) -> dict[str, Any]:
-        text = self._chat_text(p, "params")
-        return {"ids": list(self.need_model().tokenizer.encode(text, add_special_tokens=False))}
+        return {"ids": tokenizing.render_chats(self.need_model().tokenizer, [p], ["params"])[0]}
 
     def render_chats(self, p: dict[str, Any]) -> dict[str, Any]:
         """renderChat for many conversations in one call (one round trip per turn of a batch)."""
-        texts = [self._chat_text(c, f"params.chats[{i}]") for i, c in enumerate(p["chats"])]
-        tok = self.need_model().tokenizer
-        return {"ids": [list(tok.encode(t, add_special_tokens=False)) for t in texts]}
+        paths = [f"params.chats[{i}]" for i in range(len(p["chats"]))]
+        return {"ids": tokenizing.render_chats(self.need_model().tokenizer, p["chats"], paths)}
 
     def encode(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
-        return {"ids": list(lm.tokenizer.encode(p["text"], add_special_tokens=p.get("addSpecialTokens", False)))}
+        return {"ids": tokenizing.encode(lm.tokenizer, p["text"], p.get("addSpecialTokens", False))}
 
     def decode(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
         ids = p["ids"]
         self._check_ids(ids, "params.ids")
-        return {"text": lm.tokenizer.decode(ids.tolist(), skip_special_tokens=p.get("skipSpecialTokens", False))}
+        return {"text": tokenizing.decode(lm.tokenizer, ids.tolist(), p.get("skipSpecialTokens", False))}
 
     def decode_many(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
         for i, ids in enumerate(p["seqs"]):
             self._check_ids(ids, f"params.seqs[{i}]")
         skip = p.get("skipSpecialTokens", False)
-        return {"texts": [lm.tokenizer.decode(ids.tolist(), skip_special_tokens=skip) for ids in p["seqs"]]}
+        return {"texts": [tokenizing.decode(lm.tokenizer, ids.tolist(), skip) for ids in p["seqs"]]}
 
     def _check_ids(self, ids: np.ndarray, path: str) -> None:
         lm = self.need_model()
@@ -590,23 +576,31 @@ class Engine:
         if norm is None:
             norm = spec.normalizer = default_normalizer([d["weights"] for d in datums], spec.aggregation)
 
-        acc = _MetricAcc()
+        # forwardOnly: the same loss and metrics without gradients (eval mode, nothing accumulates);
+        # returnLogprobs: each datum's per-target log-probs too (the Tinker front, erl_tinker/server.py).
+        forward_only = bool(p.get("forwardOnly"))
+        if forward_only and self.dist is not None:
+            raise bad("params.forwardOnly", "not available under engine ranks")
+        logprobs_out: list[Any] | None = [None] * len(datums) if p.get("returnLogprobs") else None
+        acc = LossMetrics()
         total_loss = 0.0
         plan = self._plan(datums, "forwardBackward", pack=p.get("pack", False))
         d = self.dist
         train = self.train_module if self.train_module is not None else lm.model
         # DDP and FSDP2 average gradients over ranks; the loss divisor is already global.
         scale = float(d.world) if d is not None else 1.0
-        lm.model.train()
+        lm.model.train(not forward_only)
         try:
             for k, idx in enumerate(plan):
                 b = Batch(datums, [], lm.device, need_rl, rows=idx)
                 # DDP all-reduces once per call, at its last micro-batch (the others accumulate locally).
                 no_sync = d is not None and d.mode == "ddp" and k < len(plan) - 1
-                with train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                grad = torch.no_grad() if forward_only else contextlib.nullcontext()
+                with grad, train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
                     # Only the weighted positions enter the loss and the metrics; under DDP/FSDP2 the
-                    # wrapped module must run its own forward (its hooks), so it computes every position.
-                    keep = (b.w != 0) if d is None else None
+                    # wrapped module must run its own forward (its hooks), so it computes every position,
+                    # and so does a call that returns every position's log-prob.
+                    keep = (b.w != 0) if d is None and logprobs_out is None else None
                     if keep is not None and b.old is not None:
                         # Positions left out come back as log-prob 0; their old log-probs go to 0 too, so
                         # their (weight-0) ratios stay finite instead of 0 * inf.
@@ -622,22 +616,36 @@ class Engine:
                             ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast(), temperature=spec.temperature,
                                                          keep=keep, position_ids=b.pos)
                     loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp, b.smp)
-                    (loss * scale if scale != 1.0 else loss).backward()
+                    if not forward_only:
+                        (loss * scale if scale != 1.0 else loss).backward()
                 total_loss += float(loss.detach())
                 acc.add(b.w != 0, logp.detach(), ent, diag, b.w, norm)
                 acc.add_mismatch((b.w != 0) & (b.has_smp != 0), logp.detach(), b.smp)
+                if logprobs_out is not None:
+                    logp_np = logp.detach().float().cpu().numpy()
+                    for di, n in zip(b.indices, b.lengths):
+                        r, o = b.place[di]
+                        logprobs_out[di] = pack_f32(logp_np[r, o: o + n])
         finally:
             lm.model.eval()
         if d is not None:
             parts = d.all_gather((total_loss, acc))
             total_loss = sum(x[0] for x in parts)
-            acc = _MetricAcc.merged([x[1] for x in parts])
+            acc = LossMetrics.merged([x[1] for x in parts])
         metrics = acc.result()
         metrics["loss"] = total_loss
         metrics["sequences"] = float(len(datums))
         metrics["normalizer"] = norm
         metrics["grad_norm"] = self._grad_norm()
-        return {"loss": total_loss, "metrics": metrics}
+        out: dict[str, Any] = {"loss": total_loss, "metrics": metrics}
+        if logprobs_out is not None:
+            if d is not None:
+                mine = {di: logprobs_out[di] for idx in plan for row in idx for di in row}
+                for part in d.all_gather(mine):
+                    for di, lp in part.items():
+                        logprobs_out[di] = lp
+            out["logprobs"] = logprobs_out
+        return out
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.need_model().model.parameters() if p.requires_grad]
@@ -736,94 +744,6 @@ class Engine:
         if self.dist.rank == 0:
             checkpoint.export(lm, p["dir"], merge_lora=False, state_dict=state)
         return {}
-
-
-class _MetricAcc:
-    """Sums per-token diagnostics over unmasked tokens across micro-batches."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sums: dict[str, float] = {}
-        self.rmin = math.inf
-        self.rmax = -math.inf
-        self.mm_count = 0
-        self.mm_max = 0.0
-
-    def _add(self, key: str, v: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + v
-
-    @classmethod
-    def merged(cls, parts: list["_MetricAcc"]) -> "_MetricAcc":
-        """The sums of several ranks' accumulators (every metric is a sum, a min or a max)."""
-        out = cls()
-        for part in parts:
-            out.count += part.count
-            for key, v in part.sums.items():
-                out._add(key, v)
-            out.rmin = min(out.rmin, part.rmin)
-            out.rmax = max(out.rmax, part.rmax)
-            out.mm_count += part.mm_count
-            out.mm_max = max(out.mm_max, part.mm_max)
-        return out
-
-    def add_mismatch(self, mask: torch.Tensor, logp: torch.Tensor, sampler_logp: torch.Tensor) -> None:
-        """The rollout-trainer gap on tokens that carry the sampler's log-probs: d = trainer - sampler."""
-        if not mask.any():
-            return
-        gap = (logp - sampler_logp)[mask].double()
-        self.mm_count += int(gap.numel())
-        self._add("mm_abs", float(gap.abs().sum()))
-        # k3 estimate of KL(sampler || trainer) from tokens drawn by the sampler: r - 1 - log r, r = p/q.
-        self._add("mm_k3", float((torch.exp(gap) - 1.0 - gap).sum()))
-        self.mm_max = max(self.mm_max, float(gap.abs().max()))
-
-    def add(
-        self,
-        mask: torch.Tensor,
-        logp: torch.Tensor,
-        ent: torch.Tensor | None,
-        diag: dict[str, torch.Tensor],
-        w: torch.Tensor,
-        norm: float,
-    ) -> None:
-        m = mask.float()
-        self.count += int(m.sum())
-        self._add("logprob", float((logp * m).sum()))
-        if ent is not None:
-            self._add("entropy", float((ent * m).sum()))
-        if "ratio" in diag:
-            r = diag["ratio"]
-            self._add("ratio", float((r * m).sum()))
-            if mask.any():
-                self.rmin = min(self.rmin, float(r[mask].min()))
-                self.rmax = max(self.rmax, float(r[mask].max()))
-        for key in ("clip_low", "clip_high", "dual_clip", "kl", "tis", "tis_clip"):
-            if key in diag:
-                self._add(key, float((diag[key].float() * m).sum()))
-        if norm > 0:
-            self._add("pg_loss", float((diag["pg"] * w).sum()) / norm)
-
-    def result(self) -> dict[str, float]:
-        c = max(self.count, 1)
-        out: dict[str, float] = {"tokens": float(self.count), "logprob_mean": self.sums.get("logprob", 0.0) / c}
-        if "entropy" in self.sums:
-            out["entropy"] = self.sums["entropy"] / c
-        if "ratio" in self.sums:
-            out["ratio_mean"] = self.sums["ratio"] / c
-            out["ratio_min"] = self.rmin if self.count else 1.0
-            out["ratio_max"] = self.rmax if self.count else 1.0
-        names = {"clip_low": "clip_frac_low", "clip_high": "clip_frac_high", "dual_clip": "dual_clip_frac", "kl": "kl",
-                 "tis": "tis_weight_mean", "tis_clip": "tis_clip_frac"}
-        for key, name in names.items():
-            if key in self.sums:
-                out[name] = self.sums[key] / c
-        out["pg_loss"] = self.sums.get("pg_loss", 0.0)
-        if self.mm_count:
-            out["mismatch_tokens"] = float(self.mm_count)
-            out["mismatch_abs_mean"] = self.sums["mm_abs"] / self.mm_count
-            out["mismatch_abs_max"] = self.mm_max
-            out["mismatch_k3"] = self.sums["mm_k3"] / self.mm_count
-        return out
 
 
 def _rss_bytes() -> int:

@@ -311,7 +311,8 @@ PARAMS: dict[str, Validator] = {
         },
     ),
     "forward": Obj({"datums": List(DATUM, 1)}, {"temperature": Num(0, lo_open=True), "pack": Bool()}),
-    "forwardBackward": Obj({"datums": List(DATUM, 1), "loss": LOSS}, {"pack": Bool()}),
+    "forwardBackward": Obj({"datums": List(DATUM, 1), "loss": LOSS},
+                           {"pack": Bool(), "forwardOnly": Bool(), "returnLogprobs": Bool()}),
     "optimStep": Obj(
         {"lr": Num(0)},
         {

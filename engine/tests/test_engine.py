@@ -107,6 +107,23 @@ def test_forward_backward_matches_loss_from_forward(engine: Engine) -> None:
     assert m["clip_frac_low"] == 0 and m["grad_norm"] > 0 and m["tokens"] == n_tokens
 
 
+def test_forward_only_and_returned_logprobs(engine: Engine) -> None:
+    """forwardOnly reports forwardBackward's loss and metrics and accumulates no gradient;
+    returnLogprobs gives each datum's log-probs, those of `forward`."""
+    datums = with_old_logprobs(engine, rl_datums(), shift=-0.1)
+    lps = forward(engine, datums)
+    loss = {"name": "ppo", "clipLow": 0.2, "clipHigh": 0.05}
+    only = call(engine, "forwardBackward", {"datums": datums, "loss": loss, "forwardOnly": True, "returnLogprobs": True})
+    assert grads(engine) == {} and only["metrics"]["grad_norm"] == 0
+    both = call(engine, "forwardBackward", {"datums": datums, "loss": loss, "returnLogprobs": True})
+    assert grads(engine) and both["metrics"]["grad_norm"] > 0
+    assert only["loss"] == pytest.approx(both["loss"], rel=1e-6)
+    for res in (only, both):
+        for got, want in zip(res["logprobs"], lps):
+            assert np.allclose(unpack(got), want, atol=1e-6)
+    assert "logprobs" not in call(engine, "forwardBackward", {"datums": datums, "loss": loss})
+
+
 def test_micro_batching_and_split_calls_give_the_same_gradient(engine: Engine) -> None:
     datums = with_old_logprobs(engine, rl_datums())
     loss = {"name": "importance_sampling", "aggregation": "token-mean"}

@@ -217,7 +217,9 @@ async function curriculum(values: Record<string, unknown>, rest: string[]): Prom
   const mixName = (values.mix as string | undefined) ?? "real-lm";
   const mix = Object.hasOwn(CURRICULUM_MIXES, mixName) ? CURRICULUM_MIXES[mixName] : undefined;
   if (!mix)
-    throw new UserError(`--mix: unknown mix "${mixName}" (known: ${Object.keys(CURRICULUM_MIXES).join(", ")})`);
+    throw new UserError(
+      `--mix: unknown mix "${mixName}" (known: ${Object.keys(CURRICULUM_MIXES).join(", ")})`,
+    );
   const largeText = values.large as string | undefined;
   const large = largeText === undefined ? 0.5 : Number(largeText);
   if (!Number.isFinite(large) || large < 0 || large > 1)

@@ -78,15 +78,19 @@ export async function startEngineFor(
   opts: { threads?: number } = {},
 ): Promise<Engine> {
   const { openEngine } = await import("../engine/client.ts");
-  let engine: Engine = await openEngine({
-    ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
-    ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
-    ...(opts.threads !== undefined ? { env: { ERL_ENGINE_THREADS: String(opts.threads) } } : {}),
-    onStderr: (line) => {
-      const shown = engineProgressLine(line);
-      if (shown !== null) process.stderr.write(`${shown}\n`);
-    },
-  });
+  const onStderr = (line: string) => {
+    const shown = engineProgressLine(line);
+    if (shown !== null) process.stderr.write(`${shown}\n`);
+  };
+  let engine: Engine =
+    cfg.engine.kind === "tinker"
+      ? await (await import("../engine/tinker.ts")).startTinkerBridge(cfg.engine, onStderr)
+      : await openEngine({
+          ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
+          ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
+          ...(opts.threads !== undefined ? { env: { ERL_ENGINE_THREADS: String(opts.threads) } } : {}),
+          onStderr,
+        });
   try {
     if (cfg.engine.sampler === "vllm") {
       const { VllmSampledEngine } = await import("../engine/vllm.ts");

@@ -39,7 +39,16 @@ export function defaultConfig(): RunConfig {
       reference: "auto",
       gradientCheckpointing: false,
     },
-    engine: { url: null, python: null, sampler: "engine", vllmPython: null },
+    engine: {
+      kind: "engine",
+      baseUrl: null,
+      apiKeyEnv: "TINKER_API_KEY",
+      baseModel: null,
+      url: null,
+      python: null,
+      sampler: "engine",
+      vllmPython: null,
+    },
     reflector: {
       kind: "policy",
       ...defaultEndpoint(),

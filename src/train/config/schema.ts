@@ -56,6 +56,10 @@ function fixedFields(): Record<string, Field> {
       gradientCheckpointing: bool,
     }),
     engine: obj({
+      kind: oneOf(["engine", "tinker"]),
+      baseUrl: str({ nullable: true, nonEmpty: true }),
+      apiKeyEnv: str({ nonEmpty: true }),
+      baseModel: str({ nullable: true, nonEmpty: true }),
       url: str({ nullable: true, nonEmpty: true }),
       python: str({ nullable: true, nonEmpty: true }),
       sampler: oneOf(["engine", "vllm"]),
@@ -156,6 +160,7 @@ export function crossCheck(cfg: RunConfig, where: Source): void {
       '"base" needs LoRA (model.lora); use "copy" for full fine-tuning',
     );
   if (cfg.loss.clipHigh <= 0) throw inputError({ ...where, key: "loss.clipHigh" }, "must be > 0");
+  if (cfg.engine.kind === "tinker") tinkerCheck(cfg, where);
   for (const [block, api] of [
     ["reflector", cfg.reflector.kind === "openai"],
     ["policy", cfg.policy.kind === "openai"],
@@ -190,4 +195,27 @@ export function crossCheck(cfg: RunConfig, where: Source): void {
     );
   }
   algo.check?.(cfg, where);
+}
+
+/** What a Tinker service can run (its built-in losses, LoRA only); docs/tinker.md. */
+function tinkerCheck(cfg: RunConfig, where: Source): void {
+  const need = (key: string, ok: boolean, why: string) => {
+    if (!ok) throw inputError({ ...where, key }, `${why} with engine.kind "tinker" (docs/tinker.md)`);
+  };
+  need("engine.baseModel", cfg.engine.baseModel !== null, 'is required (e.g. "Qwen/Qwen3-4B-Instruct-2507")');
+  need("engine.url", cfg.engine.url === null, "must be null (engine.baseUrl names the service)");
+  need("engine.sampler", cfg.engine.sampler === "engine", 'must be "engine" (the service samples)');
+  if (cfg.engine.baseUrl !== null)
+    need("engine.baseUrl", /^https?:\/\//.test(cfg.engine.baseUrl), "must start with http(s)://");
+  need("model.lora", cfg.model.lora !== null, "must be set (a Tinker service trains LoRA adapters)");
+  need("loss.klCoef", cfg.loss.klCoef === 0, "must be 0 (no built-in Tinker loss has a KL term)");
+  need("loss.dualClip", cfg.loss.dualClip === null, "must be null (no built-in Tinker loss has a dual clip)");
+  need("loss.tisCap", cfg.loss.tisCap === null, "must be null");
+  need("loss.logRatioClamp", cfg.loss.logRatioClamp === null, "must be null");
+  need("loss.klClamp", cfg.loss.klClamp === null, "must be null");
+  need(
+    "loss.temperature",
+    cfg.loss.temperature === 1,
+    "must be 1 (the service's log-probs are at temperature 1)",
+  );
 }

@@ -63,6 +63,17 @@ export interface BaseRunConfig {
     gradientCheckpointing: boolean;
   };
   engine: {
+    /**
+     * "engine": this project's engine (a local child process, or `url`); "tinker": a Tinker service
+     * through the official SDK (docs/tinker.md), with `baseUrl`, `apiKeyEnv` and `baseModel`.
+     */
+    kind: "engine" | "tinker";
+    /** The Tinker service's URL; null = the SDK's default service (or $TINKER_BASE_URL). */
+    baseUrl: string | null;
+    /** Name of the environment variable holding the Tinker API key (the key itself is never in a config). */
+    apiKeyEnv: string;
+    /** The Tinker base model to train, e.g. "Qwen/Qwen3-4B-Instruct-2507" (model.path holds its tokenizer). */
+    baseModel: string | null;
     /** A running engine server (`erl engine serve`); null starts a local child process. */
     url: string | null;
     /** Python interpreter for a local engine; null = $ERL_PYTHON or .venv/bin/python. */
