@@ -27,7 +27,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-PROVENANCE = "provenance.json"
+from .model_dirs import PROVENANCE, publish, sha256_of, write_provenance  # noqa: E402
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -37,14 +38,6 @@ class MergeError(Exception):
 
 def log(msg: str) -> None:
     print(f"[merge] {msg}", file=sys.stderr, flush=True)
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def adapter_digest(adapter: str) -> str:
@@ -120,19 +113,8 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
             },
             "files": files,
         }
-        with open(os.path.join(tmp, PROVENANCE), "w", encoding="utf-8") as f:
-            json.dump(prov, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o755)
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)
-        if os.path.exists(args.out):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(args.out)}.old-", dir=parent)
-            os.rename(args.out, os.path.join(old, "x"))
-            os.rename(tmp, args.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, args.out)
+        write_provenance(tmp, prov)
+        publish(tmp, args.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
