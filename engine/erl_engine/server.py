@@ -232,7 +232,7 @@ MAX_HTTP_BODY = 256 << 20  # an authenticated request's body (JSON); --max-body 
 MAX_HEADER_BYTES = 32 << 10  # request line + headers, read before the token is known
 HEADER_DEADLINE_S = 30.0  # a connection must have sent its whole head within this (idle included)
 SOCKET_TIMEOUT_S = 60.0  # any single read or write that makes no progress for this long ends it
-MAX_CONNECTIONS = 32  # connections served at once; more are answered 503 and closed
+MAX_CONNECTIONS = 32  # connections served at once; a new one cuts the oldest not yet authorised, else 503
 
 
 class _HeadTooLarge(http.client.LineTooLong):
@@ -288,16 +288,75 @@ class _CappedReader:
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most `max_connections` at once; the rest get 503 and are closed."""
+    """A thread per connection, at most `max_connections` served at once.
+
+    A connection that has not yet sent an authorised request head (a new one, or a keep-alive one
+    idle between requests) is "waiting". When every slot is taken, a new connection takes the slot
+    of the oldest waiting one that has never sent an authorised request (else of the oldest idle
+    keep-alive one), which is cut: slow or idle connections without a token cannot starve a client
+    that sends its request at once, however often they reconnect, and they go before the clients'
+    own keep-alive connections. Only when every slot holds an authorised request is a new
+    connection answered 503 and closed. Cut connections may take a moment to leave, so at most
+    2 x `max_connections` threads exist at any time."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connects is queued, not dropped
 
     def __init__(self, address: tuple[str, int], handler: Any, max_connections: int) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._max = max_connections
+        self._lock = threading.Lock()
+        self._live = 0  # connections holding a slot
+        self._running = 0  # connection threads running (cut ones included until they leave)
+        # socket -> (has sent an authorised request, when it began waiting), for waiting connections
+        self._waiting: dict[Any, tuple[bool, int]] = {}
+        self._trusted: set[Any] = set()  # connections that have sent an authorised request
+        self._cut: set[Any] = set()  # connections cut to free their slot, until their thread leaves
+        self._order = 0
+        self.cut_count = 0
         super().__init__(address, handler)
 
+    def waiting(self, sock: Any, yes: bool) -> None:
+        """Marks a connection as waiting for a request head (True) or serving an authorised request."""
+        with self._lock:
+            if not yes:
+                self._waiting.pop(sock, None)
+                self._trusted.add(sock)
+            elif sock not in self._cut:
+                self._order += 1
+                self._waiting[sock] = (sock in self._trusted, self._order)
+
+    def _admit(self, request: Any) -> bool:
+        with self._lock:
+            if self._live >= self._max and self._waiting and self._running < 2 * self._max:
+                victim = min(self._waiting, key=self._waiting.__getitem__)
+                del self._waiting[victim]
+                self._cut.add(victim)
+                self._live -= 1
+                self.cut_count += 1
+                try:
+                    victim.shutdown(socket.SHUT_RDWR)  # its blocked read returns; the thread leaves
+                except OSError:
+                    pass
+            if self._live >= self._max or self._running >= 2 * self._max:
+                return False
+            self._live += 1
+            self._running += 1
+            self._order += 1
+            self._waiting[request] = (False, self._order)
+            return True
+
+    def _leave(self, request: Any) -> None:
+        with self._lock:
+            self._running -= 1
+            self._waiting.pop(request, None)
+            self._trusted.discard(request)
+            if request in self._cut:
+                self._cut.discard(request)
+            else:
+                self._live -= 1
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._admit(request):
             try:
                 request.settimeout(1.0)
                 request.sendall(
@@ -311,14 +370,14 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._leave(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._leave(request)
 
 
 Route = Callable[[bytes], "tuple[int, dict[str, Any]]"]
@@ -369,6 +428,7 @@ def make_http_server(
             # The head (and the idle wait before it) must arrive within the deadline, else the
             # connection is shut; the timer is stopped once the request is authorised.
             self.rfile.arm()  # type: ignore[attr-defined]
+            self.server.waiting(self.connection, True)  # type: ignore[attr-defined]
             self._deadline = threading.Timer(header_deadline, self._abort)
             self._deadline.daemon = True
             self._deadline.start()
@@ -413,6 +473,7 @@ def make_http_server(
                 self._refuse(401, "unauthorized", "missing or wrong bearer token")
                 return
             self._deadline.cancel()
+            self.server.waiting(self.connection, False)  # type: ignore[attr-defined]
             self.rfile.lift()  # type: ignore[attr-defined]
             route = routes.get((method, self.path.split("?", 1)[0]))
             if route is None:

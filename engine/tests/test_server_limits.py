@@ -99,10 +99,49 @@ def test_a_stalled_head_is_cut_off(served: int) -> None:
     assert answer == b"" and time.monotonic() - t0 < 20
 
 
-def test_connections_beyond_the_limit_are_turned_away(served: int) -> None:
+def test_a_new_connection_takes_the_slot_of_the_oldest_one_without_a_request(served: int) -> None:
+    # Three connections (the limit here) that send nothing: a fourth, a real client, is served, and the
+    # oldest silent one is cut to make room; they cannot starve the real client, however many they are.
     held = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(3)]
     try:
         time.sleep(0.2)  # let the server accept them (it does not answer until a head arrives)
+        answer = raw(served, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nConnection: close\r\n\r\n")
+        assert status_of(answer) == 200
+        assert held[0].recv(10) == b""  # the oldest was cut
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_clients_idle_keep_alive_connection_goes_after_the_silent_ones(served: int) -> None:
+    # The client's own keep-alive connection (idle after one request) is older than two silent ones,
+    # yet a new connection cuts a silent one: the client's connection still serves its next request.
+    client = socket.create_connection(("127.0.0.1", served), timeout=20)
+    health = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+    silent: list[socket.socket] = []
+    try:
+        client.sendall(health)
+        assert status_of(client.recv(4096)) == 200
+        silent = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(2)]
+        time.sleep(0.2)
+        answer = raw(served, health.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert status_of(answer) == 200
+        assert silent[0].recv(10) == b""  # the oldest silent one was cut
+        client.sendall(health)
+        assert status_of(client.recv(4096)) == 200
+    finally:
+        for s in [client, *silent]:
+            s.close()
+
+
+def test_connections_beyond_the_limit_are_turned_away_when_each_holds_a_request(served: int) -> None:
+    # Three authorised requests whose bodies are still arriving hold every slot: a fourth gets 503.
+    held = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(3)]
+    try:
+        for s in held:
+            s.sendall(head("/v1/call", 10, TOKEN) + b"{")
+        time.sleep(0.3)
         answer = raw(served, head("/v1/call", 10, TOKEN))
         assert status_of(answer) == 503
     finally:

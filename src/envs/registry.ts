@@ -18,6 +18,12 @@ const factories = new Map<string, EnvFactory>();
 
 /** Adds an environment under `name`. Re-registering a name is an error unless `replace` is set. */
 export function registerEnv(name: string, factory: EnvFactory, { replace = false } = {}): void {
+  // Names every JavaScript object answers ("__proto__", "constructor", "toString"…) would be mistaken
+  // for environments by plain lookups, in configs and on the command line.
+  if (name in Object.prototype)
+    throw new UserError(
+      `environment name "${name}" is reserved (a built-in member name of JavaScript objects); pick another`,
+    );
   if (!/^[a-z][a-z0-9_-]*$/.test(name))
     throw new UserError(`environment name "${name}" must be lower-case letters, digits, "-" or "_"`);
   if (factories.has(name) && !replace) throw new UserError(`environment "${name}" is already registered`);

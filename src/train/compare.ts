@@ -12,6 +12,7 @@ import { UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/jsonl.ts";
 import { attemptsPerTask, checkModelPath, validateConfig, type AlgoName, type RunConfig } from "./config.ts";
 import { runTraining, type TrainDeps } from "./runner.ts";
+import { checkRunLimits, readModelShape } from "./limits.ts";
 import { RunFiles } from "./runfiles.ts";
 import { Progress } from "./progress.ts";
 import { loadRunData, terminalTable, writeReport, type AlgoSummary, type RunData } from "./report.ts";
@@ -97,6 +98,10 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
   const dir = resolve(o.dir);
   const base = validateConfig({ ...o.base, env: o.env });
   checkModelPath(base);
+  // Every run's sizes within their limits before the first one starts (src/train/limits.ts).
+  const shape = base.policy.kind === "engine" ? readModelShape(resolve(base.model.path)) : null;
+  for (const seed of o.seeds)
+    for (const algo of o.algos) checkRunLimits(plannedConfig(base, algo, seed, o.budget, dir), { shape });
   makeDirs(dir);
   const plan = { env: o.env, algos: o.algos, seeds: o.seeds, budget: o.budget, base };
   const planFile = join(dir, "compare.json");

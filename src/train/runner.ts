@@ -51,6 +51,7 @@ import { evalSummary, Progress, stepSummary } from "./progress.ts";
 import { apiBackendFor, reflectorFor } from "./deps.ts";
 import { usageMetrics, type ApiUsage, type OpenAIBackend } from "../agent/openai-backend.ts";
 import { makeDirs } from "../util/dirs.ts";
+import { checkRunLimits, readModelShape } from "./limits.ts";
 
 export interface Algorithms {
   erlStep: ErlStepFn;
@@ -156,6 +157,13 @@ export async function runTraining(opts: RunOptions): Promise<RunSummary> {
     // Another process may have created the run between the check above and the lock.
     if (!opts.resume && files.exists()) throw alreadyExists();
     return await runLocked(opts, files, lock, createdDir);
+  } catch (e) {
+    // Refused before its files were written (a size over its limit): no directory is left behind.
+    if (createdDir && !files.exists()) {
+      lock.release();
+      rmSync(opts.runDir, { recursive: true, force: true });
+    }
+    throw e;
   } finally {
     lock.release();
   }
@@ -237,14 +245,20 @@ async function runLocked(
         alreadyFinished: true,
       };
     }
-    // `--resume --set engine.url=...` (or model.path, engine.python): the run keeps the repair.
-    if (JSON.stringify(files.readConfig()) !== JSON.stringify(cfg)) files.writeConfig(cfg);
   }
 
   const env = await deps.getEnv(cfg.env, envOptions(cfg));
   const trainTasks = env.loadSplit("train");
   const evalTasks = env.loadSplit(cfg.data.evalSplit).slice(0, cfg.data.evalTasks ?? undefined);
   if (trainTasks.length === 0) throw new UserError(`${cfg.env}: the train split is empty`);
+  // Every size within its limit before anything is written or loaded (src/train/limits.ts).
+  checkRunLimits(cfg, {
+    shape: cfg.policy.kind === "engine" ? readModelShape(resolve(cfg.model.path)) : null,
+    evalSplitTasks: evalTasks.length,
+    where: opts.resume ? { file: files.configFile } : {},
+  });
+  // A new run's config.json before the model loads: a run killed meanwhile is resumable.
+  if (!opts.resume) files.create(cfg);
 
   // --- the engine before the run's files: a model that does not load or an engine that cannot be
   // reached leaves a new run no directory, and a resumed one as it was.
@@ -265,6 +279,7 @@ async function runLocked(
     if (!opts.resume) {
       lock.release();
       if (createdDir) rmSync(opts.runDir, { recursive: true, force: true });
+      else files.remove();
       throw new UserError(
         `${msg}\n(nothing was written for ${opts.runDir}; fix this and run the same command again)`,
       );
@@ -285,7 +300,9 @@ async function runLocked(
     );
   }
 
-  if (!opts.resume) files.create(cfg);
+  // `--resume --set engine.url=...` (or model.path, engine.python): the run keeps the repair, once
+  // the engine has loaded the model with it (a failed repair leaves config.json as it was).
+  if (opts.resume && JSON.stringify(files.readConfig()) !== JSON.stringify(cfg)) files.writeConfig(cfg);
   if (ckpt) files.truncateTo(ckpt.state.offsets);
   else if (opts.resume) files.truncateTo({ metrics: 0, rollouts: 0, memory: 0 });
 
