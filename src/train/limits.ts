@@ -177,7 +177,7 @@ export function episodeBudget(context: number, m: Machine): { episodes: number; 
   return byHeap <= byString
     ? {
         episodes: byHeap,
-        why: `episodes of up to ${fmt(context)} tokens take about ${Math.round(heapEach / 1024)} KiB each of Node's ${mib(m.heapBytes)} heap, half of which one step may use`,
+        why: `episodes of up to ${fmt(context)} tokens take about ${Math.round(heapEach / 1024)} KiB each of Node's ${mib(m.heapBytes)} heap, half of which one step or evaluation may use`,
       }
     : {
         episodes: byString,
