@@ -293,20 +293,21 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
 
     A connection that has not yet sent an authorised request head (a new one, or a keep-alive one
     idle between requests) is "waiting". When every slot is taken, a new connection takes the slot
-    of the oldest connection that has been waiting for at least `grace` seconds, never-authorised
-    ones first (else the oldest idle keep-alive one), which is cut: slow or idle connections without a
-    token cannot starve a client that sends its request at once, however often they reconnect, and
-    they go before the clients' own keep-alive connections. The grace period keeps a client's new
-    connection (whose head a busy server has not read yet) from being cut by the next connect. When
-    no connection can be cut, a new one is answered 503 and closed. Cut connections may take a moment
-    to leave, so at most 2 x `max_connections` threads exist at any time."""
+    of the oldest waiting one that has never sent an authorised request (else of the oldest idle
+    keep-alive one), which is cut: slow or idle connections without a token cannot starve a client
+    that sends its request at once, however often they reconnect, and they go before the clients'
+    own keep-alive connections. (A client's brand-new connection is cut too if that many newer ones
+    arrive before the server has read its head: under a flood of reconnects on a busy machine, a few
+    requests fail that way; see docs/reliability.md#load-test.) Only when every slot holds an
+    authorised request is a new connection answered 503 and closed. Cut connections may take a moment
+    to leave, so at most 2 x `max_connections` threads exist at any time. A request on a cut
+    connection was never read, so it was never executed."""
 
     daemon_threads = True
     request_queue_size = 128  # the listen backlog: a burst of connects is queued, not dropped
 
-    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int, grace: float = 1.0) -> None:
+    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int) -> None:
         self._max = max_connections
-        self._grace = grace
         self._lock = threading.Lock()
         self._live = 0  # connections holding a slot
         self._running = 0  # connection threads running (cut ones included until they leave)
@@ -329,9 +330,8 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
     def _admit(self, request: Any) -> bool:
         with self._lock:
             now = time.monotonic()
-            cuttable = [k for k, (_, since) in self._waiting.items() if now - since >= self._grace]
-            if self._live >= self._max and cuttable and self._running < 2 * self._max:
-                victim = min(cuttable, key=self._waiting.__getitem__)
+            if self._live >= self._max and self._waiting and self._running < 2 * self._max:
+                victim = min(self._waiting, key=self._waiting.__getitem__)
                 del self._waiting[victim]
                 self._cut.add(victim)
                 self._live -= 1
@@ -517,7 +517,7 @@ def make_http_server(
 
     # Threads only so that idle keep-alive connections do not block other clients; calls still run one
     # at a time under the dispatcher lock.
-    server = _BoundedHTTPServer((host, port), Handler, max_connections, grace=min(1.0, header_deadline / 2))
+    server = _BoundedHTTPServer((host, port), Handler, max_connections)
     try:
         holder["d"] = dispatcher or Dispatcher()
     except BaseException:

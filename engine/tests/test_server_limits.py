@@ -119,7 +119,7 @@ def test_a_new_connection_takes_the_slot_of_the_oldest_one_without_a_request(ser
     # oldest silent one is cut to make room; they cannot starve the real client, however many they are.
     held = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(3)]
     try:
-        time.sleep(0.7)  # accepted, and waiting longer than the grace period (half the 1 s head deadline)
+        time.sleep(0.2)  # let the server accept them (it does not answer until a head arrives)
         answer = raw(served, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
                      + b"\r\nConnection: close\r\n\r\n")
         assert status_of(answer) == 200
@@ -132,7 +132,7 @@ def test_a_new_connection_takes_the_slot_of_the_oldest_one_without_a_request(ser
 def test_a_clients_idle_keep_alive_connection_goes_after_the_silent_ones(dispatcher: Dispatcher) -> None:
     # The client's own keep-alive connection (idle after one request) is older than two silent ones,
     # yet a new connection cuts a silent one: the client's connection still serves its next request.
-    # (A 4 s head deadline here, so that the idle client is not cut by it; grace 1 s.)
+    # (A 4 s head deadline here, so that the idle client is not cut by it.)
     server, served = start(dispatcher, max_body=4096, max_connections=3, header_deadline=4.0)
     client = socket.create_connection(("127.0.0.1", served), timeout=20)
     health = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
@@ -141,7 +141,7 @@ def test_a_clients_idle_keep_alive_connection_goes_after_the_silent_ones(dispatc
         client.sendall(health)
         assert status_of(response(client)) == 200
         silent = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(2)]
-        time.sleep(1.2)
+        time.sleep(0.2)
         answer = raw(served, health.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
         assert status_of(answer) == 200
         assert silent[0].recv(10) == b""  # the oldest silent one was cut
@@ -152,22 +152,6 @@ def test_a_clients_idle_keep_alive_connection_goes_after_the_silent_ones(dispatc
             s.close()
         server.shutdown()
         server.server_close()
-
-
-def test_a_connection_within_its_grace_period_is_not_cut(served: int) -> None:
-    # Three connections that arrived just now: none has waited half a second, so none is cut (a busy
-    # server may not have read a real client's head yet); the fourth gets 503 instead.
-    held = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(3)]
-    try:
-        time.sleep(0.1)
-        answer = raw(served, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
-        assert status_of(answer) == 503
-        held[0].settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            held[0].recv(10)  # still open
-    finally:
-        for s in held:
-            s.close()
 
 
 def test_connections_beyond_the_limit_are_turned_away_when_each_holds_a_request(served: int) -> None:

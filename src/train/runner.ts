@@ -260,8 +260,8 @@ async function runLocked(
   // A new run's config.json before the model loads: a run killed meanwhile is resumable.
   if (!opts.resume) files.create(cfg);
 
-  // --- the engine before the run's files: a model that does not load or an engine that cannot be
-  // reached leaves a new run no directory, and a resumed one as it was.
+  // --- the engine before the run's records: a model that does not load or an engine that cannot be
+  // reached leaves a new run no directory (its config.json is removed again), and a resumed one as it was.
   // An API policy (erl-icl only) needs no engine.
   const icl = cfg.algo.name === "erl-icl";
   let engine: Engine | null = null;
