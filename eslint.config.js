@@ -8,6 +8,7 @@ export default tseslint.config(
       "node_modules/",
       ".venv/",
       ".venv-vllm/",
+      ".venv-tracking/",
       ".gpu-pydeps/",
       "runs/",
       "models/",

@@ -11,9 +11,10 @@
 import { erlStep } from "../src/algo/erl.ts";
 import { evaluate } from "../src/algo/eval.ts";
 import { createMemory } from "../src/algo/memory.ts";
-import { ScriptedBackend } from "../src/agent/scripted.ts";
+import { ScriptedBackend } from "../src/testing/scripted.ts";
 import { getEnv } from "../src/envs/registry.ts";
-import { defaultConfig, erlOptionsFrom, evalOptionsFrom } from "../src/train/config.ts";
+import { defaultConfig, evalOptionsFrom } from "../src/train/config.ts";
+import { erlOptionsFrom } from "../src/train/algorithms/erl.ts";
 import { Rng } from "../src/util/rng.ts";
 import { parseFlags, positiveInts } from "./args.ts";
 

@@ -13,7 +13,7 @@ import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir, cpus } from "node:os";
 import { join } from "node:path";
 import type { Engine } from "../src/engine/api.ts";
-import { validateConfig, type AlgoName } from "../src/train/config.ts";
+import { validateConfig } from "../src/train/config.ts";
 import { runTraining } from "../src/train/runner.ts";
 import { defaultDeps } from "../src/train/deps.ts";
 import { Progress } from "../src/train/progress.ts";
@@ -97,7 +97,7 @@ function timed(engine: Engine, clock: BusyClock): Engine {
 const stepsN = Number(values.steps);
 let chosen = values.dtype;
 const rows: string[] = [];
-for (const algo of ["erl", "rlvr"] as AlgoName[]) {
+for (const algo of ["erl", "rlvr"]) {
   const clock = new BusyClock();
   const deps = defaultDeps();
   const start = deps.startEngine;

@@ -29,7 +29,7 @@ import { fileURLToPath } from "node:url";
 import { createHash, randomBytes } from "node:crypto";
 import { validateConfig, type RunConfig } from "../src/train/config.ts";
 import { runTraining } from "../src/train/runner.ts";
-import { counterDeps, quietProgress, runRecords, trainSteps } from "../src/train/testkit.ts";
+import { counterDeps, quietProgress, runRecords, trainSteps } from "../src/testing/testkit.ts";
 import { readJsonlTolerant } from "../src/util/jsonl.ts";
 import { systemUserError, UserError } from "../src/util/errors.ts";
 import { Rng } from "../src/util/rng.ts";
@@ -40,7 +40,7 @@ import { loadQuestionsJsonl } from "../src/envs/hotpotqa.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const ERL = join(ROOT, "bin", "erl.mjs");
-const CHILD = join(ROOT, "src", "train", "testkit-child.ts");
+const CHILD = join(ROOT, "src", "testing", "testkit-child.ts");
 const TINY = join(ROOT, "test", "fixtures", "tiny-model");
 const PYTHON = process.env.ERL_PYTHON ?? join(ROOT, ".venv", "bin", "python");
 const SEED = Number(process.env.FAULTS_SEED ?? Date.now() % 1_000_000);
@@ -523,15 +523,16 @@ kase("disk", "full disk mid-run, then space freed and resumed", 90, async () => 
     let writes = 0;
     const full = { on: false };
     const deps = counterDeps();
-    const algos = deps.algorithms;
-    deps.algorithms = async () => {
-      const a = await algos();
-      const step = a.erlStep;
-      a.erlStep = async (...args) => {
-        if (++writes === 5) full.on = true; // the disk fills during step 5
-        return step(...args);
+    const algorithm = deps.algorithm;
+    deps.algorithm = async (name) => {
+      const a = await algorithm(name);
+      return {
+        ...a,
+        step: async (...args) => {
+          if (++writes === 5) full.on = true; // the disk fills during step 5
+          return a.step(...args);
+        },
       };
-      return a;
     };
     const restore = simulateFailure(resolve(mnt), "ENOSPC", () => full.on);
     try {

@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -29,8 +29,20 @@ import torch
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from .engine import Engine
     from .model import LoadedModel
+
+
+class Checkpointable(Protocol):
+    """What saving and loading a state needs of the engine (engine.Engine has it)."""
+
+    optimizer: torch.optim.Optimizer | None
+    step: int
+
+    def need_model(self) -> "LoadedModel": ...
+
+    def make_optimizer(self) -> torch.optim.Optimizer: ...
+
+    def local_like(self, param: torch.Tensor, whole: torch.Tensor) -> torch.Tensor: ...
 
 STATE_FORMAT = "erl-engine-state"
 STATE_VERSION = 1
@@ -143,7 +155,7 @@ def _write_problem(final: str, parent: str, e: BaseException) -> str:
     return f"{final}: writing failed ({(text[0] if text else type(e).__name__)[:300]})"
 
 
-def _trainable_named(engine: "Engine") -> dict[str, torch.nn.Parameter]:
+def _trainable_named(engine: Checkpointable) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in engine.need_model().model.named_parameters() if p.requires_grad}
 
 
@@ -152,7 +164,7 @@ def _describe(lm: "LoadedModel") -> dict[str, Any]:
 
 
 def save_state(
-    engine: "Engine",
+    engine: Checkpointable,
     directory: str,
     named: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict[str, Any] | None = None,
@@ -199,7 +211,7 @@ def save_state(
     _atomic_dir(directory, write)
 
 
-def load_state(engine: "Engine", directory: str) -> None:
+def load_state(engine: Checkpointable, directory: str) -> None:
     from safetensors.torch import load_file
 
     lm = engine.need_model()

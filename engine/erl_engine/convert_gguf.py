@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import errno
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -41,7 +39,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PROVENANCE = "provenance.json"
+from .model_dirs import PROVENANCE, publish, sha256_of, write_provenance  # noqa: E402
 # A short chat used to check that the saved weights reproduce the dequantised model.
 PROBE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
@@ -54,14 +52,6 @@ class ConvertError(Exception):
 
 def log(msg: str) -> None:
     print(f"[convert] {msg}", file=sys.stderr, flush=True)
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def locate(dist: str, rel: str) -> tuple[str, str]:
@@ -198,20 +188,8 @@ def convert(args: argparse.Namespace) -> dict[str, Any]:
             },
             "files": files,
         }
-        with open(os.path.join(tmp, PROVENANCE), "w", encoding="utf-8") as f:
-            json.dump(prov, f, indent=2)
-            f.write("\n")
-        # mkdtemp makes a private directory; an installed model is an ordinary, readable one.
-        os.chmod(tmp, 0o755)
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-            os.rename(out, os.path.join(old, "x"))
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        write_provenance(tmp, prov)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from . import ENGINE_VERSION, PROTOCOL_VERSION
-from . import autotune, checkpoint, dist, sampler
+from . import autotune, checkpoint, dist, sampler, tokenizing
+from .loss_metrics import LossMetrics
 from .losses import LossSpec, compute_loss, default_normalizer
 from .model import LoadedModel, load, load_dtype, precheck
 from .protocol import ProtocolError, bad, pack_f32
@@ -46,6 +47,27 @@ _LOSS_FIELDS = {
 }
 
 
+# Model types whose causal-LM head is `logits = lm_head(final hidden state)`, nothing after it (no
+# logit scaling or soft-capping): for these the head may run on the positions that are needed only.
+PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def _body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The decoder (up to the final norm) and the LM head of a plain-head model (a PEFT wrapper is
+    looked through; LoRA layers inside stay active), or None for any other model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    try:
+        body, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if body is None or head is None or body is base:
+        return None
+    return body, head
+
+
 def token_logprobs(
     model: torch.nn.Module,
     inp: torch.Tensor,
@@ -53,12 +75,30 @@ def token_logprobs(
     autocast: Any,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    keep: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(target) at every position [B, T] (fp32) from logits / temperature, and optionally the
-    entropy of each such distribution."""
-    with autocast:
-        out = model(input_ids=inp, use_cache=False)
-    logits = out.logits.float()
+    entropy of each such distribution.
+
+    `keep` ([B, T] bool): only these positions are needed; the others come back as 0. For a plain-head
+    model (PLAIN_HEAD_TYPES) the LM head, the log-softmax and the entropy then run on those positions
+    alone: with a 49k vocabulary (SmolLM2) the head is a fifth of the model's work per token, and an
+    RL or SFT batch trains a minority of its tokens (the replies, not the prompts and boards).
+    `position_ids` ([B, T]): packed rows (Batch), whose positions restart at each sequence."""
+    extra = {"position_ids": position_ids} if position_ids is not None else {}
+    split = _body_and_head(model) if keep is not None else None
+    if split is None:
+        with autocast:
+            out = model(input_ids=inp, use_cache=False, **extra)
+        logits = out.logits.float()
+    else:
+        body, head = split
+        assert keep is not None
+        with autocast:
+            hidden = body(input_ids=inp, use_cache=False, **extra).last_hidden_state
+            logits = head(hidden[keep]).float()  # [N, vocab]
+        tgt = tgt[keep]
     if temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
@@ -68,6 +108,12 @@ def token_logprobs(
         with torch.no_grad():
             probs = torch.softmax(logits, dim=-1)
             ent = lse - (probs * logits).sum(-1)
+    if split is not None:
+        assert keep is not None
+        full = torch.zeros(keep.shape, dtype=logp.dtype, device=logp.device)
+        logp = full.masked_scatter(keep, logp)
+        if ent is not None:
+            ent = torch.zeros(keep.shape, dtype=ent.dtype, device=ent.device).masked_scatter(keep, ent)
     return logp, ent
 
 
@@ -109,17 +155,47 @@ def plan_micro_batches(lengths: list[int], budget: int, ids: list[int] | None = 
     return groups
 
 
-class Batch:
-    """A padded micro-batch of datums: tensors [b, T] plus each row's datum index and length."""
+def pack_rows(lengths: list[int], ids: list[int] | None = None) -> list[list[int]]:
+    """Packs datums into rows no longer than the longest datum, first fit in order of decreasing length
+    (`ids`: the datums' own ids, default positions in `lengths`). Each row is a list of datum ids, laid
+    end to end; rows come back longest first, as plan_micro_batches wants them."""
+    ids = list(range(len(lengths))) if ids is None else ids
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    cap = max(lengths, default=0)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(ids[i])
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([ids[i]])
+            room.append(cap - lengths[i])
+    filled = [cap - free for free in room]
+    return [rows[r] for r in sorted(range(len(rows)), key=lambda r: -filled[r])]
 
-    def __init__(self, datums: list[dict[str, Any]], indices: list[int], device: torch.device, need_rl: bool):
-        rows = [datums[i] for i in indices]
+
+class Batch:
+    """A padded micro-batch: tensors [b, T]. Each row holds one datum, or with packing several laid end
+    to end (`rows`), whose positions restart at 0 so that attention stays within each (transformers
+    builds the block-diagonal causal mask from the position ids). `place[i]` = (row, offset) of datum i."""
+
+    def __init__(self, datums: list[dict[str, Any]], indices: list[int], device: torch.device, need_rl: bool,
+                 rows: list[list[int]] | None = None):
+        if rows is None:
+            rows = [[i] for i in indices]
         # No indices: a one-token, zero-weight padding batch (a rank with fewer micro-batches than
         # another still joins every collective).
-        t = max((len(d["inputIds"]) for d in rows), default=1)
+        lens = [sum(len(datums[i]["inputIds"]) for i in row) for row in rows]
+        t = max(lens, default=1)
         b = max(len(rows), 1)
-        self.indices = indices
-        self.lengths = [len(d["inputIds"]) for d in rows]
+        self.indices = [i for row in rows for i in row]
+        self.lengths = [len(datums[i]["inputIds"]) for i in self.indices]
+        self.place: dict[int, tuple[int, int]] = {}
+        packed = any(len(row) > 1 for row in rows)
+        pos = np.zeros((b, t), dtype=np.int64) if packed else None
         inp = np.zeros((b, t), dtype=np.int64)
         tgt = np.zeros((b, t), dtype=np.int64)
         w = np.zeros((b, t), dtype=np.float32)
@@ -127,20 +203,31 @@ class Batch:
         old = np.zeros((b, t), dtype=np.float32)
         # The sampler's log-probs where a datum has them (else the old ones: no gap), and which rows do.
         smp = np.zeros((b, t), dtype=np.float32)
-        has_smp = np.zeros((b, 1), dtype=np.float32)
-        for r, d in enumerate(rows):
-            n = len(d["inputIds"])
-            inp[r, :n] = d["inputIds"]
-            tgt[r, :n] = d["targetIds"]
-            w[r, :n] = d["weights"]
-            if need_rl:
-                adv[r, :n] = d["advantages"]
-                old[r, :n] = d["oldLogprobs"]
-            if "samplerLogprobs" in d:
-                smp[r, :n] = d["samplerLogprobs"]
-                has_smp[r] = 1.0
-            elif need_rl:
-                smp[r, :n] = d["oldLogprobs"]
+        has_smp = np.zeros((b, t), dtype=np.float32)
+        for r, row in enumerate(rows):
+            o = 0
+            for i in row:
+                d = datums[i]
+                n = len(d["inputIds"])
+                self.place[i] = (r, o)
+                sl = slice(o, o + n)
+                inp[r, sl] = d["inputIds"]
+                tgt[r, sl] = d["targetIds"]
+                w[r, sl] = d["weights"]
+                if pos is not None:
+                    pos[r, sl] = np.arange(n)
+                if need_rl:
+                    adv[r, sl] = d["advantages"]
+                    old[r, sl] = d["oldLogprobs"]
+                if "samplerLogprobs" in d:
+                    smp[r, sl] = d["samplerLogprobs"]
+                    has_smp[r, sl] = 1.0
+                elif need_rl:
+                    smp[r, sl] = d["oldLogprobs"]
+                o += n
+            if pos is not None and o < t:  # the row's padding continues its last sequence's positions
+                pos[r, o:] = np.arange(pos[r, o - 1] + 1, pos[r, o - 1] + 1 + t - o) if o > 0 else np.arange(t - o)
+        self.pos = torch.from_numpy(pos).to(device) if pos is not None else None
         self.inp = torch.from_numpy(inp).to(device)
         self.tgt = torch.from_numpy(tgt).to(device)
         self.w = torch.from_numpy(w).to(device)
@@ -311,45 +398,30 @@ class Engine:
 
     # ---- tokenizer --------------------------------------------------------------------------------
 
-    def _chat_text(self, chat: dict[str, Any], path: str) -> str:
-        tok = self.need_model().tokenizer
-        if not getattr(tok, "chat_template", None):
-            raise ProtocolError("bad_request", "this model's tokenizer has no chat template (tokenizer_config.json)")
-        try:
-            return str(
-                tok.apply_chat_template(
-                    chat["messages"], tokenize=False, add_generation_prompt=chat.get("addGenerationPrompt", False)
-                )
-            )
-        except Exception as e:  # jinja errors from the model's own template
-            raise ProtocolError("bad_request", f"{path}.messages: the chat template failed: {e}") from None
-
     def render_chat(self, p: dict[str, Any]) -> dict[str, Any]:
-        text = self._chat_text(p, "params")
-        return {"ids": list(self.need_model().tokenizer.encode(text, add_special_tokens=False))}
+        return {"ids": tokenizing.render_chats(self.need_model().tokenizer, [p], ["params"])[0]}
 
     def render_chats(self, p: dict[str, Any]) -> dict[str, Any]:
         """renderChat for many conversations in one call (one round trip per turn of a batch)."""
-        texts = [self._chat_text(c, f"params.chats[{i}]") for i, c in enumerate(p["chats"])]
-        tok = self.need_model().tokenizer
-        return {"ids": [list(tok.encode(t, add_special_tokens=False)) for t in texts]}
+        paths = [f"params.chats[{i}]" for i in range(len(p["chats"]))]
+        return {"ids": tokenizing.render_chats(self.need_model().tokenizer, p["chats"], paths)}
 
     def encode(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
-        return {"ids": list(lm.tokenizer.encode(p["text"], add_special_tokens=p.get("addSpecialTokens", False)))}
+        return {"ids": tokenizing.encode(lm.tokenizer, p["text"], p.get("addSpecialTokens", False))}
 
     def decode(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
         ids = p["ids"]
         self._check_ids(ids, "params.ids")
-        return {"text": lm.tokenizer.decode(ids.tolist(), skip_special_tokens=p.get("skipSpecialTokens", False))}
+        return {"text": tokenizing.decode(lm.tokenizer, ids.tolist(), p.get("skipSpecialTokens", False))}
 
     def decode_many(self, p: dict[str, Any]) -> dict[str, Any]:
         lm = self.need_model()
         for i, ids in enumerate(p["seqs"]):
             self._check_ids(ids, f"params.seqs[{i}]")
         skip = p.get("skipSpecialTokens", False)
-        return {"texts": [lm.tokenizer.decode(ids.tolist(), skip_special_tokens=skip) for ids in p["seqs"]]}
+        return {"texts": [tokenizing.decode(lm.tokenizer, ids.tolist(), skip) for ids in p["seqs"]]}
 
     def _check_ids(self, ids: np.ndarray, path: str) -> None:
         lm = self.need_model()
@@ -407,13 +479,15 @@ class Engine:
             if lm.max_positions is not None and n > lm.max_positions:
                 raise bad(f"params.datums[{i}].inputIds", f"{n} tokens exceed the model's {lm.max_positions} positions")
 
-    def _plan(self, datums: list[dict[str, Any]], method: str) -> list[list[int]]:
-        """This rank's micro-batches; under torchrun every rank gets as many (padding with [])."""
+    def _plan(self, datums: list[dict[str, Any]], method: str, pack: bool = False) -> list[list[list[int]]]:
+        """This rank's micro-batches, each a list of rows of datum indices (one datum per row, or several
+        with `pack`); under torchrun every rank gets as many (padding with empty ones), and packing is
+        not used there."""
         d = self.dist
         if d is None:
-            return self._micro_batches(datums)
+            return self._micro_batches(datums, pack=pack)
         err: BaseException | None = None
-        groups: list[list[int]] = []
+        groups: list[list[list[int]]] = []
         try:
             d.maybe_fault(method)
             groups = self._micro_batches(datums, d.shard_by_tokens([len(x["inputIds"]) for x in datums]))
@@ -423,12 +497,20 @@ class Engine:
         count = d.max_int(len(groups))
         return groups + [[] for _ in range(count - len(groups))]
 
-    def _micro_batches(self, datums: list[dict[str, Any]], subset: list[int] | None = None) -> list[list[int]]:
+    def _micro_batches(self, datums: list[dict[str, Any]], subset: list[int] | None = None,
+                       pack: bool = False) -> list[list[list[int]]]:
         """Datums grouped into micro-batches of at most `microbatch_tokens` padded tokens each (a longer
-        datum goes alone), split where that saves padding: see plan_micro_batches."""
+        datum goes alone), split where that saves padding: see plan_micro_batches. With `pack`, datums
+        are first laid end to end in rows (pack_rows) and the rows are planned instead."""
         pool = list(range(len(datums)) if subset is None else subset)
+        if pack:
+            rows = pack_rows([len(datums[i]["inputIds"]) for i in pool], pool)
+            lengths = [sum(len(datums[i]["inputIds"]) for i in row) for row in rows]
+            groups = plan_micro_batches(lengths, self.microbatch_tokens)
+            return [[rows[k] for k in g] for g in groups]
         order = sorted(pool, key=lambda i: -len(datums[i]["inputIds"]))
-        return plan_micro_batches([len(datums[i]["inputIds"]) for i in order], self.microbatch_tokens, order)
+        groups = plan_micro_batches([len(datums[i]["inputIds"]) for i in order], self.microbatch_tokens, order)
+        return [[[i] for i in g] for g in groups]
 
     @torch.no_grad()
     def forward(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -437,7 +519,7 @@ class Engine:
         temperature = p.get("temperature", 1.0)
         self._check_datums(datums, False)
         result: list[Any] = [None] * len(datums)
-        plan = self._plan(datums, "forward")
+        plan = self._plan(datums, "forward", pack=p.get("pack", False))
         # DDP needs no collective without gradients: its inner model is used directly.
         model = self.train_module if (self.dist and self.dist.mode == "fsdp") else lm.model
         assert model is not None
@@ -448,11 +530,13 @@ class Engine:
             for idx in plan:
                 if self.dist is not None:
                     self.dist.maybe_fault("forward/batch")
-                b = Batch(datums, idx, lm.device, False)
-                logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast(), temperature=temperature)
+                b = Batch(datums, [], lm.device, False, rows=idx)
+                logp, _ = token_logprobs(model, b.inp, b.tgt, lm.autocast(), temperature=temperature,
+                                         position_ids=b.pos)
                 logp_np = logp.cpu().numpy()
-                for r, di in enumerate(idx):
-                    result[di] = pack_f32(logp_np[r, : b.lengths[r]])
+                for di, n in zip(b.indices, b.lengths):
+                    r, o = b.place[di]
+                    result[di] = pack_f32(logp_np[r, o: o + n])
         except Exception as e:
             # Under DDP these micro-batches issue no collective: a rank that fails in one (out of memory,
             # say) meets the others at agree() below. Under FSDP2 each forward is full of collectives.
@@ -465,7 +549,7 @@ class Engine:
                 dist.reshard(lm.model)
         if self.dist is not None:
             self.dist.agree(err)
-            mine = {di: result[di] for idx in plan for di in idx}
+            mine = {di: result[di] for idx in plan for row in idx for di in row}
             for part in self.dist.all_gather(mine):
                 for di, lp in part.items():
                     result[di] = lp
@@ -492,44 +576,76 @@ class Engine:
         if norm is None:
             norm = spec.normalizer = default_normalizer([d["weights"] for d in datums], spec.aggregation)
 
-        acc = _MetricAcc()
+        # forwardOnly: the same loss and metrics without gradients (eval mode, nothing accumulates);
+        # returnLogprobs: each datum's per-target log-probs too (the Tinker front, erl_tinker/server.py).
+        forward_only = bool(p.get("forwardOnly"))
+        if forward_only and self.dist is not None:
+            raise bad("params.forwardOnly", "not available under engine ranks")
+        logprobs_out: list[Any] | None = [None] * len(datums) if p.get("returnLogprobs") else None
+        acc = LossMetrics()
         total_loss = 0.0
-        plan = self._plan(datums, "forwardBackward")
+        plan = self._plan(datums, "forwardBackward", pack=p.get("pack", False))
         d = self.dist
         train = self.train_module if self.train_module is not None else lm.model
         # DDP and FSDP2 average gradients over ranks; the loss divisor is already global.
         scale = float(d.world) if d is not None else 1.0
-        lm.model.train()
+        lm.model.train(not forward_only)
         try:
             for k, idx in enumerate(plan):
-                b = Batch(datums, idx, lm.device, need_rl)
+                b = Batch(datums, [], lm.device, need_rl, rows=idx)
                 # DDP all-reduces once per call, at its last micro-batch (the others accumulate locally).
                 no_sync = d is not None and d.mode == "ddp" and k < len(plan) - 1
-                with train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                grad = torch.no_grad() if forward_only else contextlib.nullcontext()
+                with grad, train.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                    # Only the weighted positions enter the loss and the metrics; under DDP/FSDP2 the
+                    # wrapped module must run its own forward (its hooks), so it computes every position,
+                    # and so does a call that returns every position's log-prob.
+                    keep = (b.w != 0) if d is None and logprobs_out is None else None
+                    if keep is not None and b.old is not None:
+                        # Positions left out come back as log-prob 0; their old log-probs go to 0 too, so
+                        # their (weight-0) ratios stay finite instead of 0 * inf.
+                        b.old = torch.where(keep, b.old, 0.0)
+                        b.smp = torch.where(keep, b.smp, 0.0)
                     logp, ent = token_logprobs(
-                        train, b.inp, b.tgt, lm.autocast(), with_entropy=True, temperature=spec.temperature
+                        train, b.inp, b.tgt, lm.autocast(), with_entropy=True, temperature=spec.temperature,
+                        keep=keep, position_ids=b.pos,
                     )
                     ref_logp = None
                     if spec.kl_coef:
                         with torch.no_grad(), lm.reference_model() as ref:
-                            ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast(), temperature=spec.temperature)
+                            ref_logp, _ = token_logprobs(ref, b.inp, b.tgt, lm.autocast(), temperature=spec.temperature,
+                                                         keep=keep, position_ids=b.pos)
                     loss, diag = compute_loss(spec, logp, b.w, b.adv, b.old, ref_logp, b.smp)
-                    (loss * scale if scale != 1.0 else loss).backward()
+                    if not forward_only:
+                        (loss * scale if scale != 1.0 else loss).backward()
                 total_loss += float(loss.detach())
                 acc.add(b.w != 0, logp.detach(), ent, diag, b.w, norm)
                 acc.add_mismatch((b.w != 0) & (b.has_smp != 0), logp.detach(), b.smp)
+                if logprobs_out is not None:
+                    logp_np = logp.detach().float().cpu().numpy()
+                    for di, n in zip(b.indices, b.lengths):
+                        r, o = b.place[di]
+                        logprobs_out[di] = pack_f32(logp_np[r, o: o + n])
         finally:
             lm.model.eval()
         if d is not None:
             parts = d.all_gather((total_loss, acc))
             total_loss = sum(x[0] for x in parts)
-            acc = _MetricAcc.merged([x[1] for x in parts])
+            acc = LossMetrics.merged([x[1] for x in parts])
         metrics = acc.result()
         metrics["loss"] = total_loss
         metrics["sequences"] = float(len(datums))
         metrics["normalizer"] = norm
         metrics["grad_norm"] = self._grad_norm()
-        return {"loss": total_loss, "metrics": metrics}
+        out: dict[str, Any] = {"loss": total_loss, "metrics": metrics}
+        if logprobs_out is not None:
+            if d is not None:
+                mine = {di: logprobs_out[di] for idx in plan for row in idx for di in row}
+                for part in d.all_gather(mine):
+                    for di, lp in part.items():
+                        logprobs_out[di] = lp
+            out["logprobs"] = logprobs_out
+        return out
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.need_model().model.parameters() if p.requires_grad]
@@ -628,94 +744,6 @@ class Engine:
         if self.dist.rank == 0:
             checkpoint.export(lm, p["dir"], merge_lora=False, state_dict=state)
         return {}
-
-
-class _MetricAcc:
-    """Sums per-token diagnostics over unmasked tokens across micro-batches."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.sums: dict[str, float] = {}
-        self.rmin = math.inf
-        self.rmax = -math.inf
-        self.mm_count = 0
-        self.mm_max = 0.0
-
-    def _add(self, key: str, v: float) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + v
-
-    @classmethod
-    def merged(cls, parts: list["_MetricAcc"]) -> "_MetricAcc":
-        """The sums of several ranks' accumulators (every metric is a sum, a min or a max)."""
-        out = cls()
-        for part in parts:
-            out.count += part.count
-            for key, v in part.sums.items():
-                out._add(key, v)
-            out.rmin = min(out.rmin, part.rmin)
-            out.rmax = max(out.rmax, part.rmax)
-            out.mm_count += part.mm_count
-            out.mm_max = max(out.mm_max, part.mm_max)
-        return out
-
-    def add_mismatch(self, mask: torch.Tensor, logp: torch.Tensor, sampler_logp: torch.Tensor) -> None:
-        """The rollout-trainer gap on tokens that carry the sampler's log-probs: d = trainer - sampler."""
-        if not mask.any():
-            return
-        gap = (logp - sampler_logp)[mask].double()
-        self.mm_count += int(gap.numel())
-        self._add("mm_abs", float(gap.abs().sum()))
-        # k3 estimate of KL(sampler || trainer) from tokens drawn by the sampler: r - 1 - log r, r = p/q.
-        self._add("mm_k3", float((torch.exp(gap) - 1.0 - gap).sum()))
-        self.mm_max = max(self.mm_max, float(gap.abs().max()))
-
-    def add(
-        self,
-        mask: torch.Tensor,
-        logp: torch.Tensor,
-        ent: torch.Tensor | None,
-        diag: dict[str, torch.Tensor],
-        w: torch.Tensor,
-        norm: float,
-    ) -> None:
-        m = mask.float()
-        self.count += int(m.sum())
-        self._add("logprob", float((logp * m).sum()))
-        if ent is not None:
-            self._add("entropy", float((ent * m).sum()))
-        if "ratio" in diag:
-            r = diag["ratio"]
-            self._add("ratio", float((r * m).sum()))
-            if mask.any():
-                self.rmin = min(self.rmin, float(r[mask].min()))
-                self.rmax = max(self.rmax, float(r[mask].max()))
-        for key in ("clip_low", "clip_high", "dual_clip", "kl", "tis", "tis_clip"):
-            if key in diag:
-                self._add(key, float((diag[key].float() * m).sum()))
-        if norm > 0:
-            self._add("pg_loss", float((diag["pg"] * w).sum()) / norm)
-
-    def result(self) -> dict[str, float]:
-        c = max(self.count, 1)
-        out: dict[str, float] = {"tokens": float(self.count), "logprob_mean": self.sums.get("logprob", 0.0) / c}
-        if "entropy" in self.sums:
-            out["entropy"] = self.sums["entropy"] / c
-        if "ratio" in self.sums:
-            out["ratio_mean"] = self.sums["ratio"] / c
-            out["ratio_min"] = self.rmin if self.count else 1.0
-            out["ratio_max"] = self.rmax if self.count else 1.0
-        names = {"clip_low": "clip_frac_low", "clip_high": "clip_frac_high", "dual_clip": "dual_clip_frac", "kl": "kl",
-                 "tis": "tis_weight_mean", "tis_clip": "tis_clip_frac"}
-        for key, name in names.items():
-            if key in self.sums:
-                out[name] = self.sums[key] / c
-        out["pg_loss"] = self.sums.get("pg_loss", 0.0)
-        if self.mm_count:
-            out["mismatch_tokens"] = float(self.mm_count)
-            out["mismatch_abs_mean"] = self.sums["mm_abs"] / self.mm_count
-            out["mismatch_abs_max"] = self.mm_max
-            out["mismatch_k3"] = self.sums["mm_k3"] / self.mm_count
-        return out
 
 
 def _rss_bytes() -> int:

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from . import attention  # noqa: E402
 from .protocol import ProtocolError  # noqa: E402
+from .tokenizing import eos_ids  # noqa: E402
 
 
 @dataclass
@@ -93,16 +94,7 @@ def load_tokenizer(path: str) -> Any:
 
 def eos_ids_of(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     """All end-of-sequence ids the model's configs and tokenizer declare (deduplicated, sorted)."""
-    ids: set[int] = set()
-    for src in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        e = getattr(src, "eos_token_id", None) if src is not None else None
-        if isinstance(e, int):
-            ids.add(e)
-        elif isinstance(e, (list, tuple)):
-            ids.update(int(x) for x in e)
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return sorted(ids)
+    return eos_ids((getattr(model, "generation_config", None), getattr(model, "config", None)), tokenizer)
 
 
 def precheck(params: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 model's own chat template and trains with the engine's primitives: the same model class, the
 engine's per-token log-probs (`engine.token_logprobs`) and weighted cross-entropy
 (`losses.compute_loss`), and AdamW with grad-norm clipping as in `optim_step`. See
-docs/decisions/tiny-pretraining.md for why the loop runs inside the engine package instead of over
+docs/decisions/0013-tiny-pretraining.md for why the loop runs inside the engine package instead of over
 the protocol.
 
 Subcommands (python -m erl_engine.pretrain ...):

@@ -314,8 +314,9 @@ PARAMS: dict[str, Validator] = {
             "logprobTemperature": Num(0, lo_open=True),
         },
     ),
-    "forward": Obj({"datums": List(DATUM, 1)}, {"temperature": Num(0, lo_open=True)}),
-    "forwardBackward": Obj({"datums": List(DATUM, 1), "loss": LOSS}),
+    "forward": Obj({"datums": List(DATUM, 1)}, {"temperature": Num(0, lo_open=True), "pack": Bool()}),
+    "forwardBackward": Obj({"datums": List(DATUM, 1), "loss": LOSS},
+                           {"pack": Bool(), "forwardOnly": Bool(), "returnLogprobs": Bool()}),
     "optimStep": Obj(
         {"lr": Num(0)},
         {

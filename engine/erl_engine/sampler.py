@@ -21,7 +21,8 @@ by the request's `logprobTemperature` (default 1, the raw distribution), with no
 truncation, so they equal `forward`'s log-probs of the same tokens at the same temperature.
 One torch.Generator seeded with the request's seed draws one uniform per sequence and step, so the
 same request with the same seed gives the same tokens (on the same device and dtype), and a sequence's
-draws do not depend on which other sequences are still decoding.
+draws do not depend on which other sequences are still decoding. With ERL_ENGINE_SAMPLE_SEEDS=per-prompt
+each prompt has its own generator instead (seeds.py), as a Tinker service's one-prompt requests do.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import autotune
+from . import autotune, seeds
 from .model import LoadedModel
 from .prefix_cache import PrefixCache, budget_from_env
 from .protocol import ProtocolError
@@ -229,8 +230,7 @@ def sample(
 
         total = n_prompts * n
         draws = total_rows if total_rows is not None else total
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(req["seed"])
+        uniforms = _uniforms(req["seed"], draws, n, row_offset, total, dev)
         state = _Rows(total, max_tokens, stop_ids, stops)
         saved: set[int] = set()  # sequences already stored in the prefix cache
         row_ids = torch.arange(total, device=dev)  # the sequence of each batch row (zombies included)
@@ -240,7 +240,7 @@ def sample(
         with lm.autocast():
             for _ in range(max_tokens):
                 raw = torch.log_softmax(logits if lp_temperature == 1.0 else logits / lp_temperature, dim=-1)
-                u = torch.rand(draws, generator=gen, device=dev)[row_ids + row_offset]
+                u = uniforms()[row_ids]
                 nxt = choose_tokens(logits, temperature, top_k, top_p, u)
                 lp = raw.gather(1, nxt[:, None])[:, 0]
                 keep = state.record(nxt.tolist(), lp.tolist())
@@ -281,6 +281,29 @@ def sample(
          "stopReason": state.reasons[row]}
         for row in range(total)
     ]
+
+
+def _uniforms(
+    seed: int, draws: int, n: int, row_offset: int, total: int, dev: torch.device
+) -> Callable[[], torch.Tensor]:
+    """The next step's uniforms for this call's rows [0, total), one per row.
+
+    per-call (default): one generator seeded with `seed` draws `draws` uniforms per step (the rows of
+    the whole request, when it is split over engine ranks) and row r takes number row_offset + r.
+    per-prompt (ERL_ENGINE_SAMPLE_SEEDS): prompt i of the request draws its n uniforms per step from
+    its own generator seeded with seeds.prompt_seed(seed, i), as a call with that prompt alone would.
+    """
+    if seeds.sample_seed_mode() == "per-call":
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(seed)
+        return lambda: torch.rand(draws, generator=gen, device=dev)[row_offset : row_offset + total]
+    first = row_offset // n
+    gens = []
+    for i in range(first, first + total // n):
+        g = torch.Generator(device=dev)
+        g.manual_seed(seeds.prompt_seed(seed, i))
+        gens.append(g)
+    return lambda: torch.cat([torch.rand(n, generator=g, device=dev) for g in gens])
 
 
 def _store_rows(store: PrefixCache, fast: "_FastDecoder", batch_rows: list[int], row_ids: torch.Tensor,

@@ -3,6 +3,7 @@ loss recomputed from forward, micro-batching, LoRA and references, checkpoints, 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -106,6 +107,23 @@ def test_forward_backward_matches_loss_from_forward(engine: Engine) -> None:
     assert m["clip_frac_low"] == 0 and m["grad_norm"] > 0 and m["tokens"] == n_tokens
 
 
+def test_forward_only_and_returned_logprobs(engine: Engine) -> None:
+    """forwardOnly reports forwardBackward's loss and metrics and accumulates no gradient;
+    returnLogprobs gives each datum's log-probs, those of `forward`."""
+    datums = with_old_logprobs(engine, rl_datums(), shift=-0.1)
+    lps = forward(engine, datums)
+    loss = {"name": "ppo", "clipLow": 0.2, "clipHigh": 0.05}
+    only = call(engine, "forwardBackward", {"datums": datums, "loss": loss, "forwardOnly": True, "returnLogprobs": True})
+    assert grads(engine) == {} and only["metrics"]["grad_norm"] == 0
+    both = call(engine, "forwardBackward", {"datums": datums, "loss": loss, "returnLogprobs": True})
+    assert grads(engine) and both["metrics"]["grad_norm"] > 0
+    assert only["loss"] == pytest.approx(both["loss"], rel=1e-6)
+    for res in (only, both):
+        for got, want in zip(res["logprobs"], lps):
+            assert np.allclose(unpack(got), want, atol=1e-6)
+    assert "logprobs" not in call(engine, "forwardBackward", {"datums": datums, "loss": loss})
+
+
 def test_micro_batching_and_split_calls_give_the_same_gradient(engine: Engine) -> None:
     datums = with_old_logprobs(engine, rl_datums())
     loss = {"name": "importance_sampling", "aggregation": "token-mean"}
@@ -119,6 +137,68 @@ def test_micro_batching_and_split_calls_give_the_same_gradient(engine: Engine) -
     split = grads(engine)
     for k in whole:
         assert torch.allclose(whole[k], split[k], atol=1e-6), k
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 4, "alpha": 8, "dropout": 0.0, "targetModules": "all-linear"}])
+def test_the_head_on_weighted_positions_only_gives_the_full_heads_loss_and_gradient(
+        lora: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """forwardBackward runs the LM head on the weighted positions only (a plain-head model): the loss,
+    the metrics and every gradient equal those of the head over every position. Old log-probs far below
+    any real value at unweighted positions stay harmless."""
+    from erl_engine import engine as engine_mod
+
+    results = []
+    for plain in (True, False):
+        e = Engine()
+        call(e, "loadModel", load_params(**({"lora": lora, "reference": "base"} if lora else {"reference": "copy"})))
+        datums = with_old_logprobs(e, rl_datums(), shift=-0.05)
+        for d in datums:  # unweighted positions: an old log-prob whose ratio would overflow fp32
+            d["oldLogprobs"] = [x if w else -200.0 for x, w in zip(d["oldLogprobs"], d["weights"])]
+        if plain:
+            monkeypatch.setattr(engine_mod, "PLAIN_HEAD_TYPES", frozenset())
+        else:
+            monkeypatch.undo()
+            assert engine_mod._body_and_head(e.need_model().model) is not None
+        res = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "dualClip": 3, "klCoef": 0.1}})
+        results.append((res, grads(e)))
+    (full, g_full), (kept, g_kept) = results
+    assert kept["loss"] == pytest.approx(full["loss"], rel=1e-5, abs=1e-7)
+    for k in ("ratio_mean", "kl", "entropy", "tokens", "clip_frac_high"):
+        if k in full["metrics"]:
+            assert kept["metrics"][k] == pytest.approx(full["metrics"][k], rel=1e-4, abs=1e-6), k
+    assert np.isfinite(kept["loss"]) and set(g_full) == set(g_kept) and g_full
+    for k in g_full:
+        assert torch.allclose(g_full[k], g_kept[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_packed_rows_give_the_padded_results() -> None:
+    """`pack`: datums laid end to end in rows (positions restarting, attention within each) give the
+    same forward log-probs, loss, metrics and gradients as one datum per padded row; the rows really
+    hold several datums."""
+    from erl_engine.engine import Batch, pack_rows
+
+    assert pack_rows([5, 9, 4, 2, 9]) == [[1], [4], [0, 2], [3]]
+    results = []
+    for pack in (False, True):
+        e = Engine()
+        call(e, "loadModel", load_params())
+        datums = with_old_logprobs(e, rl_datums(), shift=-0.05)
+        datums[1]["samplerLogprobs"] = [x - 0.01 for x in datums[1]["oldLogprobs"]]
+        lps = [unpack(x) for x in call(e, "forward", {"datums": datums, "pack": pack})["logprobs"]]
+        res = call(e, "forwardBackward", {"datums": datums, "pack": pack,
+                                           "loss": {"name": "ppo", "aggregation": "seq-mean-token-sum"}})
+        results.append((lps, res, grads(e)))
+        rows = e._micro_batches(datums, pack=pack)
+        b = Batch(datums, [], torch.device("cpu"), True, rows=rows[0])
+        assert (b.pos is not None) == pack and (b.inp.shape[0] < len(datums)) == pack
+    (lp0, r0, g0), (lp1, r1, g1) = results
+    for a, c in zip(lp0, lp1):
+        assert np.allclose(a, c, atol=2e-5)
+    assert r1["loss"] == pytest.approx(r0["loss"], rel=1e-5)
+    for k in ("ratio_mean", "mismatch_abs_mean", "tokens", "entropy"):
+        assert r1["metrics"][k] == pytest.approx(r0["metrics"][k], rel=1e-4, abs=1e-7), k
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], atol=2e-6, rtol=1e-4), k
 
 
 def test_zero_advantages_give_zero_gradient(engine: Engine) -> None:
@@ -430,3 +510,52 @@ def test_micro_batch_planning_wants_longest_first() -> None:
 
     with pytest.raises(ValueError, match="sorted longest first"):
         plan_micro_batches([3, 5], 100)
+
+
+def _masked_mean_k3(ref: list[list[float]], cur: list[list[float]], datums: list[dict[str, Any]]) -> float:
+    """k3 = exp(d) - d - 1, d = ref - cur, averaged over the trained tokens (the engine's `kl` metric)."""
+    total, count = 0.0, 0
+    for r, c, d in zip(ref, cur, datums):
+        for rv, cv, w in zip(r, c, d["weights"]):
+            if w != 0:
+                x = rv - cv
+                total += math.exp(x) - x - 1.0
+                count += 1
+    return total / count
+
+
+def test_reference_logprobs_are_taken_at_the_loss_temperature() -> None:
+    # verl computes the reference's log-probs on logits / T like the policy's. The reference here is
+    # the loaded weights (a copy), so its log-probs at T are the policy's before the update.
+    e = Engine()
+    call(e, "loadModel", load_params(reference="copy"))
+    datums = with_old_logprobs(e, rl_datums())
+    at = lambda t: [unpack(x) for x in call(e, "forward", {"datums": datums, "temperature": t})["logprobs"]]  # noqa: E731
+    ref_t, ref_1 = at(0.5), at(1.0)
+    call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo"}})
+    call(e, "optimStep", {"lr": 5e-2})
+    cur_t, cur_1 = at(0.5), at(1.0)
+    expected = _masked_mean_k3(ref_t, cur_t, datums)
+    # A reference taken at T = 1 against the policy at T gives another value, well outside the tolerance below.
+    wrong = _masked_mean_k3(ref_1, cur_t, datums)
+    assert expected > 1e-4 and abs(wrong - expected) > 0.01 * expected, (expected, wrong, _masked_mean_k3(ref_1, cur_1, datums))
+    res = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "klCoef": 0.5, "temperature": 0.5}})
+    assert res["metrics"]["kl"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_log_ratio_and_kl_clamps_reach_the_loss() -> None:
+    e = Engine()
+    call(e, "loadModel", load_params(reference="copy"))
+    # Old log-probs 3 above the current ones: log-ratio -3 on every token.
+    datums = with_old_logprobs(e, rl_datums(), shift=3.0)
+    free = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo"}})["metrics"]
+    clamped = call(e, "forwardBackward", {"datums": datums, "loss": {"name": "ppo", "logRatioClamp": 0.5}})["metrics"]
+    assert free["ratio_mean"] == pytest.approx(math.exp(-3.0), rel=1e-4)
+    assert clamped["ratio_mean"] == pytest.approx(math.exp(-0.5), rel=1e-4)
+    # After an update the policy has moved from the reference: k3 > cap on some tokens, capped with klClamp.
+    call(e, "optimStep", {"lr": 5e-2})
+    loss = {"name": "ppo", "klCoef": 0.5}
+    kl_free = call(e, "forwardBackward", {"datums": datums, "loss": loss})["metrics"]["kl"]
+    kl_capped = call(e, "forwardBackward", {"datums": datums, "loss": {**loss, "klClamp": 1e-4}})["metrics"]["kl"]
+    assert kl_free > 1e-3
+    assert kl_capped <= 1e-4 + 1e-9

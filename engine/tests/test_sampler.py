@@ -328,3 +328,22 @@ def test_prepacked_weights_give_the_plain_results(dtype: str, atol: float, monke
     plain = check_against_forward(e, PROMPTS, atol)
     same = sum(a["tokens"] == b["tokens"] for a, b in zip(packed, plain))
     assert same >= len(plain) - (0 if dtype == "float32" else len(plain) // 2)
+
+
+def test_per_prompt_seeds_sample_each_prompt_as_a_call_of_its_own(engine: Any, monkeypatch: Any) -> None:
+    """ERL_ENGINE_SAMPLE_SEEDS=per-prompt: prompt i of a call draws as a call with that prompt alone and
+    seed prompt_seed(seed, i) does (how a Tinker service, one prompt per request, is asked); the
+    default per-call stream is another."""
+    from erl_engine.seeds import prompt_seed
+
+    prompts = [[4, 60, 61, 62, 63, 64, 65, 2, 5], [5], [3, 40, 2, 4, 41, 42, 2, 5]]
+    per_call = sample(engine, prompts=prompts, n=2, maxTokens=16, seed=7)
+    monkeypatch.setenv("ERL_ENGINE_SAMPLE_SEEDS", "per-prompt")
+    together = sample(engine, prompts=prompts, n=2, maxTokens=16, seed=7)
+    monkeypatch.delenv("ERL_ENGINE_SAMPLE_SEEDS")
+    apart = [s for i, p in enumerate(prompts) for s in sample(engine, prompts=[p], n=2, maxTokens=16, seed=prompt_seed(7, i))]
+    assert [s["tokens"] for s in together] == [s["tokens"] for s in apart]
+    for a, b in zip(together, apart):
+        assert np.allclose(a["logprobs"], b["logprobs"], atol=1e-5)
+    assert [s["tokens"] for s in together] != [s["tokens"] for s in per_call]
+    assert prompt_seed(7, 0) == 7

@@ -1,8 +1,8 @@
 /**
  * The model as the agent loop sees it: render a chat to token ids, sample continuations, decode,
  * and score token sequences. Two implementations: `EngineBackend` (any `Engine`, i.e. the real
- * PyTorch engine) and `ScriptedBackend` in `scripted.ts` (a fake tokenizer and a reply script, for
- * tests without an engine). The loop never tokenises sampled text: it keeps the ids `sample`
+ * PyTorch engine) and `ScriptedBackend` in `src/testing/scripted.ts` (a fake tokenizer and a reply
+ * script, for tests without an engine). The loop never tokenises sampled text: it keeps the ids `sample`
  * returned and uses `renderChat` only for the messages it did not sample.
  */
 import type {

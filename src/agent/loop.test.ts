@@ -4,7 +4,7 @@ import { FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
 import type { EnvFamily, Episode, StepResult, Task, TraceStep } from "../envs/types.ts";
 import { Rng } from "../util/rng.ts";
 import { replayWithSystem, runEpisodes, sampleReplies, type LoopSettings } from "./loop.ts";
-import { FrozenLakePolicy, INVALID_MOVE_REPLY } from "./scripted-policy.ts";
+import { FrozenLakePolicy, INVALID_MOVE_REPLY } from "../testing/scripted-policy.ts";
 import {
   ScriptedBackend,
   TOK_FENCE,
@@ -13,7 +13,7 @@ import {
   fakeLogprob,
   fakeParseChat,
   fakeRenderChat,
-} from "./scripted.ts";
+} from "../testing/scripted.ts";
 import { TrajectoryBuilder } from "./trajectory.ts";
 
 const SETTINGS: LoopSettings = {
@@ -336,7 +336,7 @@ test("a template that rewrites earlier turns is refused", async () => {
 
 test("HotpotQA through the loop: a search turn, a tool message, then a boxed answer", async () => {
   const { getEnv } = await import("../envs/registry.ts");
-  const { envStopStrings } = await import("../algo/samples.ts");
+  const { envStopStrings } = await import("../algo/attempts.ts");
   const hotpot = getEnv("hotpotqa");
   const task = hotpot.loadSplit("test")[0]! as Task & { answer: string; question: string };
   const script = ({ messages }: { messages: { role: string }[] }) =>

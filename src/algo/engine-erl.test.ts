@@ -5,7 +5,8 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { REPO_ROOT, startEngine, type EngineClient } from "../engine/client.ts";
+import { startEngine, type EngineClient } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { EngineBackend } from "../agent/backend.ts";
 import { TrajectoryBuilder } from "../agent/trajectory.ts";
 import { FrozenLakeFamily } from "../envs/frozenlake.ts";
@@ -15,7 +16,8 @@ import { erlStep } from "./erl.ts";
 import { scoringDatum, trainOnSamples } from "./learner.ts";
 import { createMemory } from "./memory.ts";
 import type { AlgoContext, TrainSample } from "./types.ts";
-import { defaultConfig, erlOptionsFrom, learnerConfigFrom } from "../train/config.ts";
+import { defaultConfig, learnerConfigFrom } from "../train/config.ts";
+import { erlOptionsFrom } from "../train/algorithms/erl.ts";
 
 const FIXTURE = join(REPO_ROOT, "test", "fixtures", "tiny-model");
 let engine: EngineClient;

@@ -7,21 +7,17 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { ChatMessage } from "../engine/api.ts";
 import { FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
-import { FrozenLakePolicy, INVALID_MOVE_REPLY } from "../agent/scripted-policy.ts";
-import { ScriptedBackend, fakeForwardLogprob, fakeParseChat } from "../agent/scripted.ts";
+import { FrozenLakePolicy, INVALID_MOVE_REPLY } from "../testing/scripted-policy.ts";
+import { ScriptedBackend, fakeForwardLogprob, fakeParseChat } from "../testing/scripted.ts";
 import { getPromptProfile } from "../agent/prompts.ts";
 import { Rng } from "../util/rng.ts";
 import { erlStep } from "./erl.ts";
 import { evaluate } from "./eval.ts";
 import { RulebookMemory, createMemory } from "./memory.ts";
 import { rlvrStep } from "./rlvr.ts";
-import {
-  applyOverrides,
-  defaultConfig,
-  erlOptionsFrom,
-  evalOptionsFrom,
-  rlvrOptionsFrom,
-} from "../train/config.ts";
+import { applyOverrides, defaultConfig, evalOptionsFrom } from "../train/config.ts";
+import { erlOptionsFrom } from "../train/algorithms/erl.ts";
+import { rlvrOptionsFrom } from "../train/algorithms/rlvr.ts";
 import {
   type AlgoContext,
   type ErlOptions,

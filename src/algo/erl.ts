@@ -43,9 +43,17 @@
  * Deviations: perWorker memory slots are assigned by batch position (position mod k) rather than by
  * rollout worker; a reflection whose prompt does not fit the context gets an empty reply (Δ = the
  * shown prompt) and trains nothing; a distill replay longer than the context window is dropped.
+ * Against verl, still different (learner.ts; docs/algorithms.md): the PPO anchor (old log-probs) of
+ * rollout rows is the sampler's log-probs, not a trainer forward pass before the update (only
+ * `loss.tisCap` adds that pass); mini-batches are cut after a seeded shuffle, where verl keeps the
+ * batch order (rebalanced by sequence length across ranks); a partial last mini-batch is normalised
+ * by its own size, where verl scales it as a fraction of a full one; the Sokoban push reminder is a
+ * line of the `reference` profile's system prompt (so a second attempt under Δ keeps it only if Δ
+ * does), where the reference's solver prompt has none and its user turn after a move that changed
+ * nothing says the move likely hit a wall or a blocked box.
  *
  * Layout: the algorithm (`erlStep`, steps 1–7 as numbered above) first; below the BOOKKEEPING banner
- * the rollout records and metrics it reports, and the option checks.
+ * the rollout records and metrics it reports.
  */
 import {
   replayWithSystem,
@@ -63,18 +71,11 @@ import {
 import type { Task } from "../envs/types.ts";
 import { UserError } from "../util/errors.ts";
 import { scoringDatum } from "./learner.ts";
-import { describeMemoryMode, sameMemoryMode, validateMemoryMode } from "./memory.ts";
+import { describeMemoryMode, sameMemoryMode } from "./memory.ts";
+import { envStopStrings, episodeId, groupKey, runAttempts, type Attempt } from "./attempts.ts";
+import { validateErlOptions } from "./option-checks.ts";
 import {
-  checkAttemptOptions,
-  checkPositiveInt,
-  checkRules,
-  checkSampling,
-  envStopStrings,
-  episodeId,
   firstSamples,
-  runAttempts,
-  type Attempt,
-  groupKey,
   makeDistillSample,
   makeSample,
   withAdvantages,
@@ -276,8 +277,8 @@ export async function erlStep(
 }
 
 // =============================================================================================
-// BOOKKEEPING: what the step reports (rollout records, metrics) and its option checks; no
-// decision of the algorithm is made below this line.
+// BOOKKEEPING: what the step reports (rollout records, metrics); no decision of the algorithm is
+// made below this line. (Its option checks: option-checks.ts.)
 // =============================================================================================
 
 /** The step's rollout records (first attempts, then second attempts with their reflection) and metrics. */
@@ -362,18 +363,4 @@ function report(a: {
     metrics["reflection/tag_rate"] = mean(reflections.map((r) => (r.reflection!.tagFound ? 1 : 0)));
   }
   return { rollouts, metrics };
-}
-
-export function validateErlOptions(o: ErlOptions): void {
-  checkAttemptOptions(o, "attemptSampling", o.attemptSampling);
-  validateMemoryMode(o.memory);
-  for (const key of ["noMemory", "noReflection", "noDistill"] as const)
-    if (typeof o[key] !== "boolean") throw new UserError(`option "${key}": expected true or false`);
-  checkRules(o);
-  if (o.reflectionAdvantage !== "grpo" && o.reflectionAdvantage !== "reference-twice")
-    throw new UserError(
-      `option "reflectionAdvantage": expected "grpo" or "reference-twice", got ${JSON.stringify(o.reflectionAdvantage)}`,
-    );
-  checkSampling("reflectionSampling", o.reflectionSampling);
-  checkPositiveInt("maxReflectionTokens", o.maxReflectionTokens);
 }

@@ -6,13 +6,10 @@
  * 1 if any of its n samples succeeded; averaged over tasks), as the reference reports both.
  */
 import type { Task } from "../envs/types.ts";
-import { checkAttemptOptions, runAttempts } from "./samples.ts";
+import { runAttempts } from "./attempts.ts";
+import { validateEvalOptions } from "./option-checks.ts";
 import { attemptRecords, mean } from "./records.ts";
 import type { EvalContext, EvalOptions, EvalResult } from "./types.ts";
-
-export function validateEvalOptions(o: EvalOptions): void {
-  checkAttemptOptions(o, "sampling", o.sampling);
-}
 
 export async function evaluate(
   ctx: EvalContext,

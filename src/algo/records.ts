@@ -5,8 +5,7 @@
  */
 import type { EpisodeOutcome, LoopTiming } from "../agent/loop.ts";
 import type { EnvFamily, Task } from "../envs/types.ts";
-import type { Attempt } from "./samples.ts";
-import { groupKey } from "./samples.ts";
+import { groupKey, type Attempt } from "./attempts.ts";
 import type { RolloutRecord, RolloutTraceStep } from "./types.ts";
 
 export function rolloutRecord(args: {

@@ -5,14 +5,11 @@
  */
 import { emptyTiming } from "../agent/loop.ts";
 import type { Task } from "../envs/types.ts";
-import { checkAttemptOptions, checkRules, firstSamples, runAttempts, withAdvantages } from "./samples.ts";
+import { runAttempts } from "./attempts.ts";
+import { validateRlvrOptions } from "./option-checks.ts";
+import { firstSamples, withAdvantages } from "./samples.ts";
 import { attemptRecords, mean, timingMetrics } from "./records.ts";
 import type { AlgoContext, RlvrOptions, StepResult } from "./types.ts";
-
-export function validateRlvrOptions(o: RlvrOptions): void {
-  checkAttemptOptions(o, "attemptSampling", o.attemptSampling);
-  checkRules(o);
-}
 
 export async function rlvrStep(
   ctx: AlgoContext,

@@ -2,8 +2,9 @@
  * The contract between the algorithms (`src/algo/`) and whoever runs them (`src/train/`, the CLI):
  * the options, the training sample, the run-file records, the step result and the signatures of the
  * step functions. The options have no defaults here: their one table of defaults is the run config's
- * (`defaultConfig` in src/train/config.ts, mapped onto these types by `erlOptionsFrom` and its
- * siblings there), and the paper's values live in the paper presets (configs/*-paper.json). Implementations: `erl.ts` (erlStep), `rlvr.ts` (rlvrStep),
+ * (src/train/config/defaults.ts, mapped onto these types by the algorithms' descriptors in
+ * src/train/algorithms/ and by src/train/config/options.ts), and the paper's values live in the
+ * paper presets (configs/*-paper.json). Implementations: `erl.ts` (erlStep), `rlvr.ts` (rlvrStep),
  * `learner.ts` (trainOnSamples), `eval.ts` (evaluate), `memory.ts` (MemoryStore).
  * docs/algorithms.md describes every option in prose.
  */

@@ -13,6 +13,7 @@ import { HotpotFamily, type HotpotTask } from "../envs/hotpotqa.ts";
 import { envOptionsFromFlags, parseArgsOrExplain, parseSplit } from "./play.ts";
 
 const HELP = `usage: erl data stats <env> [--split train|test] [--json] [--data-dir DIR] [--corpus FILE]
+       erl data curriculum --out FILE [--docs N] [--seed N] [--mix real-lm|frozenlake] [--max-size N] [--large F]
 
 Prints what a data split holds (both splits when --split is not given):
   frozenlake, sokoban  task count, grid sizes, histogram of optimal solution lengths (BFS)
@@ -21,7 +22,17 @@ Prints what a data split holds (both splits when --split is not given):
 
   --json          print one JSON object per split instead of text
   --data-dir DIR  read the environment's data from DIR instead of data/<env>
-  --corpus FILE   HotpotQA: use this JSONL corpus ({id,title,text})`;
+  --corpus FILE   HotpotQA: use this JSONL corpus ({id,title,text})
+
+erl data curriculum writes erl-tiny's curriculum as chat JSONL for erl sft (docs/sft.md): play under
+a rulebook, second attempts, rule-free play, reflections and binding drills on train-split boards, with
+letters drawn per document.
+  --out FILE      the chat JSONL to write
+  --docs N        documents (default 2000)
+  --seed N        default 0; document i depends only on (seed, i)
+  --mix NAME      real-lm (both games, default) or frozenlake
+  --max-size N    largest FrozenLake board side, 2-9 (default 9)
+  --large F       share of FrozenLake documents on boards of side 5 and up (default 0.5)`;
 
 export interface GridStats {
   env: string;
@@ -150,6 +161,12 @@ export async function run(args: string[]): Promise<number> {
       json: { type: "boolean", default: false },
       "data-dir": { type: "string" },
       corpus: { type: "string" },
+      out: { type: "string" },
+      docs: { type: "string" },
+      seed: { type: "string" },
+      mix: { type: "string" },
+      "max-size": { type: "string" },
+      large: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -158,8 +175,9 @@ export async function run(args: string[]): Promise<number> {
     return 0;
   }
   const [sub, env, extra] = positionals;
+  if (sub === "curriculum") return curriculum(values, positionals.slice(1));
   if (sub !== "stats")
-    throw new UserError(`unknown data command "${sub ?? ""}"; the only one is "stats" (see --help)`);
+    throw new UserError(`unknown data command "${sub ?? ""}"; expected "stats" or "curriculum" (see --help)`);
   if (!env) throw new UserError(`name an environment (known: ${knownEnvs().join(", ")})`);
   if (extra !== undefined) throw new UserError(`unexpected argument "${extra}"`);
   const family = getEnv(env, envOptionsFromFlags(env, values));
@@ -180,5 +198,44 @@ export async function run(args: string[]): Promise<number> {
       );
     }
   }
+  return 0;
+}
+
+function intFlag(name: string, v: string | undefined, dflt: number, min: number, max: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new UserError(`--${name}: expected an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+async function curriculum(values: Record<string, unknown>, rest: string[]): Promise<number> {
+  const { CURRICULUM_MIXES, writeCurriculum } = await import("../pretrain/curriculum.ts");
+  if (rest.length > 0) throw new UserError(`unexpected argument "${rest[0]}"`);
+  const out = values.out as string | undefined;
+  if (!out) throw new UserError("--out FILE is required (the chat JSONL to write)");
+  const mixName = (values.mix as string | undefined) ?? "real-lm";
+  const mix = Object.hasOwn(CURRICULUM_MIXES, mixName) ? CURRICULUM_MIXES[mixName] : undefined;
+  if (!mix)
+    throw new UserError(
+      `--mix: unknown mix "${mixName}" (known: ${Object.keys(CURRICULUM_MIXES).join(", ")})`,
+    );
+  const largeText = values.large as string | undefined;
+  const large = largeText === undefined ? 0.5 : Number(largeText);
+  if (!Number.isFinite(large) || large < 0 || large > 1)
+    throw new UserError(`--large: expected a share from 0 to 1, got ${JSON.stringify(largeText)}`);
+  const spec = {
+    seed: intFlag("seed", values.seed as string | undefined, 0, 0, 2 ** 31 - 1),
+    docs: intFlag("docs", values.docs as string | undefined, 2000, 1, 10_000_000),
+    mix,
+    maxSize: intFlag("max-size", values["max-size"] as string | undefined, 9, 2, 9),
+    large,
+  };
+  const counts = writeCurriculum(out, spec);
+  const kinds = Object.entries(counts)
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, n]) => `${k} ${n}`)
+    .join(", ");
+  console.log(`${out}: ${spec.docs} conversations (${kinds})`);
   return 0;
 }

@@ -10,7 +10,8 @@ import { UserError } from "../util/errors.ts";
 import { buildConfig } from "../train/config.ts";
 import { runComparison } from "../train/compare.ts";
 import { defaultDeps } from "../train/deps.ts";
-import { parseSeeds } from "./compare.ts";
+import { parseParallel, parseSeeds } from "./compare.ts";
+import { cpus } from "node:os";
 
 const HELP = `usage: erl demo [--quick] [--seeds N] [--runs-dir runs]
 
@@ -20,7 +21,10 @@ for both, the paper's equal rollouts per task; writes <runs-dir>/demo/report.md 
 options:
   --quick         a few steps and a small evaluation set (a minute or two), to check the set-up
   --seeds N       seeds per algorithm (default 1; 3 gives a spread but takes three times longer)
-  --runs-dir DIR  where runs and the report go (default runs)`;
+  --runs-dir DIR  where runs and the report go (default runs)
+  --parallel N    runs side by side, each engine with cores/N threads (default: 2 on a machine with
+                  2 or more cores: erl-tiny gains little from a second thread, so ERL and RLVR side by
+                  side finish in about the time of one)`;
 
 /**
  * The demo's run length: 24 steps of the preset's 4 tasks, with an eval every 6. At the preset's 12
@@ -46,6 +50,7 @@ export async function run(args: string[]): Promise<number> {
       quick: { type: "boolean" },
       seeds: { type: "string" },
       "runs-dir": { type: "string" },
+      parallel: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -75,6 +80,7 @@ export async function run(args: string[]): Promise<number> {
     dir,
     command: ["erl demo", ...args].join(" "),
     deps: defaultDeps(),
+    parallel: values.parallel === undefined ? Math.min(2, cpus().length) : parseParallel(values.parallel),
   });
   console.log(`\n${result.table}\n`);
   console.log(`report and plots: ${result.report}`);

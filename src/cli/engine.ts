@@ -30,6 +30,12 @@ const USAGE = `usage:
       Serve one model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
       /v1/models) with the same token rules. A run directory serves its newest checkpoint.
       Limits: a request's body (default 4194304 bytes), the seconds for its head (default 10).
+  erl engine serve --tinker --model <model-dir> [--served-model-name NAME] [--host 127.0.0.1] [--port 8000]
+                   [--token tml-…] [--allow-remote] [--store DIR] [--dtype …] [--device …]
+      Serve the engine behind the Tinker API (the official \`tinker\` SDK, tinker-cookbook): LoRA
+      training clients, forward_backward, optim_step, checkpoints as tinker:// paths under --store
+      (default runs/tinker-store), sampling. Clients set TINKER_BASE_URL to the URL and TINKER_API_KEY
+      to the token (it must start with tml-). Needs .venv-tinker (bash scripts/setup-tinker.sh).
   erl engine info --model <dir> [--dtype auto|float32|bfloat16] [--device cpu|cuda|auto]
       Load a model directory in a local engine and print versions, device, the dtype and threads it
       chose and why, parameter counts, memory. --dtype auto (the default) measures bf16 against fp32.`;
@@ -54,6 +60,8 @@ async function serve(args: string[]): Promise<number> {
       token: { type: "string" },
       "allow-remote": { type: "boolean", default: false },
       openai: { type: "boolean", default: false },
+      tinker: { type: "boolean", default: false },
+      store: { type: "string" },
       model: { type: "string" },
       "served-model-name": { type: "string" },
       dtype: { type: "string" },
@@ -68,22 +76,35 @@ async function serve(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  if (!values.openai)
+  if (values.openai && values.tinker)
+    throw new UserError("--openai and --tinker are two different servers: pick one");
+  if (!values.openai && !values.tinker)
     for (const k of ["model", "served-model-name", "dtype", "device"] as const)
-      if (values[k] !== undefined) throw new UserError(`--${k} is only for \`erl engine serve --openai\``);
+      if (values[k] !== undefined)
+        throw new UserError(`--${k} is only for \`erl engine serve --openai\` or \`--tinker\``);
+  if (!values.tinker && values.store !== undefined)
+    throw new UserError("--store is only for `erl engine serve --tinker`");
+  if (values.tinker)
+    for (const k of ["max-body", "header-timeout", "max-connections"] as const)
+      if (values[k] !== undefined)
+        throw new UserError(
+          `--${k} is for the engine server and --openai, not --tinker (it keeps its own limits)`,
+        );
   if (values.openai && values["max-connections"] !== undefined)
     throw new UserError(
       "--max-connections is only for the engine server (`erl engine serve` without --openai)",
     );
   const limits = serverLimits(values["max-body"], values["header-timeout"], values["max-connections"]);
-  const port = Number(values.port ?? (values.openai ? "8000" : "8765"));
+  const port = Number(values.port ?? (values.openai || values.tinker ? "8000" : "8765"));
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new UserError(`--port must be an integer in 0..65535, got "${values.port}"`);
   let token = values.token ?? process.env.ERL_ENGINE_TOKEN;
   if (!token) {
-    token = randomBytes(24).toString("hex");
+    // The Tinker SDK sends only keys that start with "tml-".
+    token = (values.tinker ? "tml-" : "") + randomBytes(24).toString("hex");
     console.log(`generated token: ${token}`);
   }
+  if (values.tinker) return serveTinker({ ...values, port, token });
   if (values.openai)
     return serveOpenAI({
       host: values.host,
@@ -105,6 +126,48 @@ async function serve(args: string[]): Promise<number> {
     ...limits,
   });
   console.log(`engine serving at ${server.url} (Ctrl-C to stop)`);
+  const stop = () => void server.stop();
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
+  await new Promise<void>((res) => server.child.on("exit", () => res()));
+  return server.child.exitCode ?? 0;
+}
+
+async function serveTinker(o: {
+  host: string;
+  port: number;
+  token: string;
+  "allow-remote": boolean;
+  model?: string;
+  "served-model-name"?: string;
+  store?: string;
+  dtype?: string;
+  device?: string;
+}): Promise<number> {
+  if (!o.model) throw new UserError("--model <model-dir> is required with --tinker");
+  if (!existsSync(join(o.model, "config.json")))
+    throw new UserError(`--model ${o.model}: not an HF model directory (no config.json)`);
+  if (!o.token.startsWith("tml-"))
+    throw new UserError("--token: the Tinker SDK sends only API keys that start with tml-; use such a token");
+  const { isLoopback } = await import("../util/net.ts");
+  if (!isLoopback(o.host) && !o["allow-remote"])
+    throw new UserError(
+      `refusing to listen on non-loopback address ${o.host} without --allow-remote (prefer an SSH tunnel to 127.0.0.1)`,
+    );
+  const { spawnTinkerServer } = await import("../engine/tinker.ts");
+  const server = await spawnTinkerServer({
+    model: o.model,
+    ...(o["served-model-name"] ? { servedModelName: o["served-model-name"] } : {}),
+    host: o.host,
+    port: o.port,
+    token: o.token,
+    allowRemote: o["allow-remote"],
+    ...(o.store ? { store: o.store } : {}),
+    ...(checkDtype(o.dtype) ? { dtype: o.dtype } : {}),
+    ...(checkDevice(o.device) ? { device: o.device } : {}),
+    stderr: "inherit",
+  });
+  console.log(`Tinker API for "${o["served-model-name"] ?? o.model}" at ${server.url} (Ctrl-C to stop)`);
   const stop = () => void server.stop();
   process.once("SIGINT", stop);
   process.once("SIGTERM", stop);
@@ -179,7 +242,8 @@ async function serveOpenAI(o: {
   if (!o.model) throw new UserError("--model <model-dir|run-dir> is required with --openai");
   const dtype = checkDtype(o.dtype);
   const device = checkDevice(o.device);
-  const { isLoopback, startOpenAIServer } = await import("../serve/openai-server.ts");
+  const { startOpenAIServer } = await import("../serve/openai-server.ts");
+  const { isLoopback } = await import("../util/net.ts");
   if (!isLoopback(o.host) && !o.allowRemote)
     throw new UserError(
       `refusing to listen on non-loopback address ${o.host} without --allow-remote (prefer an SSH tunnel to 127.0.0.1)`,

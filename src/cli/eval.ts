@@ -19,6 +19,7 @@ import {
   applyOverrides,
   envOptions,
   evalOptionsFrom,
+  getAlgorithm,
   type RunConfig,
 } from "../train/config.ts";
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
@@ -117,7 +118,8 @@ export async function run(args: string[]): Promise<number> {
       const r = await loadRunForInference(modelArg);
       if (values.env && values.env !== r.config.env) sets.push(`env=${values.env}`);
       config = applyOverrides(r.config, sets);
-      if (config.algo.name === "erl-icl") {
+      const algo = getAlgorithm(config.algo.name);
+      if (algo.deploysMemory) {
         // The artifact is the memory: the weights are the base model's (or the API's).
         rulebook = r.memory?.slots[0] ?? null;
         if (config.policy.kind === "openai")
@@ -127,7 +129,7 @@ export async function run(args: string[]): Promise<number> {
             apiKeyEnv: config.policy.apiKeyEnv,
           };
         console.log(
-          `evaluating the erl-icl run ${modelArg} at step ${r.step} under its memory${rulebook === null ? " (empty: the initial prompt)" : ""}`,
+          `evaluating the ${algo.name} run ${modelArg} at step ${r.step} under its memory${rulebook === null ? " (empty: the initial prompt)" : ""}`,
         );
       } else {
         state = r.checkpoint;
@@ -174,7 +176,7 @@ export async function run(args: string[]): Promise<number> {
       if (state) await engine.loadState(state);
       model = await deps.makeBackend(engine);
     }
-    const { evaluate } = await deps.algorithms();
+    const { evaluate } = await deps.trainer();
     const opts = evalOptionsFrom(config);
     const once = async (system: string | null) => {
       const t0 = performance.now();

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { REPO_ROOT } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { KNOWN_MODELS } from "../models/registry.ts";
 import { portableBaseName } from "./export.ts";
 

@@ -5,7 +5,7 @@
 import { parseArgs } from "node:util";
 import { mkdtempSync, readdirSync, readFileSync, rmdirSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
-import { REPO_ROOT } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { KNOWN_MODELS } from "../models/registry.ts";
 import { writeFileAtomic } from "../util/jsonl.ts";
 import { systemUserError, UserError } from "../util/errors.ts";

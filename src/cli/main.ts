@@ -25,6 +25,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "train with ERL or RLVR: `erl train --config <file|preset>`",
     load: () => import("./train.ts"),
   },
+  sft: {
+    summary: "supervised fine-tuning on chat JSONL: `erl sft --data chats.jsonl --model DIR`",
+    load: () => import("./sft.ts"),
+  },
   eval: { summary: "evaluate a model or run on a split", load: () => import("./eval.ts") },
   compare: {
     summary: "compare algorithms over seeds and write a report",

@@ -16,6 +16,7 @@ const MINUTES_MAX = 525_600;
 import { CONSOLIDATE_AT, DEFAULT_SHARDS, SOKOBAN_AT, shardPath, writeShard } from "../pretrain/generate.ts";
 import { measureAcceptance } from "../pretrain/acceptance.ts";
 import { makeDirs } from "../util/dirs.ts";
+import { defaultPython } from "../util/paths.ts";
 
 const HELP = `erl pretrain --recipe tiny [options]
 
@@ -44,7 +45,7 @@ Options:
   --phase-steps N       steps of the LR cosine restarted at consolidation and at Sokoban
                         (default 5000 each, about a phase's 100 shards)
   --threads N           torch threads for training and eval (default 1; 2 is faster on an otherwise idle 2-core machine)
-  --python PATH         Python with torch + transformers (default .venv/bin/python)
+  --python PATH         Python with torch + transformers (default $ERL_PYTHON, else .venv/bin/python)
 `;
 
 /** The bound of each integer flag and what it comes from (src/train/limits.ts for the shared ones). */
@@ -110,7 +111,7 @@ export async function run(args: string[]): Promise<number> {
   const shards = int("shards", values.shards, ci ? 2 : DEFAULT_SHARDS);
   const docs = int("docs-per-shard", values["docs-per-shard"], ci ? 40 : 400);
   const steps = int("steps", values.steps, ci ? 3 : 9000);
-  const python = values.python ?? ".venv/bin/python";
+  const python = values.python ?? defaultPython();
   if (!existsSync(python)) throw new UserError(`--python: ${python} not found (run scripts/setup.sh first)`);
   const corpus = join(work, "corpus");
   const tokDir = join(work, "tokenizer");

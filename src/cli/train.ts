@@ -20,7 +20,7 @@ import { defaultDeps } from "../train/deps.ts";
 import { RunFiles } from "../train/runfiles.ts";
 
 /** The keys `--resume` may change: where the engine and the model are, nothing the run computes. */
-const RESUME_SETTABLE = ["engine.url", "engine.python", "model.path"];
+const RESUME_SETTABLE = ["engine.url", "engine.python", "engine.baseUrl", "model.path"];
 
 const HELP = `usage: erl train --config <file|preset> [--set key.path=value ...] [--runs-dir DIR] [--name NAME]
        erl train --resume <run-dir> [--set engine.url=URL] [--break-lock]

@@ -11,6 +11,7 @@ import { join, relative, sep } from "node:path";
 import { diffLines } from "diff";
 import { JsonlIndex, type IndexEntry } from "./jsonl-index.ts";
 import { RunsRoot } from "./safe-path.ts";
+import { isPid, processAlive } from "../util/process.ts";
 
 /**
  * "stopped": status.json still says running but the process that wrote it (its `pid`) is gone, i.e.
@@ -266,7 +267,7 @@ export class Run {
     }
     const model = isObj(config.model) ? str(config.model.path) : str(config.model);
     const algo = algoName(config);
-    const env = str(config.env, "?");
+    const env = envName(config);
     const rawState = str(status.state);
     const pid = num(status.pid);
     let state: RunState =
@@ -274,7 +275,9 @@ export class Run {
         ? rawState
         : "unknown";
     let error = typeof status.error === "string" ? status.error : null;
-    if (state === "running" && pid !== null && !processAlive(pid)) {
+    // status.json can say "running" long after its process died (kill -9, a power cut); a value
+    // that is not a pid is no evidence either way, and status.json is trusted.
+    if (state === "running" && isPid(pid) && !processAlive(pid)) {
       state = "stopped";
       error ??= `the training process (pid ${pid}) is gone; status.json was last written ${str(status.updatedAt, "at an unknown time")}`;
     }
@@ -496,22 +499,15 @@ export function lineDiff(before: string, after: string): DiffPart[] {
 
 /** The algorithm's name: training writes `algo` as an object (`{"name": "erl", ...}`), older files as a string. */
 export function algoName(config: Json): string {
+  if (config.kind === "sft") return "sft";
   return isObj(config.algo) ? str(config.algo.name, "?") : str(config.algo, "?");
 }
 
-/**
- * Whether a process with this id exists on this machine. A run's status.json can say "running" long
- * after its process died (kill -9, a power cut); signal 0 only asks the kernel, it sends nothing.
- * EPERM means the process exists but belongs to someone else.
- */
-export function processAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return true; // not a usable pid: trust status.json
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
+/** What a run trains on: its environment, or a fine-tuning run's data file. */
+export function envName(config: Json): string {
+  if (config.kind === "sft" && isObj(config.data))
+    return str(config.data.train, "?").split(/[\\/]/).pop() ?? "?";
+  return str(config.env, "?");
 }
 
 /** Runs that share every config key except name, seed and output paths belong to one seed group. */
@@ -533,7 +529,7 @@ function groupKey(config: Json, id: string): string {
   const rest: Json = {};
   for (const k of Object.keys(config).sort()) if (!skip.has(k)) rest[k] = config[k];
   const algo = algoName(config);
-  const env = str(config.env, "?");
+  const env = envName(config);
   // A readable prefix plus a short hash of the remaining settings.
   let h = 0x811c9dc5;
   const text = JSON.stringify(rest);

@@ -18,6 +18,7 @@ import { renderReport } from "./markdown.ts";
 import { RunStore } from "./runs.ts";
 import { PathRefused, RunsRoot } from "./safe-path.ts";
 import { ownEntry } from "../util/own.ts";
+import { isLoopback } from "../util/net.ts";
 
 export interface DashboardOptions {
   runsDir: string;
@@ -76,10 +77,6 @@ class HttpError extends Error {
   ) {
     super(message);
   }
-}
-
-function isLoopback(host: string): boolean {
-  return host === "127.0.0.1" || host === "localhost" || host === "::1" || host.startsWith("127.");
 }
 
 function hostAllowed(header: string | undefined): boolean {

@@ -134,6 +134,16 @@ export interface LossConfig {
   klClamp?: number;
 }
 
+/** How the engine lays datums out in its micro-batches (the results do not depend on it). */
+export interface ScoreOptions {
+  /**
+   * Several datums end to end in one row (positions restart, attention stays within each) instead of
+   * one padded row each: less padding, longer rows. Which is faster depends on the lengths and the
+   * device; `erl sft` measures both.
+   */
+  pack?: boolean;
+}
+
 export interface ForwardBackwardResult {
   loss: number;
   metrics: Record<string, number>;
@@ -186,9 +196,9 @@ export interface Engine {
 
   sample(req: SampleRequest): Promise<SampledSequence[]>;
   /** Per-target log-probs for each datum (from logits / temperature; default 1). */
-  forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]>;
+  forward(datums: Datum[], opts?: ScoreOptions & { temperature?: number }): Promise<number[][]>;
   /** Computes the loss and accumulates gradients. */
-  forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult>;
+  forwardBackward(datums: Datum[], loss: LossConfig, opts?: ScoreOptions): Promise<ForwardBackwardResult>;
   /** Applies accumulated gradients and zeroes them. */
   optimStep(cfg: AdamWConfig): Promise<{ gradNorm: number; metrics: Record<string, number> }>;
 

@@ -5,7 +5,8 @@ import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { REPO_ROOT, defaultPython, startEngine, type EngineClient } from "./client.ts";
+import { startEngine, type EngineClient } from "./client.ts";
+import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 import { EngineError } from "./protocol.ts";
 import type { ChatMessage, Datum } from "./api.ts";
 

@@ -12,10 +12,10 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { lineSplitter } from "../util/lines.ts";
+import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 import type {
   AdamWConfig,
   ChatMessage,
@@ -24,6 +24,7 @@ import type {
   Engine,
   EngineInfo,
   ForwardBackwardResult,
+  ScoreOptions,
   LoadModelRequest,
   LossConfig,
   SampledSequence,
@@ -48,9 +49,6 @@ import {
   toErrorCode,
   type WireRequest,
 } from "./protocol.ts";
-
-/** The repository root (this file is src/engine/client.ts). */
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 /** How calls reach the engine. */
 export interface Transport {
@@ -99,10 +97,6 @@ export function engineArgs(ranks: number): string[] {
 export interface HttpEngineOptions {
   token: string;
   protocolVersion?: number;
-}
-
-export function defaultPython(): string {
-  return process.env.ERL_PYTHON || join(REPO_ROOT, ".venv", "bin", "python");
 }
 
 class StdioTransport implements Transport {
@@ -362,9 +356,10 @@ export class EngineClient implements Engine {
     return checkSample(await this.transport.call("sample", params));
   }
 
-  async forward(datums: Datum[], opts?: { temperature?: number }): Promise<number[][]> {
+  async forward(datums: Datum[], opts?: ScoreOptions & { temperature?: number }): Promise<number[][]> {
     const params: Record<string, unknown> = { datums: datums.map(datumToWire) };
     if (opts?.temperature !== undefined && opts.temperature !== 1) params.temperature = opts.temperature;
+    if (opts?.pack) params.pack = true;
     const result = await this.transport.call("forward", params);
     return checkForward(
       result,
@@ -372,8 +367,12 @@ export class EngineClient implements Engine {
     );
   }
 
-  async forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult> {
-    const params = { datums: datums.map(datumToWire), loss };
+  async forwardBackward(
+    datums: Datum[],
+    loss: LossConfig,
+    opts?: ScoreOptions,
+  ): Promise<ForwardBackwardResult> {
+    const params = { datums: datums.map(datumToWire), loss, ...(opts?.pack ? { pack: true } : {}) };
     return checkForwardBackward(await this.transport.call("forwardBackward", params));
   }
 

@@ -4,7 +4,8 @@ import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { REPO_ROOT, connectEngine, openEngine, type EngineClient } from "./client.ts";
+import { connectEngine, openEngine, type EngineClient } from "./client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { EngineError } from "./protocol.ts";
 import { spawnHttpEngine, type HttpServerHandle } from "./serve.ts";
 

@@ -3,7 +3,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { REPO_ROOT, engineArgs, startEngine } from "./client.ts";
+import { engineArgs, startEngine } from "./client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import type { Datum } from "./api.ts";
 import { UserError } from "../util/errors.ts";
 

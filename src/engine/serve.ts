@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
-import { REPO_ROOT, defaultPython } from "./client.ts";
+import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 
 export interface HttpServerOptions {
   host: string;

@@ -17,12 +17,14 @@ import type {
   Engine,
   EngineInfo,
   ForwardBackwardResult,
+  ScoreOptions,
   LoadModelRequest,
   LossConfig,
   SampledSequence,
   SampleRequest,
 } from "./api.ts";
-import { REPO_ROOT, startEngine, type EngineClient } from "./client.ts";
+import { startEngine, type EngineClient } from "./client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { UserError } from "../util/errors.ts";
 
 export function defaultVllmPython(): string {
@@ -102,11 +104,12 @@ export class VllmSampledEngine implements Engine {
     return this.vllm.sample(req);
   }
 
-  forward(datums: Datum[]): Promise<number[][]> {
-    return this.trainer.forward(datums);
+  /** The trainer scores (at the temperature asked: distill rows are scored at the loss's T). */
+  forward(datums: Datum[], opts?: ScoreOptions & { temperature?: number }): Promise<number[][]> {
+    return this.trainer.forward(datums, opts);
   }
-  forwardBackward(datums: Datum[], loss: LossConfig): Promise<ForwardBackwardResult> {
-    return this.trainer.forwardBackward(datums, loss);
+  forwardBackward(datums: Datum[], loss: LossConfig, opts?: ScoreOptions): Promise<ForwardBackwardResult> {
+    return this.trainer.forwardBackward(datums, loss, opts);
   }
 
   async optimStep(cfg: AdamWConfig): Promise<{ gradNorm: number; metrics: Record<string, number> }> {

@@ -4,7 +4,8 @@
  * every game exports a pure step function and renders through `renderGrid` with a symbol map that
  * callers may replace (the erl-tiny corpus draws fresh letters per episode).
  */
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { REPO_ROOT } from "../util/paths.ts";
 import { inputError, UserError } from "../util/errors.ts";
 import { ownEntry } from "../util/own.ts";
 import type { Episode, StepResult, TraceStep } from "./types.ts";
@@ -151,7 +152,7 @@ export abstract class TracedEpisode implements Episode {
 export function defaultDataDir(): string {
   const fromEnv = process.env.ERL_DATA_DIR;
   if (fromEnv) return fromEnv;
-  return fileURLToPath(new URL("../../data/", import.meta.url));
+  return join(REPO_ROOT, "data");
 }
 
 /** Checks that a parsed JSONL line is an object, with an error naming file and line. */

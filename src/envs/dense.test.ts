@@ -16,7 +16,7 @@ import { buildDenseIndex, Embedder, passageText, type DenseIndex } from "./dense
 import { HotpotFamily, type HotpotTask } from "./hotpotqa.ts";
 import { loadCorpusJsonl, type Passage } from "./search.ts";
 import { formatToolCall } from "./tool-protocol.ts";
-import { defaultPython, REPO_ROOT } from "../engine/client.ts";
+import { defaultPython, REPO_ROOT } from "../util/paths.ts";
 import { validateConfig } from "../train/config.ts";
 
 const shipped = new HotpotFamily();
@@ -238,5 +238,5 @@ test("an unknown search value is refused, naming the key and the value", () => {
     () => validateConfig({ env: "hotpotqa", hotpotqa: { search: "e5" } }),
     (e: Error) => /hotpotqa\.search/.test(e.message) && /"e5"/.test(e.message) && /"dense"/.test(e.message),
   );
-  assert.equal(validateConfig({ env: "hotpotqa" }).hotpotqa.search, "bm25");
+  assert.equal((validateConfig({ env: "hotpotqa" }).hotpotqa as { search: string }).search, "bm25");
 });

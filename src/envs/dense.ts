@@ -11,7 +11,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
-import { REPO_ROOT, defaultPython } from "../engine/client.ts";
+import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 import { UserError } from "../util/errors.ts";
 import { lineSplitter } from "../util/lines.ts";
 import { decodeEntities, loadCorpusJsonl, type Passage, type SearchHit } from "./search.ts";

@@ -7,7 +7,7 @@
 import { join } from "node:path";
 import { inputError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
-import type { EnvPromptParts, Split, Task } from "./types.ts";
+import type { ClaimCheck, EnvPromptParts, Split, Task } from "./types.ts";
 import { GridGameEpisode, GridGameFamily, gridGamePrompt, loadTaskFile, solveGridGame } from "./grid-game.ts";
 import type { GridGame, GridGameOptions } from "./grid-game.ts";
 import { asRecord, DELTA, renderGrid, type Direction } from "./common.ts";
@@ -330,6 +330,50 @@ export const FROZENLAKE: GridGame<FrozenLakeTask, FrozenLakeState, FrozenLakeSym
   prompt: frozenLakePrompt,
 };
 
+const CLAIM_PATTERNS: readonly [RegExp, keyof typeof FROZENLAKE_SYMBOLS][] = [
+  [/(\S+) is you\b/g, "agent"],
+  [/(\S+) is the goal\b/g, "goal"],
+  [/(\S+) is a hole\b/g, "hole"],
+  [/(\S+) is safe frozen ice\b/g, "frozen"],
+];
+
+const TABLE_CLAIM = /^ (\S+) \t(you|goal|hole|ice)\b/gm;
+const TABLE_ROLE: Readonly<Record<string, keyof typeof FROZENLAKE_SYMBOLS>> = {
+  you: "agent",
+  goal: "goal",
+  hole: "hole",
+  ice: "frozen",
+};
+
+/**
+ * Checks the role claims of a rulebook against letters `symbols` (default: the paper's): which
+ * letters it says are the agent, the goal, a hole and safe ice, in prose ("X is you", "X is the
+ * goal", "X is a hole", "X is safe frozen ice") or in the table shape (" X \tyou").
+ */
+export function checkClaims(rulebook: string, symbols = FROZENLAKE_SYMBOLS): ClaimCheck {
+  let claims = 0;
+  let correct = 0;
+  const right = new Set<string>();
+  for (const m of rulebook.matchAll(TABLE_CLAIM)) {
+    const role = TABLE_ROLE[m[2] ?? ""]!;
+    claims++;
+    if (m[1] === symbols[role]) {
+      correct++;
+      right.add(role);
+    }
+  }
+  for (const [re, role] of CLAIM_PATTERNS)
+    for (const m of rulebook.matchAll(re)) {
+      const letter = (m[1] ?? "").replace(/^[-;(]+/, "");
+      claims++;
+      if (letter === symbols[role]) {
+        correct++;
+        right.add(role);
+      }
+    }
+  return { claims, correct, complete: right.size === 4 && claims === 4 };
+}
+
 export type FrozenLakeOptions = GridGameOptions<FrozenLakeSymbols>;
 export type FrozenLakeEpisode = GridGameEpisode<FrozenLakeTask, FrozenLakeState, FrozenLakeSymbols>;
 
@@ -340,5 +384,9 @@ export class FrozenLakeFamily extends GridGameFamily<FrozenLakeTask, FrozenLakeS
 
   generate(rng: Rng, count: number): FrozenLakeTask[] {
     return generateFrozenLakeTasks(rng, count);
+  }
+
+  checkClaims(rulebook: string): ClaimCheck {
+    return checkClaims(rulebook, this.symbols);
   }
 }

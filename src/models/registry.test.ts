@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO_ROOT } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { KNOWN_MODELS, findModel, modelDir } from "./registry.ts";
 import { installStatus, PROVENANCE } from "./install.ts";
 import { main } from "../cli/main.ts";
@@ -17,7 +17,13 @@ test("the table: unique names, shipped models present, installable ones pinned w
   for (const m of KNOWN_MODELS) {
     assert.equal(m.dir, `models/${m.name}`);
     if (m.source.kind === "shipped") assert.ok(existsSync(join(modelDir(REPO_ROOT, m), "config.json")), m.name);
-    else {
+    else if (m.source.kind === "adapter") {
+      const base = KNOWN_MODELS.find((k) => k.name === (m.source as { base: string }).base);
+      assert.ok(base && base.source.kind !== "adapter", `${m.name}: its base is a known, non-adapter model`);
+      assert.match(m.source.adapterSha256, /^[0-9a-f]{64}$/);
+      assert.ok(existsSync(join(REPO_ROOT, m.source.adapter, "adapter_model.safetensors")), `${m.name}: its adapter`);
+      assert.ok(m.card && existsSync(join(REPO_ROOT, m.card)), `${m.name}: its card`);
+    } else {
       assert.match(m.source.version, /^\d+(\.\d+)*$/, `${m.name}: an exact version`);
       assert.match(m.source.ggufSha256, /^[0-9a-f]{64}$/);
       assert.ok(m.card && existsSync(join(REPO_ROOT, m.card)), `${m.name}: its card`);

@@ -34,6 +34,22 @@ export interface PypiGgufSource {
   outputBytes: number;
 }
 
+/**
+ * A LoRA adapter kept in the repository (small enough for git) over another known model: installing it
+ * installs the base, then `erl_engine.merge_adapter` merges the adapter into an HF directory.
+ */
+export interface AdapterSource {
+  kind: "adapter";
+  /** The known model it adapts. */
+  base: string;
+  /** The PEFT adapter directory, relative to the repository root. */
+  adapter: string;
+  /** `adapter_digest` of the adapter (SHA-256 over its config and weights); another adapter is refused. */
+  adapterSha256: string;
+  /** Bytes the merged directory takes. */
+  outputBytes: number;
+}
+
 export interface KnownModel {
   name: string;
   summary: string;
@@ -41,7 +57,7 @@ export interface KnownModel {
   parameters: string;
   /** Directory relative to the repository root. */
   dir: string;
-  source: ShippedSource | PypiGgufSource;
+  source: ShippedSource | PypiGgufSource | AdapterSource;
   /** Model card (markdown, repository-relative) copied into an installed model's README.md. */
   card?: string;
 }

@@ -7,7 +7,8 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { REPO_ROOT, defaultPython, startEngine, type EngineClient } from "../engine/client.ts";
+import { startEngine, type EngineClient } from "../engine/client.ts";
+import { REPO_ROOT, defaultPython } from "../util/paths.ts";
 import { EngineBackend } from "../agent/backend.ts";
 import { TrajectoryBuilder } from "../agent/trajectory.ts";
 import { runEpisodes, type LoopSettings } from "../agent/loop.ts";

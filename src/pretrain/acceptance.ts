@@ -16,60 +16,12 @@ import { runEpisodes, sampleReplies, type LoopSettings, type SamplingSettings } 
 import { compactProfile, findRulebook, rulebookFromReflection } from "../agent/prompts.ts";
 import { startEngine } from "../engine/client.ts";
 import type { ChatMessage } from "../engine/api.ts";
-import { FROZENLAKE_SYMBOLS, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
+import { checkClaims, FrozenLakeFamily, type FrozenLakeTask } from "../envs/frozenlake.ts";
 import { defaultConfig, evalOptionsFrom } from "../train/config.ts";
 import { SokobanFamily, type SokobanTask } from "../envs/sokoban.ts";
 import { Rng } from "../util/rng.ts";
 import { rulebookSystemPrompt, tableRulebookText } from "./frozenlake-corpus.ts";
 import { sokobanTableRulebook } from "./sokoban-corpus.ts";
-
-export interface ClaimCheck {
-  /** Role claims found in the rulebook ("X is you", "X is the goal", "X is a hole", "X is safe frozen ice"). */
-  claims: number;
-  correct: number;
-  /** All four roles claimed, all correct. */
-  complete: boolean;
-}
-
-const CLAIM_PATTERNS: readonly [RegExp, keyof typeof FROZENLAKE_SYMBOLS][] = [
-  [/(\S+) is you\b/g, "agent"],
-  [/(\S+) is the goal\b/g, "goal"],
-  [/(\S+) is a hole\b/g, "hole"],
-  [/(\S+) is safe frozen ice\b/g, "frozen"],
-];
-
-const TABLE_CLAIM = /^ (\S+) \t(you|goal|hole|ice)\b/gm;
-const TABLE_ROLE: Readonly<Record<string, keyof typeof FROZENLAKE_SYMBOLS>> = {
-  you: "agent",
-  goal: "goal",
-  hole: "hole",
-  ice: "frozen",
-};
-
-/** Checks the role claims of a rulebook (prose or table shape) against the reference letters. */
-export function checkClaims(rulebook: string, symbols = FROZENLAKE_SYMBOLS): ClaimCheck {
-  let claims = 0;
-  let correct = 0;
-  const right = new Set<string>();
-  for (const m of rulebook.matchAll(TABLE_CLAIM)) {
-    const role = TABLE_ROLE[m[2] ?? ""]!;
-    claims++;
-    if (m[1] === symbols[role]) {
-      correct++;
-      right.add(role);
-    }
-  }
-  for (const [re, role] of CLAIM_PATTERNS)
-    for (const m of rulebook.matchAll(re)) {
-      const letter = (m[1] ?? "").replace(/^[-;(]+/, "");
-      claims++;
-      if (letter === symbols[role]) {
-        correct++;
-        right.add(role);
-      }
-    }
-  return { claims, correct, complete: right.size === 4 && claims === 4 };
-}
 
 export interface ModeFigures {
   mode: "greedy" | "sampled";
@@ -84,6 +36,12 @@ export interface ModeFigures {
     sRule: Record<string, [number, number]>;
     sRefl: Record<string, [number, number]>;
   };
+  /**
+   * Replies that parse to a move (the environment's parser: the last fenced block holds one move), over
+   * every reply of the S0, S_rule and S_refl attempts.
+   */
+  parse: number;
+  replies: number;
   /** Retries after a failed S0 attempt. */
   retries: number;
   sRefl: number;
@@ -106,6 +64,9 @@ export interface SokobanFigures {
   s0: number;
   sRule: number;
   sRuleReference: number;
+  /** Replies that parse to a move, over every reply of the three conditions. */
+  parse: number;
+  replies: number;
   bySize: {
     s0: Record<string, [number, number]>;
     sRule: Record<string, [number, number]>;
@@ -123,12 +84,34 @@ export interface AcceptanceReport {
   sokoban: SokobanFigures[];
 }
 
-const LOOP: LoopSettings = {
-  maxTokensPerTurn: 64,
-  maxContextTokens: 2048,
-  contextOverflow: "stop",
-  turnTokenLimit: "step",
-};
+/**
+ * The episode settings: 64 tokens a reply, and a context of the model's window up to 4,096 tokens
+ * (erl-tiny: 2,048; SmolLM2 writes a board cell as three tokens, so a 9×9 game of 8 turns needs
+ * about 2,500).
+ */
+function loopFor(model: ModelBackend): LoopSettings {
+  return {
+    maxTokensPerTurn: 64,
+    maxContextTokens: Math.min(model.maxPositions ?? 2048, 4096),
+    contextOverflow: "stop",
+    turnTokenLimit: "step",
+  };
+}
+
+/** Replies that parse to a move (valid actions), and all replies, over some episodes. */
+export function parseCount(outcomes: readonly { trace: readonly { result: { valid: boolean } }[] }[]): {
+  ok: number;
+  all: number;
+} {
+  let ok = 0;
+  let all = 0;
+  for (const o of outcomes)
+    for (const step of o.trace) {
+      all++;
+      if (step.result.valid) ok++;
+    }
+  return { ok, all };
+}
 
 const rate = (xs: readonly boolean[]): number =>
   xs.length === 0 ? 0 : xs.filter(Boolean).length / xs.length;
@@ -161,6 +144,7 @@ async function measureMode(
   const referenceRuled = rulebookSystemPrompt(parts.referenceRulebook ?? "", parts);
   const attempt = samplingFor(mode);
   const reflect: SamplingSettings = mode === "greedy" ? { temperature: 0 } : { temperature: 0.5, topP: 0.9 };
+  const LOOP = loopFor(model);
   const deps = { env, model, rng, settings: LOOP };
   const first = await runEpisodes(
     tasks.map((task, i) => ({ id: `s0-${i}`, task, system: initial, sampling: attempt })),
@@ -193,6 +177,7 @@ async function measureMode(
     deps,
   );
   const checks = replies.map((r) => checkClaims(findRulebook(r.text) ?? ""));
+  const parsed = parseCount([...first, ...withRules, ...second]);
   const examples = [
     ...first.slice(0, 2).map((o) => ({ kind: "s0", messages: o.messages })),
     ...withRules.slice(0, 3).map((o) => ({ kind: "rule", messages: o.messages })),
@@ -216,6 +201,8 @@ async function measureMode(
     sRule: rate(withRules.map((o) => o.success)),
     sRuleReferenceProse: rate(withReference.map((o) => o.success)),
     bySize: { s0: bySize(first), sRule: bySize(withRules), sRefl: bySize(second) },
+    parse: parsed.all === 0 ? 0 : parsed.ok / parsed.all,
+    replies: parsed.all,
     retries: failed.length,
     sRefl: rate(second.map((o) => o.success)),
     rulebookFound: replies.filter((r) => findRulebook(r.text) !== null).length,
@@ -237,7 +224,7 @@ async function measureSokoban(
   rng: Rng,
 ): Promise<SokobanFigures> {
   const parts = env.prompt();
-  const deps = { env, model, rng, settings: LOOP };
+  const deps = { env, model, rng, settings: loopFor(model) };
   const run = (kind: string, system: string) =>
     runEpisodes(
       tasks.map((task, i) => ({ id: `${kind}-${i}`, task, system, sampling: samplingFor(mode) })),
@@ -252,12 +239,15 @@ async function measureSokoban(
     "sokoban-reference-rule",
     rulebookSystemPrompt(parts.referenceRulebook ?? "", parts),
   );
+  const parsed = parseCount([...first, ...withRules, ...withReference]);
   return {
     mode,
     tasks: tasks.length,
     s0: rate(first.map((o) => o.success)),
     sRule: rate(withRules.map((o) => o.success)),
     sRuleReference: rate(withReference.map((o) => o.success)),
+    parse: parsed.all === 0 ? 0 : parsed.ok / parsed.all,
+    replies: parsed.all,
     bySize: { s0: bySize(first), sRule: bySize(withRules), sRuleReference: bySize(withReference) },
   };
 }
@@ -268,6 +258,9 @@ export async function measureAcceptance(opts: {
   seed?: number;
   modes?: readonly ("greedy" | "sampled")[];
   threads?: number;
+  dtype?: "auto" | "float32" | "bfloat16";
+  /** Which games to measure (default both). */
+  games?: readonly ("frozenlake" | "sokoban")[];
   log?: (line: string) => void;
 }): Promise<AcceptanceReport> {
   const t0 = Date.now();
@@ -276,7 +269,8 @@ export async function measureAcceptance(opts: {
   // run several times slower than one.
   const engine = await startEngine({ env: { OMP_NUM_THREADS: String(opts.threads ?? 1) } });
   try {
-    await engine.loadModel({ path: opts.modelDir, dtype: "bfloat16", device: "cpu", seed });
+    // "auto": bf16 where this CPU runs it faster (AMX, AVX512-BF16), else fp32.
+    await engine.loadModel({ path: opts.modelDir, dtype: opts.dtype ?? "auto", device: "cpu", seed });
     const model = await EngineBackend.create(engine);
     const env = new FrozenLakeFamily();
     const all = env.loadSplit("test");
@@ -286,10 +280,14 @@ export async function measureAcceptance(opts: {
     const sokobanTasks = sokobanAll.slice(0, opts.limit ?? sokobanAll.length);
     const modes: ModeFigures[] = [];
     const sokoban: SokobanFigures[] = [];
+    const games = opts.games ?? ["frozenlake", "sokoban"];
     for (const mode of opts.modes ?? ["greedy", "sampled"]) {
-      const figures = await measureMode(mode, model, env, tasks, new Rng(`acceptance/${seed}/${mode}`));
-      opts.log?.(JSON.stringify({ ...figures, examples: figures.examples.length }));
-      modes.push(figures);
+      if (games.includes("frozenlake")) {
+        const figures = await measureMode(mode, model, env, tasks, new Rng(`acceptance/${seed}/${mode}`));
+        opts.log?.(JSON.stringify({ ...figures, examples: figures.examples.length }));
+        modes.push(figures);
+      }
+      if (!games.includes("sokoban")) continue;
       const sk = await measureSokoban(
         mode,
         model,

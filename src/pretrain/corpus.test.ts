@@ -2,7 +2,12 @@ import { test } from "node:test";
 import { createHash } from "node:crypto";
 import assert from "node:assert/strict";
 import { Rng } from "../util/rng.ts";
-import { frozenLakePrompt, FROZENLAKE_SYMBOLS, type FrozenLakeTask } from "../envs/frozenlake.ts";
+import {
+  checkClaims,
+  frozenLakePrompt,
+  FROZENLAKE_SYMBOLS,
+  type FrozenLakeTask,
+} from "../envs/frozenlake.ts";
 import { compactProfile } from "../agent/prompts.ts";
 import { parseDirection } from "../envs/common.ts";
 import { drawFlSymbols, drawPermutedReference, FL_ROLES, SYMBOL_POOL } from "./symbols.ts";
@@ -20,7 +25,7 @@ import {
   teacherMove,
   type Curriculum,
 } from "./frozenlake-corpus.ts";
-import { bySize, checkClaims } from "./acceptance.ts";
+import { bySize } from "./acceptance.ts";
 import { docLine, phaseAt, shardDocs } from "./generate.ts";
 
 /** Fingerprints of shards 0, 150, 260, 310, 399, 450 and 550 (seed 1, 600 planned, 400 docs each). */

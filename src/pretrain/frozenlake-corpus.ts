@@ -30,6 +30,7 @@ import {
   type FrozenLakeTask,
 } from "../envs/frozenlake.ts";
 import type { EnvPromptParts, TraceStep } from "../envs/types.ts";
+import type { SokobanTask } from "../envs/sokoban.ts";
 import type { Rng } from "../util/rng.ts";
 import { drawFlSymbols, drawPermutedReference, type FlRole, type FlSymbols } from "./symbols.ts";
 
@@ -87,6 +88,17 @@ export interface Curriculum {
    * then its role word). Default "prose".
    */
   rulebook?: RulebookStyle;
+  /**
+   * Boards to draw from instead of generating fresh ones: the environments' train splits (the chat
+   * curriculum for real models, `erl data curriculum`), so that no document can hold a test board.
+   */
+  boards?: CorpusBoards;
+}
+
+/** Train-split boards per game (see Curriculum.boards). */
+export interface CorpusBoards {
+  frozenlake: readonly FrozenLakeTask[];
+  sokoban: readonly SokobanTask[];
 }
 
 export type RulebookStyle = "prose" | "table";
@@ -107,10 +119,24 @@ export const cell = (letter: string): string => ` ${letter} \t`;
 // ---------------------------------------------------------------------------------------------
 // Tasks and the teacher
 
-/** A fresh task (reference generator, own seed) with side in [minSize, maxSize] (within 2–9). */
-export function drawTask(rng: Rng, maxSize: number, minSize = 2): FrozenLakeTask {
+/**
+ * A task with side in [minSize, maxSize] (within 2–9): fresh from the reference generator (own seed),
+ * or drawn from `boards` when given (a side is drawn first, then a board of that side).
+ */
+export function drawTask(
+  rng: Rng,
+  maxSize: number,
+  minSize = 2,
+  boards?: readonly FrozenLakeTask[],
+): FrozenLakeTask {
   const hi = Math.max(2, Math.min(9, maxSize));
   const size = rng.intBetween(Math.min(hi, Math.max(2, minSize)), hi);
+  if (boards) {
+    const same = boards.filter((t) => t.size === size);
+    const pool = same.length > 0 ? same : boards.filter((t) => t.size <= hi);
+    if (pool.length === 0) throw new RangeError(`drawTask: no board of side ${minSize}-${hi} in the pool`);
+    return rng.pick(pool);
+  }
   const p = rng.uniform(0.6, 0.85);
   const { map, start, goal } = generateFrozenLakeMap(rng, size, p);
   return { id: `corpus-${size}`, env: "frozenlake", size, map, start, goal };
@@ -351,7 +377,7 @@ function allFacts(sym: FrozenLakeSymbols, withMarks: boolean): RulebookFacts {
 
 export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize, cur.minSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize, cur.boards?.frozenlake);
   const parts = frozenLakePrompt(sym);
   // Half the time the environment's reference rulebook (what diagnostics use), otherwise the shape a
   // reflection writes (sometimes without the end-of-game marks, which a failed trace never shows).
@@ -376,7 +402,7 @@ export function rulePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 
 export function freePlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize, cur.minSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize, cur.boards?.frozenlake);
   const parts = frozenLakePrompt(sym);
   const played = play(task, sym, compactProfile.initialSystemPrompt(parts), () =>
     reply(FREE_THINK, randomMove(rng)),
@@ -467,7 +493,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   // rulebook. Retry until the attempt fails (reflections only follow failures).
   const underRules = rng.next() < 0.3;
   for (;;) {
-    const task = drawTask(rng, cur.maxSize, cur.minSize);
+    const task = drawTask(rng, cur.maxSize, cur.minSize, cur.boards?.frozenlake);
     const dist = goalDistances(task);
     const facts = allFacts(sym, rng.next() < 0.5);
     const shown = underRules
@@ -518,7 +544,7 @@ export function reflectionDoc(rng: Rng, cur: Curriculum): CorpusDoc {
  */
 export function secondPlayDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize, cur.minSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize, cur.boards?.frozenlake);
   const parts = frozenLakePrompt(sym);
   const roles: Partial<Record<FlRole, string>> = { agent: sym.agent, goal: sym.goal, frozen: sym.frozen };
   if (rng.next() < 0.8) roles.hole = sym.hole;
@@ -581,7 +607,7 @@ export function lookupDoc(rng: Rng, cur: Curriculum): CorpusDoc {
 
 export function translateDoc(rng: Rng, cur: Curriculum): CorpusDoc {
   const sym = drawSymbols(rng, cur);
-  const task = drawTask(rng, cur.maxSize, cur.minSize);
+  const task = drawTask(rng, cur.maxSize, cur.minSize, cur.boards?.frozenlake);
   const { system, roles } = drillRulebook(rng, sym, cur.rulebook);
   const episode = new GridGameEpisode(FROZENLAKE, task, sym);
   const rows: string[] = [];

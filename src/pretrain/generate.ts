@@ -172,13 +172,18 @@ const MAKERS: Readonly<Record<keyof Mix, Maker>> = {
   lookup: lookupDoc,
   translate: translateDoc,
   copy: copyDoc,
-  sokobanPlay: (rng) => sokobanPlayDoc(rng),
-  sokobanFree: (rng) => sokobanFreeDoc(rng),
-  sokobanReflection: (rng) => sokobanReflectionDoc(rng),
+  sokobanPlay: (rng, cur) => sokobanPlayDoc(rng, cur.boards?.sokoban),
+  sokobanFree: (rng, cur) => sokobanFreeDoc(rng, cur.boards?.sokoban),
+  sokobanReflection: (rng, cur) => sokobanReflectionDoc(rng, cur.boards?.sokoban),
   sokobanLookup: (rng) => sokobanLookupDoc(rng),
 };
 
-function pickKind(rng: Rng, mix: Mix): keyof Mix {
+/** One document of a kind. */
+export function makeDoc(kind: keyof Mix, rng: Rng, cur: Curriculum): AnyDoc {
+  return MAKERS[kind](rng, cur);
+}
+
+export function pickKind(rng: Rng, mix: Mix): keyof Mix {
   const entries = Object.entries(mix) as [keyof Mix, number][];
   const total = entries.reduce((s, [, w]) => s + w, 0);
   let x = rng.next() * total;

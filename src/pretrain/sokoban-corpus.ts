@@ -106,8 +106,12 @@ function testLayoutNames(): Set<string> {
 /** Sides drawn for corpus layouts: the test split's 7 and 8 twice as often as 6. */
 const SIDES = [6, 7, 7, 8, 8] as const;
 
-/** One fresh layout (reference rules: solvable in ≤ 8 moves), never a test layout. */
-export function drawSokobanTask(rng: Rng): SokobanTask {
+/**
+ * One fresh layout (reference rules: solvable in ≤ 8 moves), never a test layout; or one drawn from
+ * `boards` (a train split) when given.
+ */
+export function drawSokobanTask(rng: Rng, boards?: readonly SokobanTask[]): SokobanTask {
+  if (boards) return rng.pick(boards);
   const size = rng.pick(SIDES);
   const [task] = generateSokobanTasks(rng, 1, { sizes: [size], exclude: testLayoutNames() });
   return task!;
@@ -223,9 +227,9 @@ function correctRulebook(rng: Rng, sym: SokobanSymbols): string {
   return sokobanTableRulebook(roles);
 }
 
-export function sokobanPlayDoc(rng: Rng): SokobanDoc {
+export function sokobanPlayDoc(rng: Rng, boards?: readonly SokobanTask[]): SokobanDoc {
   const sym = drawSokobanSymbols(rng);
-  const task = drawSokobanTask(rng);
+  const task = drawSokobanTask(rng, boards);
   const parts = sokobanPrompt(sym);
   const played = play(task, sym, rulebookSystemPrompt(correctRulebook(rng, sym), parts), (s) => {
     const t = sokobanTeacher(task, s);
@@ -239,9 +243,9 @@ export function sokobanPlayDoc(rng: Rng): SokobanDoc {
   };
 }
 
-export function sokobanFreeDoc(rng: Rng): SokobanDoc {
+export function sokobanFreeDoc(rng: Rng, boards?: readonly SokobanTask[]): SokobanDoc {
   const sym = drawSokobanSymbols(rng);
-  const task = drawSokobanTask(rng);
+  const task = drawSokobanTask(rng, boards);
   const parts = sokobanPrompt(sym);
   const played = play(task, sym, compactProfile.initialSystemPrompt(parts), () =>
     reply(FREE_THINK, randomMove(rng)),
@@ -317,12 +321,12 @@ const BASIS_WORDS: Readonly<Record<SokobanClaim["basis"], string>> = {
   shown: "kept from the prompt",
 };
 
-export function sokobanReflectionDoc(rng: Rng): SokobanDoc {
+export function sokobanReflectionDoc(rng: Rng, boards?: readonly SokobanTask[]): SokobanDoc {
   const sym = drawSokobanSymbols(rng);
   const parts = sokobanPrompt(sym);
   const underRules = rng.next() < 0.3;
   for (;;) {
-    const task = drawSokobanTask(rng);
+    const task = drawSokobanTask(rng, boards);
     const shown = underRules
       ? rulebookSystemPrompt(correctRulebook(rng, sym), parts)
       : compactProfile.initialSystemPrompt(parts);

@@ -3,7 +3,7 @@
  * (plain and streamed, with log-probs), `/v1/completions` and `/v1/models`, for one loaded model.
  *
  * It lives on the TypeScript side, over the engine client, because chat rendering, decoding and
- * request validation already live there (docs/decisions/openai-server-in-typescript.md). It speaks
+ * request validation already live there (docs/decisions/0014-openai-server-in-typescript.md). It speaks
  * to the engine through the `Engine` interface only: a local child process or a remote engine.
  *
  * Safety, as for the engine's own HTTP server: a bearer token on every request, checked before any
@@ -19,9 +19,10 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { randomBytes, timingSafeEqual } from "node:crypto";
-import { isIP } from "node:net";
 import type { ChatMessage, Engine, SampledSequence } from "../engine/api.ts";
 import { UserError } from "../util/errors.ts";
+import { ownEntry } from "../util/own.ts";
+import { isLoopback } from "../util/net.ts";
 
 export interface OpenAIServerOptions {
   engine: Engine;
@@ -48,13 +49,6 @@ export interface OpenAIServerHandle {
   url: string;
   server: Server;
   close(): Promise<void>;
-}
-
-export function isLoopback(host: string): boolean {
-  if (host === "localhost") return true;
-  if (isIP(host) === 4) return host.startsWith("127.");
-  if (isIP(host) === 6) return host === "::1" || host === "0:0:0:0:0:0:0:1";
-  return false;
 }
 
 /** An error answered to the client in OpenAI's shape. */
@@ -422,6 +416,246 @@ function completionLogprobs(choice: Choice, offset = 0) {
 // ---------------------------------------------------------------------------------------------
 // The server
 
+/** What the route handlers share: the engine, the served model's name, the generator. */
+interface Served {
+  engine: Engine;
+  modelName: string;
+  created: number;
+  gen: Generator;
+}
+
+/** The model a request names must be the one this server serves. */
+function checkModel(s: Served, body: Json): void {
+  if (typeof body.model !== "string" || body.model === "") throw bad("model is required", "model");
+  if (body.model !== s.modelName)
+    throw new ApiError(
+      404,
+      `The model \`${body.model}\` does not exist; this server serves \`${s.modelName}\``,
+      "invalid_request_error",
+      "model",
+      "model_not_found",
+    );
+}
+
+const newId = (prefix: string) => `${prefix}-${randomBytes(12).toString("hex")}`;
+const now = () => Math.floor(Date.now() / 1000);
+
+const usage = (prompt: number[], choices: Choice[]) => {
+  const completion = choices.reduce((a, c) => a + c.tokens.length, 0);
+  return {
+    prompt_tokens: prompt.length,
+    completion_tokens: completion,
+    total_tokens: prompt.length + completion,
+  };
+};
+
+const startStream = (res: ServerResponse): void => {
+  res.writeHead(200, {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    Connection: "keep-alive",
+  });
+};
+const event = (res: ServerResponse, data: unknown): void => {
+  res.write(`data: ${JSON.stringify(data)}\n\n`);
+};
+
+/** The request body as a JSON object (400 otherwise; 413 past `limit` bytes). */
+async function readJsonBody(req: IncomingMessage, limit: number): Promise<Json> {
+  const raw = await readBody(req, limit);
+  let body: unknown;
+  try {
+    body = JSON.parse(raw.toString("utf8"));
+  } catch (e) {
+    throw bad(`the request body is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body))
+    throw bad("the request body must be a JSON object");
+  return body as Json;
+}
+
+/** POST /v1/chat/completions */
+async function chatCompletions(s: Served, body: Json, res: ServerResponse): Promise<void> {
+  checkKeys(body, [...COMMON_KEYS, "messages", "logprobs", "top_logprobs", "max_completion_tokens"]);
+  checkModel(s, body);
+  const messages = chatMessages(body);
+  const c = common(body, "max_completion_tokens");
+  const lp = body.logprobs ?? false;
+  if (typeof lp !== "boolean") throw bad("logprobs must be true or false", "logprobs");
+  const top = optNumber(body, "top_logprobs", 0, 20, true) ?? 0;
+  if (top > 0)
+    throw bad(
+      "top_logprobs > 0 is not supported: this server reports only the sampled token's log-prob",
+      "top_logprobs",
+      "unsupported_parameter",
+    );
+  if (messages[messages.length - 1]!.role === "assistant")
+    throw bad("the last message is the assistant's: continuing a reply is not supported", "messages");
+  const prompt = await s.engine.renderChat(messages, { addGenerationPrompt: true });
+  const choices = await s.gen.generate(prompt, c, "messages");
+  const base = { id: newId("chatcmpl"), created: now(), model: s.modelName, system_fingerprint: null };
+  if (!c.stream) {
+    sendJson(res, 200, {
+      ...base,
+      object: "chat.completion",
+      choices: choices.map((ch) => ({
+        index: ch.index,
+        message: { role: "assistant", content: ch.text, refusal: null },
+        logprobs: lp ? chatLogprobs(ch) : null,
+        finish_reason: ch.finish,
+      })),
+      usage: usage(prompt, choices),
+    });
+    return;
+  }
+  startStream(res);
+  const chunk = (choices: unknown[], extra: Json = {}) => ({
+    ...base,
+    object: "chat.completion.chunk",
+    choices,
+    ...extra,
+  });
+  for (const ch of choices) {
+    event(
+      res,
+      chunk([
+        { index: ch.index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null },
+      ]),
+    );
+    const deltas = await s.gen.deltas(ch);
+    deltas.forEach((d, i) =>
+      event(
+        res,
+        chunk([
+          {
+            index: ch.index,
+            delta: { content: d },
+            logprobs: lp ? chatLogprobs(ch, i, i + 1) : null,
+            finish_reason: null,
+          },
+        ]),
+      ),
+    );
+    event(res, chunk([{ index: ch.index, delta: {}, logprobs: null, finish_reason: ch.finish }]));
+  }
+  if (c.includeUsage) event(res, chunk([], { usage: usage(prompt, choices) }));
+  res.end("data: [DONE]\n\n");
+}
+
+/** POST /v1/completions */
+async function completions(s: Served, body: Json, res: ServerResponse): Promise<void> {
+  checkKeys(body, [...COMMON_KEYS, "prompt", "logprobs", "echo", "best_of", "suffix"]);
+  checkModel(s, body);
+  if (body.echo !== undefined && body.echo !== null && body.echo !== false)
+    throw bad("echo is not supported by this server", "echo", "unsupported_parameter");
+  if (body.suffix !== undefined && body.suffix !== null)
+    throw bad("suffix is not supported by this server", "suffix", "unsupported_parameter");
+  const bestOf = optNumber(body, "best_of", 1, 64, true);
+  if (bestOf !== undefined && bestOf !== 1)
+    throw bad("best_of other than 1 is not supported by this server", "best_of", "unsupported_parameter");
+  const c = common(body, "max_tokens");
+  const lp = optNumber(body, "logprobs", 0, 5, true);
+  if (lp !== undefined && lp > 0)
+    throw bad(
+      "logprobs > 0 asks for alternative tokens, which this server does not report; use logprobs: 0 for the sampled tokens' log-probs",
+      "logprobs",
+      "unsupported_parameter",
+    );
+  const p = body.prompt;
+  let prompt: number[];
+  if (typeof p === "string") prompt = await s.engine.encode(p, { addSpecialTokens: true });
+  else if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t) && (t as number) >= 0))
+    prompt = p as number[];
+  else if (Array.isArray(p) && p.length === 1 && typeof p[0] === "string")
+    prompt = await s.engine.encode(p[0], { addSpecialTokens: true });
+  else
+    throw bad(
+      "prompt must be a string or an array of token ids (batches of several prompts are not supported)",
+      "prompt",
+    );
+  if (prompt.length === 0) throw bad("prompt is empty", "prompt");
+  const choices = await s.gen.generate(prompt, c, "prompt");
+  const base = { id: newId("cmpl"), created: now(), model: s.modelName, system_fingerprint: null };
+  if (!c.stream) {
+    sendJson(res, 200, {
+      ...base,
+      object: "text_completion",
+      choices: choices.map((ch) => ({
+        index: ch.index,
+        text: ch.text,
+        logprobs: lp !== undefined ? completionLogprobs(ch) : null,
+        finish_reason: ch.finish,
+      })),
+      usage: usage(prompt, choices),
+    });
+    return;
+  }
+  startStream(res);
+  for (const ch of choices) {
+    const deltas = await s.gen.deltas(ch);
+    let offset = 0;
+    deltas.forEach((d, i) => {
+      const one = {
+        ...ch,
+        tokens: [ch.tokens[i]!],
+        logprobs: [ch.logprobs[i]!],
+        tokenTexts: [ch.tokenTexts[i]!],
+      };
+      event(res, {
+        ...base,
+        object: "text_completion",
+        choices: [
+          {
+            index: ch.index,
+            text: d,
+            logprobs: lp !== undefined ? completionLogprobs(one, offset) : null,
+            finish_reason: null,
+          },
+        ],
+      });
+      offset += ch.tokenTexts[i]!.length;
+    });
+    event(res, {
+      ...base,
+      object: "text_completion",
+      choices: [{ index: ch.index, text: "", logprobs: null, finish_reason: ch.finish }],
+    });
+  }
+  if (c.includeUsage)
+    event(res, { ...base, object: "text_completion", choices: [], usage: usage(prompt, choices) });
+  res.end("data: [DONE]\n\n");
+}
+
+/** GET /v1/models: the one served model. */
+const listModels = (s: Served) => ({
+  object: "list",
+  data: [{ id: s.modelName, object: "model", created: s.created, owned_by: "erl" }],
+});
+
+/** GET /v1/models/<id>: the served model, or a 404 naming the asked one. */
+function getModel(s: Served, path: string): unknown {
+  const name = decodeURIComponent(path.slice("/v1/models/".length));
+  if (name === s.modelName) return listModels(s).data[0];
+  throw new ApiError(
+    404,
+    `The model \`${name}\` does not exist`,
+    "invalid_request_error",
+    "model",
+    "model_not_found",
+  );
+}
+
+/** The routes: GET answers from state, POST reads a JSON body (counted against the concurrency limit). */
+const GET_ROUTES: Record<string, (s: Served, path: string) => unknown> = {
+  "/v1/models": listModels,
+  "/v1/health": () => ({ ok: true }),
+  "/health": () => ({ ok: true }),
+};
+const POST_ROUTES: Record<string, (s: Served, body: Json, res: ServerResponse) => Promise<void>> = {
+  "/v1/chat/completions": chatCompletions,
+  "/v1/completions": completions,
+};
+
 export async function startOpenAIServer(opts: OpenAIServerOptions): Promise<OpenAIServerHandle> {
   if (!opts.token) throw new UserError("the OpenAI-compatible server needs a bearer token");
   if (!isLoopback(opts.host) && !opts.allowRemote)
@@ -432,203 +666,18 @@ export async function startOpenAIServer(opts: OpenAIServerOptions): Promise<Open
   const maxConcurrent = opts.maxConcurrent ?? 8;
   const created = opts.created ?? Math.floor(Date.now() / 1000);
   const expected = Buffer.from(`Bearer ${opts.token}`);
-  const gen = new Generator(opts.engine);
+  const served: Served = {
+    engine: opts.engine,
+    modelName: opts.modelName,
+    created,
+    gen: new Generator(opts.engine),
+  };
   let inFlight = 0;
 
   const authorised = (req: IncomingMessage): boolean => {
     const got = Buffer.from(req.headers.authorization ?? "");
     return got.length === expected.length && timingSafeEqual(got, expected);
   };
-
-  const checkModel = (body: Json): void => {
-    if (typeof body.model !== "string" || body.model === "") throw bad("model is required", "model");
-    if (body.model !== opts.modelName)
-      throw new ApiError(
-        404,
-        `The model \`${body.model}\` does not exist; this server serves \`${opts.modelName}\``,
-        "invalid_request_error",
-        "model",
-        "model_not_found",
-      );
-  };
-
-  const id = (prefix: string) => `${prefix}-${randomBytes(12).toString("hex")}`;
-  const now = () => Math.floor(Date.now() / 1000);
-
-  const usage = (prompt: number[], choices: Choice[]) => {
-    const completion = choices.reduce((a, c) => a + c.tokens.length, 0);
-    return {
-      prompt_tokens: prompt.length,
-      completion_tokens: completion,
-      total_tokens: prompt.length + completion,
-    };
-  };
-
-  const startStream = (res: ServerResponse): void => {
-    res.writeHead(200, {
-      "Content-Type": "text/event-stream",
-      "Cache-Control": "no-cache",
-      Connection: "keep-alive",
-    });
-  };
-  const event = (res: ServerResponse, data: unknown): void => {
-    res.write(`data: ${JSON.stringify(data)}\n\n`);
-  };
-
-  async function chat(body: Json, res: ServerResponse): Promise<void> {
-    checkKeys(body, [...COMMON_KEYS, "messages", "logprobs", "top_logprobs", "max_completion_tokens"]);
-    checkModel(body);
-    const messages = chatMessages(body);
-    const c = common(body, "max_completion_tokens");
-    const lp = body.logprobs ?? false;
-    if (typeof lp !== "boolean") throw bad("logprobs must be true or false", "logprobs");
-    const top = optNumber(body, "top_logprobs", 0, 20, true) ?? 0;
-    if (top > 0)
-      throw bad(
-        "top_logprobs > 0 is not supported: this server reports only the sampled token's log-prob",
-        "top_logprobs",
-        "unsupported_parameter",
-      );
-    if (messages[messages.length - 1]!.role === "assistant")
-      throw bad("the last message is the assistant's: continuing a reply is not supported", "messages");
-    const prompt = await opts.engine.renderChat(messages, { addGenerationPrompt: true });
-    const choices = await gen.generate(prompt, c, "messages");
-    const base = { id: id("chatcmpl"), created: now(), model: opts.modelName, system_fingerprint: null };
-    if (!c.stream) {
-      sendJson(res, 200, {
-        ...base,
-        object: "chat.completion",
-        choices: choices.map((ch) => ({
-          index: ch.index,
-          message: { role: "assistant", content: ch.text, refusal: null },
-          logprobs: lp ? chatLogprobs(ch) : null,
-          finish_reason: ch.finish,
-        })),
-        usage: usage(prompt, choices),
-      });
-      return;
-    }
-    startStream(res);
-    const chunk = (choices: unknown[], extra: Json = {}) => ({
-      ...base,
-      object: "chat.completion.chunk",
-      choices,
-      ...extra,
-    });
-    for (const ch of choices) {
-      event(
-        res,
-        chunk([
-          { index: ch.index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null },
-        ]),
-      );
-      const deltas = await gen.deltas(ch);
-      deltas.forEach((d, i) =>
-        event(
-          res,
-          chunk([
-            {
-              index: ch.index,
-              delta: { content: d },
-              logprobs: lp ? chatLogprobs(ch, i, i + 1) : null,
-              finish_reason: null,
-            },
-          ]),
-        ),
-      );
-      event(res, chunk([{ index: ch.index, delta: {}, logprobs: null, finish_reason: ch.finish }]));
-    }
-    if (c.includeUsage) event(res, chunk([], { usage: usage(prompt, choices) }));
-    res.end("data: [DONE]\n\n");
-  }
-
-  async function completions(body: Json, res: ServerResponse): Promise<void> {
-    checkKeys(body, [...COMMON_KEYS, "prompt", "logprobs", "echo", "best_of", "suffix"]);
-    checkModel(body);
-    if (body.echo !== undefined && body.echo !== null && body.echo !== false)
-      throw bad("echo is not supported by this server", "echo", "unsupported_parameter");
-    if (body.suffix !== undefined && body.suffix !== null)
-      throw bad("suffix is not supported by this server", "suffix", "unsupported_parameter");
-    const bestOf = optNumber(body, "best_of", 1, 64, true);
-    if (bestOf !== undefined && bestOf !== 1)
-      throw bad("best_of other than 1 is not supported by this server", "best_of", "unsupported_parameter");
-    const c = common(body, "max_tokens");
-    const lp = optNumber(body, "logprobs", 0, 5, true);
-    if (lp !== undefined && lp > 0)
-      throw bad(
-        "logprobs > 0 asks for alternative tokens, which this server does not report; use logprobs: 0 for the sampled tokens' log-probs",
-        "logprobs",
-        "unsupported_parameter",
-      );
-    const p = body.prompt;
-    let prompt: number[];
-    if (typeof p === "string") prompt = await opts.engine.encode(p, { addSpecialTokens: true });
-    else if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t) && (t as number) >= 0))
-      prompt = p as number[];
-    else if (Array.isArray(p) && p.length === 1 && typeof p[0] === "string")
-      prompt = await opts.engine.encode(p[0], { addSpecialTokens: true });
-    else
-      throw bad(
-        "prompt must be a string or an array of token ids (batches of several prompts are not supported)",
-        "prompt",
-      );
-    if (prompt.length === 0) throw bad("prompt is empty", "prompt");
-    const choices = await gen.generate(prompt, c, "prompt");
-    const base = { id: id("cmpl"), created: now(), model: opts.modelName, system_fingerprint: null };
-    if (!c.stream) {
-      sendJson(res, 200, {
-        ...base,
-        object: "text_completion",
-        choices: choices.map((ch) => ({
-          index: ch.index,
-          text: ch.text,
-          logprobs: lp !== undefined ? completionLogprobs(ch) : null,
-          finish_reason: ch.finish,
-        })),
-        usage: usage(prompt, choices),
-      });
-      return;
-    }
-    startStream(res);
-    for (const ch of choices) {
-      const deltas = await gen.deltas(ch);
-      let offset = 0;
-      deltas.forEach((d, i) => {
-        const one = {
-          ...ch,
-          tokens: [ch.tokens[i]!],
-          logprobs: [ch.logprobs[i]!],
-          tokenTexts: [ch.tokenTexts[i]!],
-        };
-        event(res, {
-          ...base,
-          object: "text_completion",
-          choices: [
-            {
-              index: ch.index,
-              text: d,
-              logprobs: lp !== undefined ? completionLogprobs(one, offset) : null,
-              finish_reason: null,
-            },
-          ],
-        });
-        offset += ch.tokenTexts[i]!.length;
-      });
-      event(res, {
-        ...base,
-        object: "text_completion",
-        choices: [{ index: ch.index, text: "", logprobs: null, finish_reason: ch.finish }],
-      });
-    }
-    if (c.includeUsage)
-      event(res, { ...base, object: "text_completion", choices: [], usage: usage(prompt, choices) });
-    res.end("data: [DONE]\n\n");
-  }
-
-  const models = () => ({
-    object: "list",
-    data: [{ id: opts.modelName, object: "model", created, owned_by: "erl" }],
-  });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? "/").split("?")[0]!;
@@ -644,25 +693,12 @@ export async function startOpenAIServer(opts: OpenAIServerOptions): Promise<Open
       );
     }
     if (req.method === "GET") {
-      if (path === "/v1/models") return sendJson(res, 200, models());
-      if (path === `/v1/models/${opts.modelName}`) return sendJson(res, 200, models().data[0]);
-      if (path.startsWith("/v1/models/"))
-        throw new ApiError(
-          404,
-          `The model \`${decodeURIComponent(path.slice(11))}\` does not exist`,
-          "invalid_request_error",
-          "model",
-          "model_not_found",
-        );
-      if (path === "/v1/health" || path === "/health") return sendJson(res, 200, { ok: true });
+      const get = ownEntry(GET_ROUTES, path) ?? (path.startsWith("/v1/models/") ? getModel : undefined);
+      if (get) return sendJson(res, 200, get(served, path));
     }
-    const routes: Record<string, (b: Json, r: ServerResponse) => Promise<void>> = {
-      "/v1/chat/completions": chat,
-      "/v1/completions": completions,
-    };
-    const route = routes[path];
+    const route = ownEntry(POST_ROUTES, path);
     if (!route) {
-      const known = path === "/v1/models" || path in routes;
+      const known = path === "/v1/models" || Object.hasOwn(POST_ROUTES, path);
       throw new ApiError(
         known ? 405 : 404,
         `${known ? "method not allowed" : "no such endpoint"}: ${req.method} ${path}`,
@@ -680,16 +716,7 @@ export async function startOpenAIServer(opts: OpenAIServerOptions): Promise<Open
       );
     inFlight += 1;
     try {
-      const raw = await readBody(req, maxBody);
-      let body: unknown;
-      try {
-        body = JSON.parse(raw.toString("utf8"));
-      } catch (e) {
-        throw bad(`the request body is not valid JSON (${(e as Error).message})`);
-      }
-      if (typeof body !== "object" || body === null || Array.isArray(body))
-        throw bad("the request body must be a JSON object");
-      await route(body as Json, res);
+      await route(served, await readJsonBody(req, maxBody), res);
     } finally {
       inFlight -= 1;
     }

@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
-import { REPO_ROOT } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 
 /** Starts `erl engine serve --openai` and resolves with its base URL. */
 export async function spawnOpenAIServe(

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { validateConfig } from "./config.ts";
 import { budgetStatement, parseBudget, plannedConfig, runComparison } from "./compare.ts";
-import { counterDeps } from "./testkit.ts";
+import { counterDeps } from "../testing/testkit.ts";
 import { Progress } from "./progress.ts";
 import { mean, pm, std, summarise, curve, type RunData } from "./report.ts";
 import { lineChart, niceTicks } from "./svg.ts";
@@ -44,7 +44,7 @@ test("budgets: the paper's equal rollouts, equal attempts, equal time", () => {
   assert.equal(timed.name, "erl-seed2");
   assert.match(
     budgetStatement(b, { kind: "rollouts" }, ["erl", "rlvr"]),
-    /RLVR samples 10 .* erl sample 4 .* 3 training steps/,
+    /erl samples 4 .* rlvr samples 10 .* 3 training steps/,
   );
   assert.match(budgetStatement(b, { kind: "time", minutes: 3 }, ["rlvr"]), /3 minutes of run time/);
   assert.deepEqual(parseSeeds("3"), [0, 1, 2]);
@@ -131,7 +131,7 @@ test(
     const r1 = await runComparison({ ...opts, deps: counterDeps() });
     assert.equal(r1.ran.length, 4);
     const report = readFileSync(join(dir, "report.md"), "utf8");
-    assert.match(report, /\*\*Budget\.\*\* .*RLVR samples 10/);
+    assert.match(report, /\*\*Budget\.\*\* .*rlvr samples 10/);
     assert.match(report, /\| erl \| \d\.\d{3} ± \d\.\d{3} \|/);
     assert.match(report, /\| rlvr \| /);
     for (const f of [
@@ -170,5 +170,46 @@ test(
       deps: counterDeps(),
     });
     assert.equal(r3.ran.length, 0);
+  },
+);
+
+test(
+  "--parallel: runs side by side, each engine with cores/N threads; the same runs and report",
+  { timeout: 60_000 },
+  async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), "erl-compare-par-")), "cmp");
+    const threads: (number | undefined)[] = [];
+    const deps = counterDeps({ delayMs: 5 });
+    const start = deps.startEngine;
+    let open = 0;
+    let most = 0;
+    deps.startEngine = async (c, p, o) => {
+      threads.push(o?.threads);
+      const e = await start(c, p, o);
+      most = Math.max(most, ++open);
+      const close = e.close.bind(e);
+      e.close = async () => {
+        open--;
+        await close();
+      };
+      return e;
+    };
+    const r = await runComparison({
+      env: "frozenlake",
+      algos: ["erl", "rlvr"],
+      seeds: [0],
+      budget: { kind: "rollouts" },
+      base: base(),
+      dir,
+      command: "erl compare --parallel 2",
+      progress: quiet(),
+      deps,
+      parallel: 2,
+    });
+    assert.equal(r.ran.length, 2);
+    assert.equal(most, 2, "the two runs' engines were open at the same time");
+    const want = Math.max(1, Math.floor((await import("node:os")).cpus().length / 2));
+    assert.deepEqual(threads, [want, want]);
+    assert.match(readFileSync(join(dir, "report.md"), "utf8"), /2 runs side by side/);
   },
 );

@@ -1,5 +1,6 @@
 /**
- * A comparison: every algorithm × seed trained one after another (the machine has few cores) on
+ * A comparison: every algorithm × seed trained one after another (the machine has few cores), or
+ * `parallel` at a time with the cores shared out (each engine gets cores / parallel threads), on
  * the same tasks — the data order depends only on the seed — under one stated, equalised budget,
  * then a report. Runs live in the comparison directory; running the same comparison again skips
  * finished runs and resumes unfinished ones, so an interrupted comparison loses at most the steps
@@ -10,8 +11,16 @@ import { join, resolve } from "node:path";
 import { cpus } from "node:os";
 import { UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/jsonl.ts";
-import { attemptsPerTask, checkModelPath, validateConfig, type AlgoName, type RunConfig } from "./config.ts";
-import { runTraining, type TrainDeps } from "./runner.ts";
+import {
+  checkModelPath,
+  evalSamplesPerTask,
+  getAlgorithm,
+  validateConfig,
+  type RunConfig,
+} from "./config.ts";
+import { erlAlgoConfig } from "./algorithms/erl.ts";
+import { runTraining } from "./runner.ts";
+import type { TrainDeps } from "./deps.ts";
 import { checkRunLimits, readModelShape } from "./limits.ts";
 import { RunFiles } from "./runfiles.ts";
 import { Progress } from "./progress.ts";
@@ -28,24 +37,24 @@ export function parseBudget(text: string): Budget {
   throw new UserError(`--budget ${text}: expected "rollouts" (the paper's), "attempts" or "time:<minutes>"`);
 }
 
-export function runName(algo: AlgoName, seed: number): string {
+export function runName(algo: string, seed: number): string {
   return `${algo}-seed${seed}`;
 }
 
 /** The config of one run of the comparison. */
 export function plannedConfig(
   base: RunConfig,
-  algo: AlgoName,
+  algo: string,
   seed: number,
   budget: Budget,
   dir: string,
 ): RunConfig {
+  // "attempts": every algorithm samples as many first attempts per task as the base config's own
+  // algorithm; "rollouts": each algorithm its own default (the paper's: RLVR 10, ERL 4).
   const n =
     budget.kind === "attempts"
-      ? attemptsPerTask({ ...base, algo: { ...base.algo, name: "erl" } })
-      : algo === "rlvr"
-        ? 10
-        : 4;
+      ? (base.algo.n ?? getAlgorithm(base.algo.name).attemptsPerTask)
+      : getAlgorithm(algo).attemptsPerTask;
   const cfg: RunConfig = {
     ...base,
     name: runName(algo, seed),
@@ -58,13 +67,20 @@ export function plannedConfig(
 }
 
 /** The sentence the report states as the budget. */
-export function budgetStatement(base: RunConfig, budget: Budget, algos: readonly AlgoName[]): string {
+export function budgetStatement(base: RunConfig, budget: Budget, algos: readonly string[]): string {
   const same = `Every run uses the same tasks in the same order for a given seed (${base.batchSize} tasks per step)`;
-  const erl = algos.filter((a) => a !== "rlvr");
+  const retrying = algos.filter((a) => getAlgorithm(a).retries);
   const perTask =
     budget.kind === "attempts"
-      ? `every algorithm samples ${attemptsPerTask({ ...base, algo: { ...base.algo, name: "erl" } })} first attempts per task (ERL variants then add a reflection and a second attempt for each failed one)`
-      : `equal rollouts per task as in the paper: RLVR samples 10 first attempts per task${erl.length ? `; ${erl.join(", ")} sample 4 first attempts per task and, for each failed one, a reflection and a second attempt (at most 8 episodes and 4 reflections per task)` : ""}`;
+      ? `every algorithm samples ${base.algo.n ?? getAlgorithm(base.algo.name).attemptsPerTask} first attempts per task${retrying.length ? ` (${retrying.join(", ")} then add a reflection and a second attempt for each failed one)` : ""}`
+      : `equal rollouts per task as in the paper: ${algos
+          .map((a) => {
+            const n = getAlgorithm(a).attemptsPerTask;
+            return getAlgorithm(a).retries
+              ? `${a} samples ${n} first attempts per task and, for each failed one, a reflection and a second attempt (at most ${2 * n} episodes and ${n} reflections per task)`
+              : `${a} samples ${n} first attempts per task`;
+          })
+          .join("; ")}`;
   const length =
     budget.kind === "time"
       ? `equal wall-clock time: each run trains for ${budget.minutes} minutes of run time (engine start-up and evaluations included) and stops after the step that crosses it, at most ${base.steps} steps`
@@ -74,7 +90,7 @@ export function budgetStatement(base: RunConfig, budget: Budget, algos: readonly
 
 export interface CompareOptions {
   env: RunConfig["env"];
-  algos: AlgoName[];
+  algos: string[];
   seeds: number[];
   budget: Budget;
   base: RunConfig;
@@ -82,6 +98,12 @@ export interface CompareOptions {
   command: string;
   deps: TrainDeps;
   progress?: Progress;
+  /**
+   * Runs trained side by side (default 1). Each local engine then gets cores / parallel threads (at
+   * least 1), and each run's progress lines carry its name. On a small model, where a second thread
+   * buys little, two runs side by side finish in about the time of one.
+   */
+  parallel?: number;
 }
 
 export interface CompareResult {
@@ -108,17 +130,21 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
   if (existsSync(planFile)) {
     const old = JSON.parse(readFileSync(planFile, "utf8")) as { algos?: string[] };
     // Adding algorithms or seeds to a comparison is fine; its runs must match the stored configs below.
-    plan.algos = [...new Set([...(old.algos ?? []), ...o.algos])] as AlgoName[];
+    plan.algos = [...new Set([...(old.algos ?? []), ...o.algos])] as string[];
   }
   writeFileAtomic(planFile, JSON.stringify(plan, null, 2) + "\n");
 
   const ran: string[] = [];
   const skipped: string[] = [];
   const total = o.algos.length * o.seeds.length;
+  const parallel = Math.max(1, Math.min(o.parallel ?? 1, total));
+  const threads = parallel > 1 ? Math.max(1, Math.floor(cpus().length / parallel)) : undefined;
+  const jobs: (() => Promise<void>)[] = [];
   let k = 0;
   for (const seed of o.seeds)
     for (const algo of o.algos) {
       k++;
+      const at = `[${k}/${total}] ${algo} seed ${seed}`;
       const cfg = plannedConfig(base, algo, seed, o.budget, dir);
       const runDir = join(dir, runName(algo, seed));
       const files = new RunFiles(runDir);
@@ -133,16 +159,41 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
               .join(", ")}); use a new --out directory (or delete that run)`,
           );
         if (files.readStatus()?.state === "finished") {
-          progress.line(`[${k}/${total}] ${algo} seed ${seed}: finished before, skipped`);
+          progress.line(`${at}: finished before, skipped`);
           skipped.push(runDir);
           continue;
         }
         resume = true;
       }
-      progress.line(`[${k}/${total}] ${algo} seed ${seed}${resume ? " (resuming)" : ""}`);
-      await runTraining({ config: cfg, runDir, resume, deps: o.deps, progress });
-      ran.push(runDir);
+      jobs.push(async () => {
+        progress.line(
+          `${at}${resume ? " (resuming)" : ""}${threads ? `, ${threads} engine thread${threads > 1 ? "s" : ""}` : ""}`,
+        );
+        const deps: TrainDeps =
+          threads === undefined
+            ? o.deps
+            : { ...o.deps, startEngine: (c, p, opts) => o.deps.startEngine(c, p, { threads, ...opts }) };
+        const runProgress = parallel > 1 ? prefixedProgress(`${algo}/${seed}`) : progress;
+        await runTraining({ config: cfg, runDir, resume, deps, progress: runProgress });
+        ran.push(runDir);
+      });
     }
+  // A pool of `parallel` workers over the runs in order; the first failure stops the others' next runs.
+  let next = 0;
+  let failed: unknown = null;
+  await Promise.all(
+    Array.from({ length: Math.min(parallel, jobs.length) }, async () => {
+      while (failed === null && next < jobs.length) {
+        const job = jobs[next++]!;
+        try {
+          await job();
+        } catch (e) {
+          failed ??= e;
+        }
+      }
+    }),
+  );
+  if (failed !== null) throw failed;
 
   const runs: RunData[] = [];
   const unfinished: string[] = [];
@@ -161,9 +212,9 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
       `model: \`${base.model.path}\` (${base.model.dtype}, ${base.model.device}${base.model.lora ? `, LoRA rank ${base.model.lora.rank}` : ", full fine-tuning"})`,
       `steps ${base.steps}, ${base.batchSize} tasks per step, AdamW lr ${base.optim.lr}, weight decay ${base.optim.weightDecay}, grad clip ${base.optim.gradClip ?? "none"}`,
       `loss: PPO clip ${base.loss.clipLow}/${base.loss.clipHigh}, dual clip ${base.loss.dualClip ?? "none"}, KL ${base.loss.klCoef}, ${base.loss.aggregation}`,
-      `sampling: attempts T=${base.algo.attemptSampling.temperature}, reflections T=${base.algo.reflectionSampling.temperature} top-p ${base.algo.reflectionSampling.topP}; prompt profile ${base.algo.profile}; memory ${base.algo.memory}`,
-      `evaluation: ${base.data.evalTasks ?? "all"} tasks of the ${base.data.evalSplit} split, n = ${base.eval.n ?? (o.env === "hotpotqa" ? 1 : 4)} per task, T=${base.eval.sampling.temperature} top-p ${base.eval.sampling.topP} top-k ${base.eval.sampling.topK ?? "none"}, every ${base.eval.every || "—"} steps and at the end`,
-      `machine: ${c[0]?.model ?? "unknown CPU"}, ${c.length} logical cores; runs one after another`,
+      `sampling: attempts T=${base.algo.attemptSampling.temperature}, reflections T=${erlAlgoConfig(base).reflectionSampling.temperature} top-p ${erlAlgoConfig(base).reflectionSampling.topP}; prompt profile ${base.algo.profile}; memory ${erlAlgoConfig(base).memory}`,
+      `evaluation: ${base.data.evalTasks ?? "all"} tasks of the ${base.data.evalSplit} split, n = ${evalSamplesPerTask(base)} per task, T=${base.eval.sampling.temperature} top-p ${base.eval.sampling.topP} top-k ${base.eval.sampling.topK ?? "none"}, every ${base.eval.every || "—"} steps and at the end`,
+      `machine: ${c[0]?.model ?? "unknown CPU"}, ${c.length} logical cores; ${parallel > 1 ? `${parallel} runs side by side, ${threads} engine thread${threads === 1 ? "" : "s"} each` : "runs one after another"}`,
     ],
     algos: o.algos,
     seeds: o.seeds,
@@ -190,4 +241,16 @@ export function configDifferences(a: unknown, b: unknown, path = ""): string[] {
   return JSON.stringify(a) === JSON.stringify(b)
     ? []
     : [`${path || "(config)"}: ${JSON.stringify(a)} in the run, ${JSON.stringify(b)} asked`];
+}
+
+/** Progress for one of several runs side by side: plain lines, each starting with the run's name. */
+function prefixedProgress(name: string): Progress {
+  return new Progress({
+    write: (text: string) => {
+      const lines = text.split("\n");
+      const last = lines.pop();
+      process.stdout.write(lines.map((l) => `[${name}] ${l}\n`).join("") + (last ? `[${name}] ${last}` : ""));
+    },
+    isTTY: false,
+  });
 }

@@ -7,18 +7,20 @@ import {
   applyOverrides,
   attemptsPerTask,
   buildConfig,
+  getAlgorithm,
   checkModelPath,
   defaultConfig,
-  erlOptionsFrom,
   evalOptionsFrom,
   learnerConfigFrom,
   listPresets,
   loadConfigFile,
   optimConfigFrom,
-  rlvrOptionsFrom,
   validateConfig,
 } from "./config.ts";
+import { erlOptionsFrom } from "./algorithms/erl.ts";
+import { rlvrOptionsFrom } from "./algorithms/rlvr.ts";
 import { UserError } from "../util/errors.ts";
+import type { ErlOptions } from "../algo/types.ts";
 import { loadModelRequest } from "./deps.ts";
 
 function writeTmp(content: string): string {
@@ -158,13 +160,18 @@ test("every preset validates; paper presets hold the spec's values", () => {
   assert.deepEqual(paper.eval.sampling, { temperature: 0.7, topP: 0.8, topK: 20 });
   assert.equal(evalOptionsFrom(paper).n, 4);
   assert.equal(evalOptionsFrom(buildConfig("hotpotqa-paper", []).config).n, 1);
-  // The reference's optimiser (verl): log-probs at T 0.7 everywhere, mini-batches of 64 tasks × n
-  // sequences (ERL: 256, so a batch with retries takes several optimiser steps; RLVR: 640, one), clamps.
-  for (const env of ["frozenlake", "sokoban", "hotpotqa"]) {
+  // The reference's optimiser (verl): log-probs at T 0.7 everywhere, PPO mini-batches of 64 tasks × n
+  // sequences on the games and 32 on HotpotQA, as the reference's scripts set them (ERL on the games:
+  // 256, so a batch with retries takes several optimiser steps; RLVR: 640, one), clamps.
+  for (const [env, miniBatch] of [
+    ["frozenlake", 64],
+    ["sokoban", 64],
+    ["hotpotqa", 32],
+  ] as const) {
     const p = buildConfig(`${env}-paper`, []).config;
     assert.deepEqual(
       [p.loss.temperature, p.loss.miniBatchTasks, p.loss.logRatioClamp, p.loss.klClamp],
-      [0.7, 64, 20, 10],
+      [0.7, miniBatch, 20, 10],
       env,
     );
   }
@@ -189,7 +196,8 @@ test("config maps onto the algorithm, optimiser and engine options", () => {
     "algo.memory=perWorker",
     "algo.memoryWorkers=3",
   ]);
-  const erl = erlOptionsFrom(cfg);
+  // The algorithm's descriptor maps the config, with its variant's flags.
+  const erl = getAlgorithm(cfg.algo.name).options(cfg) as ErlOptions;
   assert.deepEqual([erl.noMemory, erl.noReflection, erl.noDistill], [false, true, false]);
   assert.deepEqual(erl.memory, { kind: "perWorker", k: 3 });
   assert.equal(erl.attemptSampling.topK, undefined);
@@ -221,4 +229,25 @@ test("a missing model directory is a clear error naming model.path", () => {
   assert.throws(() => checkModelPath(tiny), userError(/erl pretrain/));
   const notModel = applyOverrides(defaultConfig(), [`model.path=${tmpdir()}`]);
   assert.throws(() => checkModelPath(notModel), userError(/not an HF model directory/));
+});
+
+test("loss.temperature is 1 or the attempts' sampling temperature, and 1 with the vLLM sampler", () => {
+  const paper = buildConfig("frozenlake-paper", []).config;
+  assert.equal(paper.loss.temperature, paper.algo.attemptSampling.temperature);
+  assert.throws(
+    () => applyOverrides(paper, ["algo.attemptSampling.temperature=1.0"]),
+    userError(/--set, key "loss.temperature": 0.7 is neither 1 .* \(algo.attemptSampling.temperature 1\)/),
+  );
+  // Changing both together is fine; T = 1 log-probs with any sampling temperature too.
+  assert.equal(
+    applyOverrides(paper, ["algo.attemptSampling.temperature=0.9", "loss.temperature=0.9"]).loss.temperature,
+    0.9,
+  );
+  assert.equal(applyOverrides(paper, ["loss.temperature=1"]).loss.temperature, 1);
+  // The vLLM sampler's log-probs are at T = 1: refused here, before any engine or model starts.
+  assert.throws(
+    () => applyOverrides(paper, ["engine.sampler=vllm"]),
+    userError(/key "loss.temperature": 0.7: the vLLM sampler .* temperature 1 only/),
+  );
+  assert.equal(applyOverrides(paper, ["engine.sampler=vllm", "loss.temperature=1"]).engine.sampler, "vllm");
 });

@@ -6,8 +6,30 @@
 import { join } from "node:path";
 import type { Engine, LoadModelRequest } from "../engine/api.ts";
 import type { ApiEndpointConfig, RunConfig } from "./config.ts";
-import type { TrainDeps } from "./runner.ts";
-import type { MemoryJSON } from "../algo/types.ts";
+import type { EnvFamily, EnvOptions } from "../envs/types.ts";
+import type { EvaluateFn, MemoryJSON, ModelBackend, TrainOnSamplesFn } from "../algo/types.ts";
+import type { Algorithm } from "./algorithms/types.ts";
+
+/** What every algorithm's run shares: training on the step's samples, and evaluation. */
+export interface Trainer {
+  trainOnSamples: TrainOnSamplesFn;
+  evaluate: EvaluateFn;
+}
+
+/** What a run needs from the rest of the system; tests substitute their own. */
+export interface TrainDeps {
+  /**
+   * Starts an engine with the run's model loaded (the model path is already checked); `threads` fixes
+   * a local engine's CPU threads (runs side by side, `erl compare --parallel`) instead of measuring.
+   */
+  startEngine(config: RunConfig, modelPath: string, opts?: { threads?: number }): Promise<Engine>;
+  makeBackend(engine: Engine): Promise<ModelBackend>;
+  /** The algorithm the config names (the registry's, src/train/algorithms/). */
+  algorithm(name: string): Algorithm | Promise<Algorithm>;
+  trainer(): Promise<Trainer>;
+  /** The environment family by name, with the run's options for it (config/options.ts `envOptions`). */
+  getEnv(name: string, opts?: EnvOptions): EnvFamily | Promise<EnvFamily>;
+}
 
 /** The engine's model request for a run config. */
 export function loadModelRequest(cfg: RunConfig, modelPath: string): LoadModelRequest {
@@ -50,16 +72,25 @@ export function engineProgressLine(line: string): string | null {
 }
 
 /** Starts (or connects to) an engine and loads the run's model; closes the engine if loading fails. */
-export async function startEngineFor(cfg: RunConfig, modelPath: string): Promise<Engine> {
+export async function startEngineFor(
+  cfg: RunConfig,
+  modelPath: string,
+  opts: { threads?: number } = {},
+): Promise<Engine> {
   const { openEngine } = await import("../engine/client.ts");
-  let engine: Engine = await openEngine({
-    ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
-    ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
-    onStderr: (line) => {
-      const shown = engineProgressLine(line);
-      if (shown !== null) process.stderr.write(`${shown}\n`);
-    },
-  });
+  const onStderr = (line: string) => {
+    const shown = engineProgressLine(line);
+    if (shown !== null) process.stderr.write(`${shown}\n`);
+  };
+  let engine: Engine =
+    cfg.engine.kind === "tinker"
+      ? await (await import("../engine/tinker.ts")).startTinkerBridge(cfg.engine, onStderr)
+      : await openEngine({
+          ...(cfg.engine.url ? { url: cfg.engine.url } : {}),
+          ...(cfg.engine.python ? { python: cfg.engine.python } : {}),
+          ...(opts.threads !== undefined ? { env: { ERL_ENGINE_THREADS: String(opts.threads) } } : {}),
+          onStderr,
+        });
   try {
     if (cfg.engine.sampler === "vllm") {
       const { VllmSampledEngine } = await import("../engine/vllm.ts");
@@ -82,19 +113,13 @@ export function defaultDeps(): TrainDeps {
       const { EngineBackend } = await import("../agent/backend.ts");
       return EngineBackend.create(engine);
     },
-    algorithms: async () => {
-      const [erl, rlvr, learner, evaluation] = await Promise.all([
-        import("../algo/erl.ts"),
-        import("../algo/rlvr.ts"),
+    algorithm: async (name) => (await import("./algorithms/registry.ts")).getAlgorithm(name),
+    trainer: async () => {
+      const [learner, evaluation] = await Promise.all([
         import("../algo/learner.ts"),
         import("../algo/eval.ts"),
       ]);
-      return {
-        erlStep: erl.erlStep,
-        rlvrStep: rlvr.rlvrStep,
-        trainOnSamples: learner.trainOnSamples,
-        evaluate: evaluation.evaluate,
-      };
+      return { trainOnSamples: learner.trainOnSamples, evaluate: evaluation.evaluate };
     },
     getEnv: async (name, opts) => {
       const { getEnv } = await import("../envs/registry.ts");
@@ -113,7 +138,10 @@ export async function loadRunForInference(
   const { UserError } = await import("../util/errors.ts");
   const files = new RunFiles(runDir);
   if (!files.exists()) throw new UserError(`${runDir}: not a run directory (no config.json)`);
-  const config = validateConfig(files.readConfig(), { file: files.configFile });
+  const raw = files.readConfig();
+  const config = isSftConfig(raw)
+    ? await sftAsRunConfig(raw, files.configFile)
+    : validateConfig(raw, { file: files.configFile });
   const ckpt = readLatestCheckpoint(files.checkpointsDir);
   if (!ckpt) throw new UserError(`${runDir}: has no checkpoint yet (nothing trained to use)`);
   return {
@@ -155,9 +183,39 @@ export async function reflectorFor(
 ): Promise<import("../agent/openai-backend.ts").OpenAIBackend | undefined> {
   const r = cfg.reflector;
   if (r.kind === "policy") return undefined;
+  const { erlAlgoConfig } = await import("./algorithms/erl.ts");
   return apiBackendFor("reflector", r, {
     ...(r.temperature !== null ? { temperature: r.temperature } : {}),
     ...(r.topP !== null ? { topP: r.topP } : {}),
-    maxTokens: r.maxTokens ?? cfg.algo.maxReflectionTokens,
+    maxTokens: r.maxTokens ?? erlAlgoConfig(cfg).maxReflectionTokens,
   });
+}
+
+function isSftConfig(raw: unknown): boolean {
+  return typeof raw === "object" && raw !== null && (raw as { kind?: unknown }).kind === "sft";
+}
+
+/**
+ * An SFT run's config as a run config (defaults for everything SFT does not have), so that `erl eval`,
+ * `erl export` and `erl engine serve` use an SFT run like any other.
+ */
+async function sftAsRunConfig(raw: unknown, file: string): Promise<RunConfig> {
+  const { validateSftConfig } = await import("./sft-config.ts");
+  const { defaultConfig } = await import("./config.ts");
+  const cfg = validateSftConfig(raw, { file });
+  const base = defaultConfig();
+  return {
+    ...base,
+    seed: cfg.seed,
+    model: { ...cfg.model, reference: "none" },
+    engine: { ...base.engine, url: cfg.engine.url, python: cfg.engine.python },
+  };
+}
+
+/** The engine of an SFT run: the run config's engine start with the SFT config's model and engine keys. */
+export async function startSftEngine(
+  cfg: import("./sft-config.ts").SftConfig,
+  modelPath: string,
+): Promise<Engine> {
+  return startEngineFor(await sftAsRunConfig(cfg, "config"), modelPath);
 }

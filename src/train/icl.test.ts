@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { REPO_ROOT } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { spawnOpenAIServe, stopServe } from "../serve/spawn.ts";
 import { validateConfig } from "./config.ts";
 import { defaultDeps } from "./deps.ts";

@@ -33,7 +33,9 @@ import { totalmem } from "node:os";
 import { join } from "node:path";
 import { getHeapStatistics } from "node:v8";
 import { inputError, type UserError } from "../util/errors.ts";
-import type { RunConfig } from "./config.ts";
+import type { RunConfig } from "./config/types.ts";
+import { attemptsPerTask, getAlgorithm } from "./algorithms/registry.ts";
+import { evalSamplesPerTask } from "./config/options.ts";
 
 export const SEED_MAX = 2 ** 32 - 1;
 export const STEPS_MAX = 999_999;
@@ -199,9 +201,10 @@ export function sampleRowBudget(
   };
 }
 
-/** Episodes per task in one training step: ERL's first attempt, reflection and retry; RLVR's attempts. */
+/** Episodes per attempt in one training step: a first attempt, and for an algorithm that retries
+ * (ERL) a reflection and a second attempt. */
 export function stagesPerAttempt(cfg: RunConfig): number {
-  return cfg.algo.name === "rlvr" ? 1 : 3;
+  return getAlgorithm(cfg.algo.name).retries ? 3 : 1;
 }
 
 export interface RunLimitsContext {
@@ -236,9 +239,11 @@ export function checkRunLimits(cfg: RunConfig, ctx: RunLimitsContext = {}): void
     a.maxContextTokens,
     "a turn fits in algo.maxContextTokens",
   );
+  // An algorithm's own keys (ERL's reflection length, memory slots…) are read where present.
+  const own = (k: string): number | null => (typeof a[k] === "number" ? (a[k] as number) : null);
   int(
     "algo.maxReflectionTokens",
-    a.maxReflectionTokens,
+    own("maxReflectionTokens"),
     a.maxContextTokens,
     "a reflection fits in algo.maxContextTokens",
   );
@@ -251,8 +256,11 @@ export function checkRunLimits(cfg: RunConfig, ctx: RunLimitsContext = {}): void
     API_TOKENS_MAX,
     "2^20 tokens, several MB of text per reply",
   );
-  for (const s of ["attemptSampling", "reflectionSampling"] as const)
-    if (shape?.vocabSize) int(`algo.${s}.topK`, a[s].topK, shape.vocabSize, "the model's vocabulary size");
+  for (const s of ["attemptSampling", "reflectionSampling"]) {
+    const topK = (a[s] as { topK?: unknown } | undefined)?.topK;
+    if (shape?.vocabSize && typeof topK === "number")
+      int(`algo.${s}.topK`, topK, shape.vocabSize, "the model's vocabulary size");
+  }
   if (shape?.vocabSize)
     int("eval.sampling.topK", cfg.eval.sampling.topK, shape.vocabSize, "the model's vocabulary size");
   if (cfg.model.lora && shape?.hiddenSize)
@@ -265,7 +273,7 @@ export function checkRunLimits(cfg: RunConfig, ctx: RunLimitsContext = {}): void
         `${cfg[block].timeout} is over the limit of ${fmt(TIMEOUT_MAX_S)} s (Node's timers hold at most 2^31 − 1 ms)`,
       );
 
-  const evalN = cfg.eval.n ?? (cfg.env === "hotpotqa" ? 1 : 4);
+  const evalN = evalSamplesPerTask(cfg);
   int("eval.n", cfg.eval.n, SAMPLES_PER_PROMPT_MAX, "the engine samples at most 4,096 sequences per prompt");
   int("data.evalTasks", cfg.data.evalTasks, COUNT_MAX, counted);
   const evalTasks = Math.min(cfg.data.evalTasks ?? Infinity, ctx.evalSplitTasks ?? Infinity);
@@ -283,7 +291,7 @@ export function checkRunLimits(cfg: RunConfig, ctx: RunLimitsContext = {}): void
   if (ctx.only === "eval") return;
 
   int("algo.n", a.n, SAMPLES_PER_PROMPT_MAX, "the engine samples at most 4,096 sequences per prompt");
-  const n = a.n ?? (a.name === "rlvr" ? 10 : 4);
+  const n = attemptsPerTask(cfg);
   const stages = stagesPerAttempt(cfg);
   const stepFactors: Factor[] = [
     { key: "batchSize", value: cfg.batchSize, usual: 8 },
@@ -299,7 +307,7 @@ export function checkRunLimits(cfg: RunConfig, ctx: RunLimitsContext = {}): void
   if (rows) checkProduct(where, stepFactors, rows.rows, "sequences in one sampling call", rows.why);
   int("steps", cfg.steps, STEPS_MAX, "checkpoints are named step-NNNNNN");
   int("batchSize", cfg.batchSize, COUNT_MAX, counted);
-  int("algo.memoryWorkers", a.memoryWorkers, COUNT_MAX, counted);
+  int("algo.memoryWorkers", own("memoryWorkers"), COUNT_MAX, counted);
   int("data.trainTasks", cfg.data.trainTasks, COUNT_MAX, counted);
   int("eval.every", cfg.eval.every, STEPS_MAX, "checkpoints are named step-NNNNNN", 0);
   int("checkpoint.every", cfg.checkpoint.every, STEPS_MAX, "checkpoints are named step-NNNNNN");

@@ -1,14 +1,16 @@
 /**
  * What ERL's reflections did in a run: how often a second attempt (under the reflection's rulebook)
- * succeeded after a failed first attempt, whether the rulebooks' role claims were right (FrozenLake,
- * where the reference letters are known), examples of reflections that helped and that misled, and
- * how the cross-episode memory evolved. Read from the run's rollouts.jsonl and memory.jsonl
- * (docs/run-format.md); `erl reflections <run-dir>` prints it as Markdown.
+ * succeeded after a failed first attempt, whether the rulebooks' role claims were right (where the
+ * environment can check them, `EnvFamily.checkClaims`: FrozenLake), examples of reflections that
+ * helped and that misled, and how the cross-episode memory evolved. Read from the run's
+ * rollouts.jsonl and memory.jsonl (docs/run-format.md); `erl reflections <run-dir>` prints it as
+ * Markdown.
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { MemoryWrite, RolloutRecord } from "../algo/types.ts";
-import { checkClaims, type ClaimCheck } from "../pretrain/acceptance.ts";
+import type { ClaimCheck } from "../envs/types.ts";
+import { getEnv, knownEnvs } from "../envs/registry.ts";
 import { UserError } from "../util/errors.ts";
 import { readJsonlTolerant } from "../util/jsonl.ts";
 
@@ -39,7 +41,7 @@ export interface ReflectionSummary {
   retriesSucceeded: number;
   /** Per training step: first-attempt and second-attempt success rates. */
   byStep: { step: number; first: number; firstN: number; second: number; secondN: number }[];
-  /** FrozenLake only: role claims in the reflections' rulebooks, and retry success split by them. */
+  /** Where the environment checks claims (FrozenLake): role claims in the rulebooks, and retry success split by them. */
   claims?: {
     total: number;
     correct: number;
@@ -62,14 +64,23 @@ export function moveOf(reply: string): string {
 
 const actionsOf = (r: RolloutRecord): string[] => r.trace.map((t) => moveOf(t.action));
 
-function example(r: RolloutRecord, first: RolloutRecord | undefined, check: boolean): RetryExample {
+type ClaimChecker = ((rulebook: string) => ClaimCheck) | null;
+
+/** The claim check of a run's environment, where the environment offers one (`EnvFamily.checkClaims`). */
+function claimCheckerFor(env: string): ClaimChecker {
+  if (!knownEnvs().includes(env)) return null;
+  const family = getEnv(env);
+  return family.checkClaims ? (rulebook) => family.checkClaims!(rulebook) : null;
+}
+
+function example(r: RolloutRecord, first: RolloutRecord | undefined, check: ClaimChecker): RetryExample {
   const rulebook = r.reflection?.rulebook ?? r.system;
   return {
     step: r.step,
     task: r.task,
     episode: r.episode,
     rulebook,
-    ...(check ? { claims: checkClaims(rulebook) } : {}),
+    ...(check ? { claims: check(rulebook) } : {}),
     firstActions: first ? actionsOf(first) : [],
     secondActions: actionsOf(r),
     firstFeedback: first?.feedback ?? "",
@@ -85,7 +96,7 @@ export function summarizeReflections(runDir: string, examples = 3): ReflectionSu
   const memFile = join(runDir, "memory.jsonl");
   const writes = existsSync(memFile) ? readJsonlTolerant<MemoryWrite>(memFile) : [];
   const env = rollouts.find((r) => r.env)?.env ?? "unknown";
-  const check = env === "frozenlake";
+  const check = claimCheckerFor(env);
   // A second attempt's first attempt: same step, task and attempt index, stage "first".
   const key = (r: RolloutRecord) => `${r.step}|${r.task}|${r.attempt}`;
   const firsts = new Map<string, RolloutRecord>();
@@ -123,7 +134,7 @@ export function summarizeReflections(runDir: string, examples = 3): ReflectionSu
       step: w.step,
       task: w.task,
       rulebook: w.rulebook,
-      ...(check ? { claims: checkClaims(w.rulebook) } : {}),
+      ...(check ? { claims: check(w.rulebook) } : {}),
     })),
   };
   const withFirst = seconds.map((r) => ({ r, first: firsts.get(key(r)) }));
@@ -142,7 +153,7 @@ export function summarizeReflections(runDir: string, examples = 3): ReflectionSu
     const allRight: [number, number] = [0, 0];
     const someWrong: [number, number] = [0, 0];
     for (const r of seconds) {
-      const k = checkClaims(r.reflection?.rulebook ?? r.system);
+      const k = check(r.reflection?.rulebook ?? r.system);
       c.total += k.claims;
       c.correct += k.correct;
       c.completeRulebooks += k.complete ? 1 : 0;

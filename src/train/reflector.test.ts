@@ -11,7 +11,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import OpenAI from "openai";
-import { REPO_ROOT } from "../engine/client.ts";
+import { REPO_ROOT } from "../util/paths.ts";
 import { spawnOpenAIServe, stopServe } from "../serve/spawn.ts";
 import { validateConfig } from "./config.ts";
 import { defaultDeps } from "./deps.ts";

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { validateConfig, type RunConfig } from "./config.ts";
 import { runTraining } from "./runner.ts";
-import { counterDeps, quietProgress, runRecords, trainSteps } from "./testkit.ts";
+import { counterDeps, quietProgress, runRecords, trainSteps } from "../testing/testkit.ts";
 import { Progress } from "./progress.ts";
 import { LOCK_FILE, processStart, RunLock } from "./runlock.ts";
 import { UserError } from "../util/errors.ts";
@@ -76,7 +76,7 @@ test("two processes resuming one run at once: one writer, every step once", asyn
   }).catch(() => undefined);
   const configFile = join(root, "config.json");
   writeFileSync(configFile, JSON.stringify(cfg));
-  const child = fileURLToPath(new URL("./testkit-child.ts", import.meta.url));
+  const child = fileURLToPath(new URL("../testing/testkit-child.ts", import.meta.url));
   const run = (): Promise<{ code: number | null; out: string }> =>
     new Promise((done, reject) => {
       const p = spawn(process.execPath, ["--import", "tsx", child, configFile, dir, "--resume"], {

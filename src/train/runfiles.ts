@@ -189,14 +189,3 @@ export class RunFiles {
     }
   }
 }
-
-/** Whether a process with this id is alive (used to refuse resuming a run that is still running). */
-export function processAlive(pid: number): boolean {
-  if (pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}

@@ -11,6 +11,7 @@ import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync, fsy
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
+import { processAlive } from "../util/process.ts";
 
 export const LOCK_FILE = "writer.lock";
 
@@ -37,15 +38,6 @@ export function processStart(pid: number): string | null {
   }
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /**
  * Whether the lock's owner is still running: "alive", "dead" (stale for sure) or "unknown" (another
  * host, or a live pid whose start time cannot be checked).
@@ -54,7 +46,7 @@ export function ownerState(owner: LockOwner): "alive" | "dead" | "unknown" {
   if (owner.host !== hostname()) return "unknown";
   if (owner.pid === process.pid)
     return owner.start === null || owner.start === processStart(process.pid) ? "alive" : "dead";
-  if (!Number.isInteger(owner.pid) || owner.pid <= 0 || !pidAlive(owner.pid)) return "dead";
+  if (!processAlive(owner.pid)) return "dead";
   if (owner.start === null) return "unknown";
   const now = processStart(owner.pid);
   if (now === null) return "unknown";

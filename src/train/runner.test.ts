@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { validateConfig, type RunConfig } from "./config.ts";
 import { engineSummary, runTraining } from "./runner.ts";
-import { counterDeps } from "./testkit.ts";
+import { counterDeps } from "../testing/testkit.ts";
 import { Progress } from "./progress.ts";
 import { RunFiles } from "./runfiles.ts";
 import { readLatestCheckpoint } from "./checkpoint.ts";
@@ -317,7 +317,7 @@ async function childRunFixture(steps: number) {
     progress: quiet(),
   });
   const refMs = performance.now() - t0;
-  const child = fileURLToPath(new URL("./testkit-child.ts", import.meta.url));
+  const child = fileURLToPath(new URL("../testing/testkit-child.ts", import.meta.url));
   return { root, config, configFile, ref, refMs, dir: join(root, "run"), child };
 }
 

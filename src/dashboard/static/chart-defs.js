@@ -2,7 +2,10 @@
 // apart from the drawing code (which needs a browser) so that tests can check these keys against
 // what training really writes.
 
-/** The charts and the metrics.jsonl keys behind them (see docs/run-format.md). */
+/**
+ * The charts and the metrics.jsonl keys behind them (see docs/run-format.md). `runKind: "sft"` marks a
+ * chart only fine-tuning runs fill; the others are the RL runs' (a chart with no data draws nothing).
+ */
 export const CHARTS = [
   {
     id: "eval",
@@ -38,6 +41,15 @@ export const CHARTS = [
     series: [{ key: "memory/updates" }],
   },
   { id: "loss", title: "Loss", kind: "train", series: [{ key: "loss" }] },
+  // Supervised fine-tuning runs (erl sft) write these; RL runs do not.
+  {
+    id: "sft-eval-loss",
+    title: "Held-out loss (fine-tuning)",
+    kind: "eval",
+    runKind: "sft",
+    series: [{ key: "eval/loss" }],
+  },
+  { id: "lr", title: "Learning rate", kind: "train", runKind: "sft", series: [{ key: "lr" }] },
   { id: "kl", title: "KL to the reference policy", kind: "train", series: [{ key: "kl" }] },
   { id: "clip", title: "Clip fraction", kind: "train", range: [0, 1], series: [{ key: "clip_frac" }] },
   {

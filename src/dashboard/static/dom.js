@@ -91,3 +91,15 @@ export function diffView(parts, emptyNote) {
   if (lines.length === 0) return h("div", { class: "muted" }, emptyNote ?? "(no text)");
   return h("div", { class: "diff" }, lines);
 }
+
+/** Previous / next buttons over a list of `total` items shown `limit` at a time from `offset`. */
+export function pagerView(total, offset, limit, onPage) {
+  if (total <= limit) return h("div", { class: "pager muted" }, `${total} shown`);
+  return h(
+    "div",
+    { class: "pager" },
+    h("button", { disabled: offset <= 0, onclick: () => onPage(Math.max(0, offset - limit)) }, "‹ prev"),
+    h("span", {}, `${offset + 1}–${Math.min(total, offset + limit)} of ${total}`),
+    h("button", { disabled: offset + limit >= total, onclick: () => onPage(offset + limit) }, "next ›"),
+  );
+}

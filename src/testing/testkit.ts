@@ -10,8 +10,11 @@ import { join } from "node:path";
 import type { Engine, EngineInfo } from "../engine/api.ts";
 import type { EnvFamily, Episode, Task } from "../envs/types.ts";
 import type { ModelBackend, RolloutRecord, StepResult, MemoryWrite, TrainSample } from "../algo/types.ts";
-import type { Algorithms, TrainDeps } from "./runner.ts";
-import { Progress } from "./progress.ts";
+import type { Trainer, TrainDeps } from "../train/deps.ts";
+import type { Algorithm } from "../train/algorithms/types.ts";
+import { getAlgorithm } from "../train/algorithms/registry.ts";
+import type { AlgoContext } from "../algo/types.ts";
+import { Progress } from "../train/progress.ts";
 import { UserError } from "../util/errors.ts";
 import { readJsonlTolerant } from "../util/jsonl.ts";
 
@@ -109,10 +112,18 @@ export function counterEnv(tasks = 12): EnvFamily {
   };
 }
 
-/** Algorithms whose records depend on the engine state, the RNG, the tasks and the memory. */
-export function counterAlgorithms(engine: CounterEngine, delayMs = 0): Algorithms {
+/**
+ * A step whose records depend on the engine state, the RNG, the tasks and the memory, and the
+ * trainer and evaluation to go with it.
+ */
+export function counterAlgorithms(
+  engine: CounterEngine,
+  delayMs = 0,
+): Trainer & {
+  step: (ctx: AlgoContext, tasks: readonly Task[], n: number, withMemory: boolean) => Promise<StepResult>;
+} {
   const step = async (
-    ctx: Parameters<Algorithms["erlStep"]>[0],
+    ctx: AlgoContext,
     tasks: readonly Task[],
     n: number,
     withMemory: boolean,
@@ -173,8 +184,7 @@ export function counterAlgorithms(engine: CounterEngine, delayMs = 0): Algorithm
     };
   };
   return {
-    erlStep: (ctx, tasks, o) => step(ctx, tasks, o.n, !o.noMemory),
-    rlvrStep: (ctx, tasks, o) => step(ctx, tasks, o.n, false),
+    step,
     trainOnSamples: async (eng, samples) => {
       const fb = await eng.forwardBackward(
         samples.map((s) => ({ inputIds: s.ids, targetIds: s.ids, weights: s.mask })),
@@ -219,6 +229,11 @@ export function counterDeps(
   engines: CounterEngine[];
 } {
   const engines: CounterEngine[] = [];
+  const counter = () => {
+    const e = engines[engines.length - 1];
+    if (!e) throw new UserError("counterDeps: no engine started");
+    return counterAlgorithms(e, opts.delayMs ?? 0);
+  };
   return {
     engines,
     startEngine: async () => {
@@ -234,11 +249,17 @@ export function counterDeps(
       decode: async () => "",
       forward: async () => [],
     }),
-    algorithms: async () => {
-      const e = engines[engines.length - 1];
-      if (!e) throw new UserError("counterDeps: no engine started");
-      return counterAlgorithms(e, opts.delayMs ?? 0);
+    // The registered algorithm with its step replaced: the counter step, with memory where the
+    // algorithm keeps one and its options do not switch it off (erl-no-memory).
+    algorithm: (name): Algorithm => {
+      const real = getAlgorithm(name);
+      return {
+        ...real,
+        step: (ctx, tasks, o) =>
+          counter().step(ctx, tasks, o.n, real.usesMemory && !(o as { noMemory?: boolean }).noMemory),
+      };
     },
+    trainer: async () => counter(),
     getEnv: () => counterEnv(opts.tasks),
   };
 }

@@ -6,7 +6,7 @@
  */
 import type { ChatMessage, Datum, Role, SampleRequest, SampledSequence } from "../engine/api.ts";
 import { Rng } from "../util/rng.ts";
-import type { ModelBackend } from "./backend.ts";
+import type { ModelBackend } from "../agent/backend.ts";
 
 export const TOK_TURN_START = 1;
 export const TOK_TURN_END = 2;

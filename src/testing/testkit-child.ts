@@ -3,10 +3,10 @@
  * test can `kill -9` it at a random moment. Usage: testkit-child.ts <config.json> <runDir> [--resume]
  */
 import { readFileSync } from "node:fs";
-import { runTraining } from "./runner.ts";
-import { validateConfig } from "./config.ts";
+import { runTraining } from "../train/runner.ts";
+import { validateConfig } from "../train/config.ts";
 import { counterDeps } from "./testkit.ts";
-import { Progress } from "./progress.ts";
+import { Progress } from "../train/progress.ts";
 
 const [configFile, runDir, flag] = process.argv.slice(2);
 if (!configFile || !runDir) throw new Error("usage: testkit-child.ts <config.json> <runDir> [--resume]");

@@ -7,7 +7,7 @@
  */
 import type { ChatMessage } from "../engine/api.ts";
 import { DELTA, DIRECTIONS, formatAction, type Direction } from "../envs/common.ts";
-import { RULEBOOK_CLOSE, RULEBOOK_OPEN } from "./prompts.ts";
+import { RULEBOOK_CLOSE, RULEBOOK_OPEN } from "../agent/prompts.ts";
 import type { Script, ScriptInput } from "./scripted.ts";
 
 export const INVALID_MOVE_REPLY = "I am not sure.\n```\njump\n```";
