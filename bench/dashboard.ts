@@ -5,30 +5,35 @@
  * open episodes (the first request builds the rollouts byte-offset index), and the server's resident
  * memory after each phase.
  *
- *   npx tsx bench/dashboard.ts [--steps 2000] [--tasks 4] [--repeat 3] [--keep]
+ *   npx tsx bench/dashboard.ts [--steps 2000] [--tasks 4] [--repeat 3] [--keep] [--out DIR]
  *
- * Prints a Markdown table and writes bench/out/dashboard.json.
+ * With --out (an existing folder) the figures are also written to DIR/dashboard.json.
+ *
+ * Prints a Markdown table (and with --out, writes DIR/dashboard.json).
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { chromium, type Page } from "playwright-core";
 import { CHROMIUM_ARGS, CHROMIUM_PATH } from "../src/dashboard/chromium.ts";
 import { writeLargeRuns } from "../test/fixtures/runs/generate.ts";
+import { guard, outputFolder, parseFlags, positiveInts } from "./args.ts";
 
-const { values } = parseArgs({
+const { values } = parseFlags({
   options: {
     steps: { type: "string", default: "2000" },
     tasks: { type: "string", default: "4" },
     repeat: { type: "string", default: "3" },
     keep: { type: "boolean", default: false },
+    out: { type: "string" },
   },
+  allowPositionals: false,
 });
-const steps = Number(values.steps);
-const tasksPerStep = Number(values.tasks);
-const repeat = Number(values.repeat);
+const steps = positiveInts("--steps", values.steps, 100_000)[0]!;
+const tasksPerStep = positiveInts("--tasks", values.tasks, 1000)[0]!;
+const repeat = positiveInts("--repeat", values.repeat, 100)[0]!;
+const outDir = outputFolder("--out", values.out);
 
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
@@ -148,8 +153,7 @@ async function main(): Promise<void> {
     episodesMs: { listColdWithIndexing: listCold, openEpisode, listWarm, memoryView },
     rssMiB: { idle: rssIdle, afterCurves: rssCurves, afterIndexingRollouts: rssIndexed, end: rssEnd },
   };
-  mkdirSync("bench/out", { recursive: true });
-  writeFileSync("bench/out/dashboard.json", JSON.stringify(result, null, 2));
+  if (outDir) writeFileSync(join(outDir, "dashboard.json"), JSON.stringify(result, null, 2));
   const f = (x: number) => `${Math.round(x)} ms`;
   console.log(`| measure | value |
 | --- | --- |
@@ -167,4 +171,4 @@ async function main(): Promise<void> {
   else console.error(`kept ${base}`);
 }
 
-await main();
+await guard(main);

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from benchargs import int_range, model_dir
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "engine"))
@@ -47,9 +49,9 @@ def best(fn: Callable[[], Any], repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model", default="models/erl-tiny")
+    ap.add_argument("--threads", type=int_range(1, 1024), default=1)
+    ap.add_argument("--repeats", type=int_range(1, 1000), default=3)
+    ap.add_argument("--model", type=model_dir, default="models/erl-tiny")
     a = ap.parse_args()
     default_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)

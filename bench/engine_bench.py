@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from benchargs import int_range
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "engine"))
@@ -379,9 +381,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller settings, one repeat")
     ap.add_argument("--only", choices=["sample", "turns", "shared", "train", "scaling"])
     ap.add_argument("--one", help="internal: B,T,dtype of one training measurement, printed as JSON")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--repeats", type=int_range(1, 1000), default=None)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int_range(1, 1024), default=1,
                     help="torch CPU threads (default 1: on a shared CPU, spinning OpenMP threads that lose their "
                          "core to other processes slow everything down several-fold)")
     args = ap.parse_args()

@@ -16,6 +16,9 @@ import {
   type FrozenLakeTask,
 } from "../src/envs/index.ts";
 import { Rng } from "../src/util/rng.ts";
+import { die } from "./args.ts";
+
+if (process.argv.length > 2) die(`takes no arguments, got ${process.argv.slice(2).join(" ")}`);
 
 const rows: [string, string][] = [];
 function time<T>(label: string, fn: () => T, unit = "ms"): T {

@@ -4,6 +4,7 @@
 #
 #   bash bench/gpu-check.sh OUT_DIR             # on a GPU machine (torch >= 2.11 with CUDA, transformers)
 #   bash bench/gpu-check.sh OUT_DIR --dry-run   # on CPU: the same steps, tiny sizes, gloo instead of NCCL
+#                                               # (the flag may come first)
 #
 # Steps (each under its own time limit):
 #   1. environment: GPU, driver, torch, transformers
@@ -16,11 +17,38 @@
 # Python: $ERL_PYTHON, else python3 (or .venv/bin/python in a dry run). Pure-Python packages the GPU
 # machine lacks (pytest, peft) can travel in .gpu-pydeps/ (made here by `bash bench/gpu-check.sh
 # --prepare`, about 16 MB), which is put on PYTHONPATH when present.
+#
+# Arguments: OUT_DIR is required (created if missing; its parent must exist) and everything is written
+# there; an unknown option is an error. Nothing is written outside OUT_DIR (no bytecode either).
 set -uo pipefail
+usage="usage: bash bench/gpu-check.sh OUT_DIR [--dry-run] | bash bench/gpu-check.sh --prepare"
+die() { echo "gpu-check.sh: $*" >&2; echo "$usage" >&2; exit 2; }
+out="" dry=0 prepare=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) dry=1 ;;
+    --prepare) prepare=1 ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) die "unknown option $arg" ;;
+    *) [ -z "$out" ] || die "one OUT_DIR only (got $out and $arg)"; out=$arg ;;
+  esac
+done
+if [ "$prepare" = 1 ]; then
+  [ -z "$out" ] && [ "$dry" = 0 ] || die "--prepare takes no other arguments"
+elif [ -z "$out" ]; then
+  die "OUT_DIR is required"
+else
+  parent=$(dirname -- "$out")
+  [ -d "$parent" ] || die "$out: its folder $parent does not exist"
+  [ -e "$out" ] && [ ! -d "$out" ] && die "$out exists and is not a folder"
+  mkdir -- "$out" 2>/dev/null || [ -d "$out" ] || die "$out: cannot create the folder"
+  out=$(cd -- "$out" && pwd) || die "$out: cannot enter the folder"
+fi
 cd "$(dirname "$0")/.."
 repo=$PWD
+export PYTHONDONTWRITEBYTECODE=1
 
-if [ "${1:-}" = "--prepare" ]; then
+if [ "$prepare" = 1 ]; then
   rm -rf .gpu-pydeps
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target .gpu-pydeps \
     pytest==9.2.0 pluggy iniconfig peft==0.21.2 accelerate==1.15.0 2>&1 | grep -v "^WARNING: Location" || true
@@ -29,11 +57,6 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 
-out=${1:?usage: bench/gpu-check.sh OUT_DIR [--dry-run] | --prepare}
-dry=0
-[ "${2:-}" = "--dry-run" ] && dry=1
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
 log=$out/log.txt
 summary=$out/summary.md
 : > "$log"

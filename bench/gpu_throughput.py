@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any
 
+from benchargs import out_file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "engine"))
@@ -67,9 +69,9 @@ def sync(device: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     ap.add_argument("--dry-run", action="store_true", help="tiny model on CPU: checks the script, no figures")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, type=out_file)
     args = ap.parse_args()
     dry = args.dry_run
     device = "cpu" if dry else args.device

@@ -5,26 +5,46 @@
 # attempts' success under the reflector's rulebooks, memory writes, and the final evaluation under
 # memory next to the initial prompt (same tasks and seeds).
 #
-#   bash bench/reflectors.sh models/erl-tiny                  # SEEDS="0 1 2" STEPS=4 by default
-#   EXTRA="--set reflector.maxTokens=192" bash bench/reflectors.sh models/smollm2-135m-instruct
+#   bash bench/reflectors.sh models/erl-tiny runs/reflectors   # SEEDS="0 1 2" STEPS=4 by default
+#   EXTRA="--set reflector.maxTokens=192" bash bench/reflectors.sh models/smollm2-135m-instruct runs/reflectors
+#
+# The runs and the logs go into OUT_DIR (created if missing; its parent must exist); nothing is
+# written elsewhere. An unknown option is an error.
 set -euo pipefail
+usage="usage: bash bench/reflectors.sh <reflector model dir> <OUT_DIR>"
+die() { echo "reflectors.sh: $*" >&2; echo "$usage" >&2; exit 2; }
+pos=()
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) die "unknown option $arg" ;;
+    *) pos+=("$arg") ;;
+  esac
+done
+[ "${#pos[@]}" = 2 ] || die "expected a model directory and an output folder"
+REFLECTOR=${pos[0]}
+OUT=${pos[1]}
+[ -f "$REFLECTOR/config.json" ] || die "$REFLECTOR: not a model directory (no config.json)"
+[ -d "$(dirname -- "$OUT")" ] || die "$OUT: its folder $(dirname -- "$OUT") does not exist"
+[[ "${STEPS:-4}" =~ ^[1-9][0-9]{0,4}$ ]] || die "STEPS must be an integer from 1 to 99999, got ${STEPS}"
+mkdir -p -- "$OUT"
+REFLECTOR=$(cd -- "$REFLECTOR" && pwd)
+OUT=$(cd -- "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-REFLECTOR=${1:?usage: bench/reflectors.sh <model dir>}
 NAME=$(basename "$REFLECTOR")
 SEEDS=${SEEDS:-0 1 2}
 STEPS=${STEPS:-4}
-OUT=${OUT:-runs/reflectors}
 PORT=${PORT:-$((20000 + RANDOM % 20000))}
 export REFLECTOR_KEY
 REFLECTOR_KEY=$(node -e 'console.log(require("crypto").randomBytes(16).toString("hex"))')
 
 ERL_ENGINE_TOKEN=$REFLECTOR_KEY node bin/erl.mjs engine serve --openai --model "$REFLECTOR" --port "$PORT" \
-  > "/tmp/erl-reflector-$PORT.log" 2>&1 &
+  > "$OUT/reflector-server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
-  grep -q "OpenAI-compatible API" "/tmp/erl-reflector-$PORT.log" && break
-  kill -0 $SERVER 2>/dev/null || { cat "/tmp/erl-reflector-$PORT.log"; exit 1; }
+  grep -q "OpenAI-compatible API" "$OUT/reflector-server.log" && break
+  kill -0 $SERVER 2>/dev/null || { cat "$OUT/reflector-server.log"; exit 1; }
   sleep 1
 done
 
@@ -37,8 +57,8 @@ for seed in $SEEDS; do
     --set reflector.kind=openai --set reflector.baseUrl="http://127.0.0.1:$PORT/v1" \
     --set reflector.model="$NAME" --set reflector.apiKeyEnv=REFLECTOR_KEY --set reflector.timeout=900 \
     --set reflector.concurrency=1 ${EXTRA:-} \
-    > "/tmp/erl-$run.log" 2>&1 \
-    || { tail -20 "/tmp/erl-$run.log"; exit 1; }
+    > "$OUT/$run.log" 2>&1 \
+    || { tail -20 "$OUT/$run.log"; exit 1; }
   node -e '
     const fs = require("fs");
     const dir = process.argv[1];

@@ -13,7 +13,7 @@
  *   node --import tsx bench/search-quality.ts --dense --test   # … and dense search, both splits
  *   node --import tsx bench/search-quality.ts --grid       # the settings explored, train split only
  */
-import { parseArgs } from "node:util";
+import { guard, parseFlags } from "./args.ts";
 import { buildDenseIndex, DENSE_MODELS } from "../src/envs/dense.ts";
 import { HotpotFamily, type HotpotTask } from "../src/envs/hotpotqa.ts";
 import {
@@ -117,12 +117,13 @@ function build(passages: readonly Passage[], opts: SearchIndexOptions): { index:
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
+  const { values } = parseFlags({
     options: {
       test: { type: "boolean", default: false },
       grid: { type: "boolean", default: false },
       dense: { type: "boolean", default: false },
     },
+    allowPositionals: false,
   });
   const fam = new HotpotFamily();
   const passages = loadCorpusJsonl(fam.corpusFile);
@@ -190,4 +191,4 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+await guard(main);

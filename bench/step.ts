@@ -9,8 +9,7 @@
  *
  * The first step is a warm-up and is left out of the means.
  */
-import { parseArgs } from "node:util";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir, cpus } from "node:os";
 import { join } from "node:path";
 import type { Engine } from "../src/engine/api.ts";
@@ -18,8 +17,11 @@ import { validateConfig } from "../src/train/config.ts";
 import { runTraining } from "../src/train/runner.ts";
 import { defaultDeps } from "../src/train/deps.ts";
 import { Progress } from "../src/train/progress.ts";
+import { STEPS_MAX } from "../src/train/limits.ts";
+import { knownEnvs } from "../src/envs/registry.ts";
+import { die, parseFlags } from "./args.ts";
 
-const { values } = parseArgs({
+const { values } = parseFlags({
   options: {
     model: { type: "string", default: "test/fixtures/tiny-model" },
     steps: { type: "string", default: "4" },
@@ -28,7 +30,21 @@ const { values } = parseArgs({
     dtype: { type: "string", default: "auto" },
     tokens: { type: "string", default: "8" },
   },
+  allowPositionals: false,
 });
+for (const [flag, v, max] of [
+  ["--steps", values.steps, STEPS_MAX],
+  ["--batch", values.batch, 4096],
+  ["--tokens", values.tokens, 1 << 16],
+] as const)
+  if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > max)
+    die(`${flag} must be an integer from 1 to ${max}, got "${v}"`);
+if (!["auto", "float32", "bfloat16"].includes(values.dtype))
+  die(`--dtype must be auto, float32 or bfloat16, got "${values.dtype}"`);
+if (!existsSync(join(values.model, "config.json")))
+  die(`--model ${values.model}: not a model directory (no config.json)`);
+if (!knownEnvs().includes(values.env))
+  die(`--env must be one of ${knownEnvs().join(", ")}, got "${values.env}"`);
 
 /**
  * Busy time of overlapping calls: the loop keeps several engine calls in flight at once, so the

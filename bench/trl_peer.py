@@ -36,6 +36,8 @@ import sys
 import time
 from typing import Any
 
+from benchargs import int_range, model_dir
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TRL_VENV = os.path.join(HERE, ".venv-trl")
@@ -275,13 +277,13 @@ def median_after_warmup(times: list[dict[str, float]], key: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--steps", type=int_range(1, 10_000), default=5)
+    ap.add_argument("--prompts", type=int_range(1, 4096), default=8)
+    ap.add_argument("--samples", type=int_range(1, 4096), default=4)
+    ap.add_argument("--tokens", type=int_range(1, 1 << 20), default=48)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", default="models/erl-tiny")
+    ap.add_argument("--threads", type=int_range(1, 1024), default=1)
+    ap.add_argument("--model", type=model_dir, default="models/erl-tiny")
     ap.add_argument("--side", choices=["engine", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--resolved-dtype", default="float32", help=argparse.SUPPRESS)
     a = ap.parse_args()

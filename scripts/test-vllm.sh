@@ -3,6 +3,7 @@
 # cached like .venv by a stamp), then runs vLLM for real on erl-tiny. Kept out of `npm test` so that
 # the main suite stays under 20 minutes on a fresh machine; .ci/run runs both.
 set -uo pipefail
+[ "$#" = 0 ] || { echo "test-vllm.sh: takes no arguments, got: $*" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "set-up failed"; exit 1; }
 bash scripts/setup-vllm.sh 2>&1 | grep -v "^WARNING: Location" || true

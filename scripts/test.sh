@@ -2,6 +2,7 @@
 # The whole test suite (README command two): set-up, type check, lint, TypeScript tests, engine tests.
 # Ends with one summary line "tests: N passed, M failed".
 set -uo pipefail
+[ "$#" = 0 ] || { echo "test.sh: takes no arguments, got: $*" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --browser || { echo "set-up failed"; exit 1; }
 export PATH="$PWD/node_modules/.bin:$PATH"

@@ -8,7 +8,8 @@ A state directory holds
   state.json             format, step, model description, and a SHA-256 of every file above
 It is written into a temporary sibling directory and renamed into place, so a crash leaves either
 the old state or the new one, never a half-written mix; load_state verifies every checksum first.
-Exports are written the same way.
+Exports are written the same way. Both get ordinary modes (0777 / 0666 less the umask), not the
+temporary directory's private ones.
 """
 
 from __future__ import annotations
@@ -68,6 +69,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux shows it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    um = os.umask(0o022)
+    os.umask(um)
+    return um
+
+
+def ordinary_modes(root: str) -> None:
+    """Gives a directory tree the modes a plain mkdir and open would: 0777 and 0666 less the umask.
+    mkdtemp makes a private (0700) directory and some writers make private files; an export or a
+    checkpoint is an ordinary folder that other users of the machine may read when the umask lets them."""
+    um = _umask()
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~um)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~um)
+
+
 def _atomic_dir(final: str, write: Any) -> None:
     """Runs write(tmp_dir), then swaps tmp_dir into `final` (replacing an existing directory)."""
     final = os.path.abspath(final)
@@ -82,6 +108,7 @@ def _atomic_dir(final: str, write: Any) -> None:
         raise ProtocolError("checkpoint", _write_problem(final, parent, e)) from None
     try:
         write(tmp)
+        ordinary_modes(tmp)
         for name in os.listdir(tmp):
             p = os.path.join(tmp, name)
             if os.path.isfile(p):

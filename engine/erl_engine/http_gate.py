@@ -5,7 +5,8 @@
 Every request: its head within MAX_HEADER_BYTES and `header_deadline` seconds, then the credential
 (checked by the caller's `authorized`, in constant time, before a single byte of body is read), and
 only then the body (Content-Length required for POST, no chunked bodies, at most `max_body`). At most
-`max_connections` connections are served at once (503 beyond). What a route answers and how a refusal
+`max_connections` connections are served at once: a new one takes the slot of the oldest that has not
+sent an authorised request (see _BoundedHTTPServer), and gets 503 only when every slot holds one. What a route answers and how a refusal
 is worded are the caller's: `resolve(method, path)` finds a route, `refuse(status, code, problem)`
 words an error in the caller's API.
 """
@@ -16,6 +17,7 @@ import http.client
 import ipaddress
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
@@ -25,7 +27,7 @@ MAX_HTTP_BODY = 256 << 20  # an authenticated request's body; --max-body changes
 MAX_HEADER_BYTES = 32 << 10  # request line + headers, read before the credential is known
 HEADER_DEADLINE_S = 30.0  # a connection must have sent its whole head within this (idle included)
 SOCKET_TIMEOUT_S = 60.0  # any single read or write that makes no progress for this long ends it
-MAX_CONNECTIONS = 32  # connections served at once; more are answered 503 and closed
+MAX_CONNECTIONS = 32  # connections served at once; a new one cuts the oldest not yet authorised, else 503
 
 
 def is_loopback(host: str) -> bool:
@@ -109,16 +111,76 @@ class _CappedReader:
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most `max_connections` at once; the rest get 503 and are closed."""
+    """A thread per connection, at most `max_connections` served at once.
+
+    A connection that has not yet sent an authorised request head (a new one, or a keep-alive one
+    idle between requests) is "waiting". When every slot is taken, a new connection takes the slot
+    of the oldest waiting one that has never sent an authorised request (else of the oldest idle
+    keep-alive one), which is cut: slow or idle connections without a token cannot starve a client
+    that sends its request at once, however often they reconnect, and they go before the clients'
+    own keep-alive connections. (A client's brand-new connection is cut too if that many newer ones
+    arrive before the server has read its head: under a flood of reconnects on a busy machine, a few
+    requests fail that way; see docs/reliability.md#load-test.) Only when every slot holds an
+    authorised request is a new connection answered 503 and closed. Cut connections may take a moment
+    to leave, so at most 2 x `max_connections` threads exist at any time. A request on a cut
+    connection was never read, so it was never executed."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connects is queued, not dropped
 
     def __init__(self, address: tuple[str, int], handler: Any, max_connections: int) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._max = max_connections
+        self._lock = threading.Lock()
+        self._live = 0  # connections holding a slot
+        self._running = 0  # connection threads running (cut ones included until they leave)
+        # socket -> (has sent an authorised request, when it began waiting), for waiting connections
+        self._waiting: dict[Any, tuple[bool, float]] = {}
+        self._trusted: set[Any] = set()  # connections that have sent an authorised request
+        self._cut: set[Any] = set()  # connections cut to free their slot, until their thread leaves
+        self.cut_count = 0
         super().__init__(address, handler)
 
+    def waiting(self, sock: Any, yes: bool) -> None:
+        """Marks a connection as waiting for a request head (True) or serving an authorised request."""
+        with self._lock:
+            if not yes:
+                self._waiting.pop(sock, None)
+                self._trusted.add(sock)
+            elif sock not in self._cut:
+                self._waiting[sock] = (sock in self._trusted, time.monotonic())
+
+    def _admit(self, request: Any) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if self._live >= self._max and self._waiting and self._running < 2 * self._max:
+                victim = min(self._waiting, key=self._waiting.__getitem__)
+                del self._waiting[victim]
+                self._cut.add(victim)
+                self._live -= 1
+                self.cut_count += 1
+                try:
+                    victim.shutdown(socket.SHUT_RDWR)  # its blocked read returns; the thread leaves
+                except OSError:
+                    pass
+            if self._live >= self._max or self._running >= 2 * self._max:
+                return False
+            self._live += 1
+            self._running += 1
+            self._waiting[request] = (False, now)
+            return True
+
+    def _leave(self, request: Any) -> None:
+        with self._lock:
+            self._running -= 1
+            self._waiting.pop(request, None)
+            self._trusted.discard(request)
+            if request in self._cut:
+                self._cut.discard(request)
+            else:
+                self._live -= 1
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._admit(request):
             try:
                 request.settimeout(1.0)
                 request.sendall(
@@ -132,14 +194,14 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._leave(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._leave(request)
 
 
 def make_gated_server(
@@ -170,6 +232,7 @@ def make_gated_server(
             # The head (and the idle wait before it) must arrive within the deadline, else the
             # connection is shut; the timer is stopped once the request is authorised.
             self.rfile.arm()  # type: ignore[attr-defined]
+            self.server.waiting(self.connection, True)  # type: ignore[attr-defined]
             self._deadline = threading.Timer(header_deadline, self._abort)
             self._deadline.daemon = True
             self._deadline.start()
@@ -214,6 +277,7 @@ def make_gated_server(
                 self._refuse(401, "unauthorized", "missing or wrong credential")
                 return
             self._deadline.cancel()
+            self.server.waiting(self.connection, False)  # type: ignore[attr-defined]
             self.rfile.lift()  # type: ignore[attr-defined]
             path = self.path.split("?", 1)[0]
             route = resolve(method, path)

@@ -124,12 +124,19 @@ def _read_config(path: str) -> Any:
     try:
         return AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - a malformed or unsupported config.json
-        raise ProtocolError("bad_request", f"{os.path.join(path, 'config.json')}: cannot be read ({_first_line(e)})") from None
+        raise ProtocolError("bad_request", f"{os.path.join(path, 'config.json')}: not a usable model configuration ({_first_line(e)})") from None
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+    """An exception's message in one line. transformers wraps a config's own complaint in a validation
+    error whose first line says only which validator failed; the complaint is its last line then."""
+    text = [t.strip() for t in str(e).strip().splitlines() if t.strip()]
+    if not text:
+        return type(e).__name__
+    line = text[0]
+    if len(text) > 1 and line.endswith(":"):
+        line = text[-1].split(": ", 1)[-1] if text[-1].split(": ", 1)[0].endswith(("Error", "Exception")) else text[-1]
+    return line[:300]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -153,6 +160,7 @@ def _weights_problem(path: str, e: BaseException) -> str:
     weights = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
     if not weights:
         return f"{path}: no weight files (*.safetensors)"
+    headers: dict[str, tuple[str, list[int]]] = {}  # tensor -> (file, shape), from the safetensors headers
     for name in weights:
         file = os.path.join(path, name)
         size = os.path.getsize(file)
@@ -174,7 +182,37 @@ def _weights_problem(path: str, e: BaseException) -> str:
                 ok = not ends or 8 + n + max(ends) <= size
             if not ok:
                 return f"{file}: truncated or corrupted safetensors file ({size} bytes); the model directory is damaged"
+            for k, v in header.items():
+                if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("shape"), list):
+                    headers[k] = (file, v["shape"])
+    mismatch = _shape_mismatch(path, headers)
+    if mismatch:
+        return mismatch
     return f"{path}: the weights do not load ({_first_line(e)})"
+
+
+def _shape_mismatch(path: str, headers: dict[str, tuple[str, list[int]]]) -> str | None:
+    """Names the first tensor whose shape in the weight files differs from the one config.json implies
+    (the model is built on the meta device: no memory, no weights)."""
+    if not headers:
+        return None
+    try:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(_read_config(path))
+        expected = {n: list(t.shape) for n, t in model.state_dict().items()}
+    except Exception:  # noqa: BLE001 - the config itself is the problem: reported elsewhere
+        return None
+    differ = [(n, f, shape, expected[n]) for n, (f, shape) in sorted(headers.items()) if n in expected and expected[n] != shape]
+    if not differ:
+        return None
+    n, f, shape, want = differ[0]
+    more = f" ({len(differ)} tensors differ)" if len(differ) > 1 else ""
+    return (
+        f"{f}: tensor {n} has shape {shape}, but {os.path.join(path, 'config.json')} implies {want}{more}; "
+        "the weights and config.json are from different models"
+    )
 
 
 def load_dtype(params: dict[str, Any]) -> tuple[str, str]:
@@ -215,6 +253,7 @@ def load(params: dict[str, Any], dtype: tuple[str, str] | None = None) -> Loaded
         path = _check_dir(params["path"], "model", "path")
         if not os.path.exists(os.path.join(path, "config.json")):
             raise ProtocolError("not_found", f"params.path: no config.json in {path}")
+        _read_config(path)  # an inconsistent config.json is named as such, before the tokenizer reads it
         try:
             tokenizer = load_tokenizer(path)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "unusable"

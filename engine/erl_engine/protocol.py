@@ -275,15 +275,19 @@ LOSS = Obj(
     },
 )
 
+# torch.manual_seed takes seeds up to 2^64 - 1; a larger one fails inside torch ("Overflow when
+# unpacking long long"), so the protocol refuses it first, naming the field.
+SEED_MAX = 2**64 - 1
+
 PARAMS: dict[str, Validator] = {
     "hello": Obj({"protocolVersion": Int()}, {"client": Str()}),
     "info": Obj({}),
     "loadModel": Obj(
-        {"device": Enum("cpu", "cuda", "auto"), "seed": Int()},
+        {"device": Enum("cpu", "cuda", "auto"), "seed": Int(0, SEED_MAX)},
         {
             "dtype": Enum("auto", "float32", "bfloat16"),
             "path": Str(True),
-            "randomInit": Obj({"config": AnyObject(), "tokenizerPath": Str(True), "seed": Int()}),
+            "randomInit": Obj({"config": AnyObject(), "tokenizerPath": Str(True), "seed": Int(0, SEED_MAX)}),
             "lora": LORA,
             "reference": Enum("copy", "base"),
             "gradientCheckpointing": Bool(),
@@ -300,7 +304,7 @@ PARAMS: dict[str, Validator] = {
             "n": Int(1, 4096),
             "maxTokens": Int(1),
             "temperature": Num(0),
-            "seed": Int(),
+            "seed": Int(0, SEED_MAX),
         },
         {
             "topP": Num(0, 1, lo_open=True),

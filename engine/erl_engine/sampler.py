@@ -106,6 +106,45 @@ class StopStrings:
         return any(s in tail for s in self.stops)
 
 
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory the device has free now: CUDA's own count, or the kernel's MemAvailable for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _check_memory(lm: LoadedModel, rows: int, width: int) -> None:
+    """Refuses a call whose keys, values and logits cannot fit in the device's free memory, before any
+    of it is allocated: rows x width positions x (layers x 2 x kv heads x head dim) elements, plus each
+    row's logits, log-probs and probabilities over the vocabulary (the run's limits, src/train/limits.ts,
+    keep a run's calls under half of a CPU machine's memory before it starts)."""
+    cfg = getattr(lm.model, "config", None)
+    layers = getattr(cfg, "num_hidden_layers", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", 0) // heads if heads else None)
+    if not (isinstance(layers, int) and isinstance(kv_heads, int) and isinstance(head_dim, int)):
+        return
+    element = 2 if lm.dtype == "bfloat16" else 4
+    need = rows * (width * layers * 2 * kv_heads * head_dim * element + lm.vocab_size * 12)
+    free = _free_bytes(lm.device)
+    if free is not None and need > free:
+        gib = 1 << 30
+        raise ProtocolError(
+            "bad_request",
+            f"sample: {rows} sequences of up to {width} positions need {need / gib:.1f} GiB of keys, values and "
+            f"logits; the {lm.device.type} device has {free / gib:.1f} GiB free. Sample fewer at once "
+            "(lower batchSize, algo.n, eval.n or the token limits)",
+        )
+
+
 @torch.no_grad()
 def sample(
     lm: LoadedModel, req: dict[str, Any], row_offset: int = 0, total_rows: int | None = None
@@ -140,6 +179,7 @@ def sample(
             f"params.maxTokens: longest prompt ({longest}) + maxTokens ({max_tokens}) exceeds the model's "
             f"{lm.max_positions} positions",
         )
+    _check_memory(lm, len(prompts) * n, longest + max_tokens)
     stops = StopStrings(lm.tokenizer, req["stopStrings"]) if req.get("stopStrings") else None
 
     n_prompts = len(prompts)

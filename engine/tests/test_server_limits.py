@@ -65,6 +65,21 @@ def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
+def response(s: socket.socket) -> bytes:
+    """One whole response from a kept-alive connection: the head, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 def test_a_request_without_the_token_is_refused_before_its_body_is_read(served: int) -> None:
     # It claims 400 MB and sends none of it: the answer comes at once, from the head alone.
     answer = raw(served, head("/v1/call", 400 << 20, None))
@@ -99,10 +114,53 @@ def test_a_stalled_head_is_cut_off(served: int) -> None:
     assert answer == b"" and time.monotonic() - t0 < 20
 
 
-def test_connections_beyond_the_limit_are_turned_away(served: int) -> None:
+def test_a_new_connection_takes_the_slot_of_the_oldest_one_without_a_request(served: int) -> None:
+    # Three connections (the limit here) that send nothing: a fourth, a real client, is served, and the
+    # oldest silent one is cut to make room; they cannot starve the real client, however many they are.
     held = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(3)]
     try:
         time.sleep(0.2)  # let the server accept them (it does not answer until a head arrives)
+        answer = raw(served, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nConnection: close\r\n\r\n")
+        assert status_of(answer) == 200
+        assert held[0].recv(10) == b""  # the oldest was cut
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_clients_idle_keep_alive_connection_goes_after_the_silent_ones(dispatcher: Dispatcher) -> None:
+    # The client's own keep-alive connection (idle after one request) is older than two silent ones,
+    # yet a new connection cuts a silent one: the client's connection still serves its next request.
+    # (A 4 s head deadline here, so that the idle client is not cut by it.)
+    server, served = start(dispatcher, max_body=4096, max_connections=3, header_deadline=4.0)
+    client = socket.create_connection(("127.0.0.1", served), timeout=20)
+    health = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+    silent: list[socket.socket] = []
+    try:
+        client.sendall(health)
+        assert status_of(response(client)) == 200
+        silent = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(2)]
+        time.sleep(0.2)
+        answer = raw(served, health.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert status_of(answer) == 200
+        assert silent[0].recv(10) == b""  # the oldest silent one was cut
+        client.sendall(health)
+        assert status_of(response(client)) == 200
+    finally:
+        for s in [client, *silent]:
+            s.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_connections_beyond_the_limit_are_turned_away_when_each_holds_a_request(served: int) -> None:
+    # Three authorised requests whose bodies are still arriving hold every slot: a fourth gets 503.
+    held = [socket.create_connection(("127.0.0.1", served), timeout=20) for _ in range(3)]
+    try:
+        for s in held:
+            s.sendall(head("/v1/call", 10, TOKEN) + b"{")
+        time.sleep(0.3)
         answer = raw(served, head("/v1/call", 10, TOKEN))
         assert status_of(answer) == 503
     finally:

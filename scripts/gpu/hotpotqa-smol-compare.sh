@@ -12,19 +12,20 @@
 #   GPU, call 1 (carry gpu-cargo/a):  bash scripts/gpu/hotpotqa-smol-compare.sh receive a
 #   GPU, call 2 (carry gpu-cargo/b):  bash scripts/gpu/hotpotqa-smol-compare.sh receive b
 #   GPU, call 3 (carry gpu-cargo/c):  bash scripts/gpu/hotpotqa-smol-compare.sh receive c && \
-#                                     bash scripts/gpu/hotpotqa-smol-compare.sh run "$OUT"
+#                                     bash scripts/gpu/hotpotqa-smol-compare.sh run "$OUT"   # OUT_DIR required
 #
 # `run` reassembles and checks the GGUF (SHA-256 from src/models/registry.ts), converts it with the
 # engine's converter into models/smollm2-135m-instruct (bf16), launches the six runs and then
 # `erl compare`, which skips the finished runs and writes the report with mean ± sd over seeds.
 # On a GPU box with network and this repository set up, `run` alone is enough (it uses
-# `erl models install` when the parts are absent). `dry-run` checks the whole plan on a CPU: the
+# `erl models install` when the parts are absent). `dry-run OUT_DIR` checks the whole plan on a CPU: the
 # configs validate, the model loads, and one tiny step of each algorithm runs.
 #
 # Environment: ERL_PYTHON (default python3 on the GPU box: it must have torch with CUDA, transformers,
 # peft), ERL_GPU_STEPS (20), ERL_GPU_BATCH (16), ERL_GPU_TIME_BUDGET (360 s per run),
 # ERL_GPU_SEEDS (0,1,2).
 set -euo pipefail
+CALLER=$PWD
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 CARGO=gpu-cargo
@@ -102,15 +103,15 @@ prepare_model() {
 }
 
 run_compare() {
-  local out=${1:-runs}
+  local out=$1
   local py=${ERL_PYTHON:-python3}
   [ -x "$CACHE/bin/node" ] && export PATH="$ROOT/$CACHE/bin:$PATH"
   command -v node >/dev/null || die "node is not on this machine: carry gpu-cargo/c and run 'receive c' first"
   "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print('GPU:', torch.cuda.get_device_name(0))"
   prepare_model "$py"
   export ERL_PYTHON=$py
-  local dir=runs/gpu-hotpotqa-smol
-  mkdir -p "$dir" "$out"
+  local dir=$out/runs
+  mkdir -p "$dir"
   local sets; sets=$(gpu_sets cuda)
   local t0=$SECONDS pids=()
   IFS=, read -ra seeds <<< "$SEEDS"
@@ -135,7 +136,7 @@ run_compare() {
 
 dry_run() {
   # On a CPU: the GPU plan with CPU-sized numbers, one step of each algorithm on one seed.
-  local dir=runs/gpu-dry-run
+  local dir=$1/runs
   rm -rf "$dir"
   node bin/erl.mjs compare --env hotpotqa --config hotpotqa-smol --algos erl,rlvr --seeds 1 --out "$dir" \
     --set model.device=cpu --set steps=1 --set batchSize=1 --set algo.n=2 --set data.evalTasks=1 \
@@ -143,10 +144,26 @@ dry_run() {
   echo "dry run: GPU flags would be: $(gpu_sets cuda)"
 }
 
+# The output folder of `run` and `dry-run`: required, created if missing (its parent must exist), and
+# the only place they write to besides the model (models/) and the carried parts (.gpu-cache/).
+out_dir() { # command, args...
+  local cmd=$1
+  shift
+  [ "$#" = 1 ] || die "$cmd needs one OUT_DIR (usage: bash scripts/gpu/hotpotqa-smol-compare.sh $cmd OUT_DIR)"
+  case "$1" in -*) die "unknown option $1" ;; esac
+  cd "$CALLER" # OUT_DIR is relative to where the command was given
+  [ -d "$(dirname -- "$1")" ] || die "$1: its folder $(dirname -- "$1") does not exist"
+  mkdir -p -- "$1"
+  cd -- "$1" && pwd
+}
+
 case "${1:-}" in
-  pack) pack ;;
-  receive) receive "${2:?receive a|b|c}" ;;
-  run) run_compare "${2:-}" ;;
-  dry-run) dry_run ;;
-  *) sed -n 2,25p "$0"; exit 2 ;;
+  pack) [ "$#" = 1 ] || die "pack takes no arguments"; pack ;;
+  receive)
+    [ "$#" = 2 ] || die "receive needs one part: a, b or c"
+    case "$2" in a|b|c) receive "$2" ;; *) die "receive needs one part: a, b or c; got $2" ;; esac ;;
+  run) out=$(out_dir run "${@:2}") || exit 2; run_compare "$out" ;;
+  dry-run) out=$(out_dir dry-run "${@:2}") || exit 2; dry_run "$out" ;;
+  -h|--help) sed -n 2,25p "$0" ;;
+  *) sed -n 2,25p "$0"; [ -n "${1:-}" ] && echo "hotpotqa-smol-compare: unknown command $1" >&2; exit 2 ;;
 esac

@@ -263,7 +263,8 @@ export class OpenAIBackend implements ModelBackend {
 
 /** The API key from the named environment variable; a clear error when it is missing. */
 export function apiKeyFrom(envVar: string, where: string): string {
-  const key = process.env[envVar];
+  // Own variables only: process.env also answers "toString" or "constructor" with inherited functions.
+  const key = Object.hasOwn(process.env, envVar) ? process.env[envVar] : undefined;
   if (key === undefined || key === "")
     throw new UserError(`${where}: the API key is read from $${envVar}, which is not set`);
   return key;

@@ -11,6 +11,7 @@ import { UserError } from "../util/errors.ts";
 import { knownEnvs } from "../envs/registry.ts";
 import { buildConfig, getAlgorithm, knownAlgorithms } from "../train/config.ts";
 import { parseBudget, runComparison } from "../train/compare.ts";
+import { checkSeed } from "../train/limits.ts";
 import { defaultDeps } from "../train/deps.ts";
 
 const HELP = `usage: erl compare --env <env> --algos erl,rlvr[,...] --seeds N
@@ -47,16 +48,27 @@ export function parseParallel(text: string | undefined): number {
   return n;
 }
 
+/** Seeds of one comparison: each is a training run per algorithm, run one after another. */
+export const COMPARE_SEEDS_MAX = 1000;
+
 export function parseSeeds(text: string): number[] {
   if (/^\d+$/.test(text)) {
     const n = Number(text);
     if (n < 1) throw new UserError("--seeds must be at least 1");
+    if (n > COMPARE_SEEDS_MAX)
+      throw new UserError(
+        `--seeds ${text}: ${n.toLocaleString("en-US")} seeds is over the limit of ${COMPARE_SEEDS_MAX} (each seed is a training run per algorithm, one after another)`,
+      );
     return Array.from({ length: n }, (_, i) => i);
   }
   const list = text.split(",").map((s) => s.trim());
   if (list.some((s) => !/^\d+$/.test(s)))
     throw new UserError(`--seeds ${text}: expected a count or a list of integers`);
-  return [...new Set(list.map(Number))];
+  const seeds = [...new Set(list.map(Number))];
+  if (seeds.length > COMPARE_SEEDS_MAX)
+    throw new UserError(`--seeds: ${seeds.length} seeds is over the limit of ${COMPARE_SEEDS_MAX}`);
+  for (const s of seeds) checkSeed({ flags: { seed: "--seeds" } }, "seed", s);
+  return seeds;
 }
 
 export function parseAlgos(text: string): string[] {

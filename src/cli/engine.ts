@@ -9,15 +9,27 @@ import { existsSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { startEngine } from "../engine/client.ts";
 import { spawnHttpEngine } from "../engine/serve.ts";
+import { checkInt } from "../train/limits.ts";
+import { isRunDirectory } from "../train/runfiles.ts";
+
+/** Bounds of the servers' limit flags. */
+const BODY_MAX = 2 ** 30;
+const CONNECTIONS_MAX = 4096;
 
 const USAGE = `usage:
   erl engine serve [--host 127.0.0.1] [--port 8765] [--token T] [--allow-remote]
+                   [--max-body BYTES] [--header-timeout S] [--max-connections N]
       Serve the engine protocol over HTTP. The token comes from --token, else $ERL_ENGINE_TOKEN,
       else a random one is generated and printed. Clients connect with the URL and the token.
+      Limits: an authorised request's body (default 268435456 bytes), the seconds a connection has
+      to send its request head (default 30), connections served at once (default 32; a new one
+      takes the slot of the oldest that has not sent an authorised request, else it gets 503).
   erl engine serve --openai --model <model-dir|run-dir> [--served-model-name NAME] [--host 127.0.0.1]
                    [--port 8000] [--token T] [--allow-remote] [--dtype auto|float32|bfloat16] [--device cpu|cuda|auto]
+                   [--max-body BYTES] [--header-timeout S]
       Serve one model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
       /v1/models) with the same token rules. A run directory serves its newest checkpoint.
+      Limits: a request's body (default 4194304 bytes), the seconds for its head (default 10).
   erl engine serve --tinker --model <model-dir> [--served-model-name NAME] [--host 127.0.0.1] [--port 8000]
                    [--token tml-…] [--allow-remote] [--store DIR] [--dtype …] [--device …]
       Serve the engine behind the Tinker API (the official \`tinker\` SDK, tinker-cookbook): LoRA
@@ -54,6 +66,9 @@ async function serve(args: string[]): Promise<number> {
       "served-model-name": { type: "string" },
       dtype: { type: "string" },
       device: { type: "string" },
+      "max-body": { type: "string" },
+      "header-timeout": { type: "string" },
+      "max-connections": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -69,6 +84,17 @@ async function serve(args: string[]): Promise<number> {
         throw new UserError(`--${k} is only for \`erl engine serve --openai\` or \`--tinker\``);
   if (!values.tinker && values.store !== undefined)
     throw new UserError("--store is only for `erl engine serve --tinker`");
+  if (values.tinker)
+    for (const k of ["max-body", "header-timeout", "max-connections"] as const)
+      if (values[k] !== undefined)
+        throw new UserError(
+          `--${k} is for the engine server and --openai, not --tinker (it keeps its own limits)`,
+        );
+  if (values.openai && values["max-connections"] !== undefined)
+    throw new UserError(
+      "--max-connections is only for the engine server (`erl engine serve` without --openai)",
+    );
+  const limits = serverLimits(values["max-body"], values["header-timeout"], values["max-connections"]);
   const port = Number(values.port ?? (values.openai || values.tinker ? "8000" : "8765"));
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new UserError(`--port must be an integer in 0..65535, got "${values.port}"`);
@@ -89,6 +115,7 @@ async function serve(args: string[]): Promise<number> {
       name: values["served-model-name"],
       dtype: values.dtype,
       device: values.device,
+      limits,
     });
   const server = await spawnHttpEngine({
     host: values.host,
@@ -96,6 +123,7 @@ async function serve(args: string[]): Promise<number> {
     token,
     allowRemote: values["allow-remote"],
     stderr: "inherit",
+    ...limits,
   });
   console.log(`engine serving at ${server.url} (Ctrl-C to stop)`);
   const stop = () => void server.stop();
@@ -147,6 +175,47 @@ async function serveTinker(o: {
   return server.child.exitCode ?? 0;
 }
 
+/** The servers' limits from their flags, each checked against its bound (src/train/limits.ts). */
+function serverLimits(
+  maxBody: string | undefined,
+  headerTimeout: string | undefined,
+  maxConnections: string | undefined,
+): { maxBody?: number; headerTimeout?: number; maxConnections?: number } {
+  const out: { maxBody?: number; headerTimeout?: number; maxConnections?: number } = {};
+  const where = {
+    flags: { maxBody: "--max-body", headerTimeout: "--header-timeout", maxConnections: "--max-connections" },
+  };
+  if (maxBody !== undefined) {
+    out.maxBody = numberFlag("--max-body", maxBody);
+    checkInt(where, "maxBody", out.maxBody, 1, BODY_MAX, "a body is held in memory whole: 1 GiB at most");
+  }
+  if (headerTimeout !== undefined) {
+    out.headerTimeout = numberFlag("--header-timeout", headerTimeout);
+    if (!(out.headerTimeout >= 0.1 && out.headerTimeout <= 3600))
+      throw new UserError(
+        `--header-timeout must be a number of seconds from 0.1 to 3600, got "${headerTimeout}"`,
+      );
+  }
+  if (maxConnections !== undefined) {
+    out.maxConnections = numberFlag("--max-connections", maxConnections);
+    checkInt(
+      where,
+      "maxConnections",
+      out.maxConnections,
+      1,
+      CONNECTIONS_MAX,
+      "each connection is a thread of the server",
+    );
+  }
+  return out;
+}
+
+function numberFlag(flag: string, raw: string): number {
+  const v = Number(raw);
+  if (raw.trim() === "" || !Number.isFinite(v)) throw new UserError(`${flag} must be a number, got "${raw}"`);
+  return v;
+}
+
 function checkDtype(v: string | undefined): "auto" | "float32" | "bfloat16" | undefined {
   if (v !== undefined && v !== "auto" && v !== "float32" && v !== "bfloat16")
     throw new UserError(`--dtype must be auto, float32 or bfloat16, got "${v}"`);
@@ -168,6 +237,7 @@ async function serveOpenAI(o: {
   name: string | undefined;
   dtype: string | undefined;
   device: string | undefined;
+  limits: { maxBody?: number; headerTimeout?: number };
 }): Promise<number> {
   if (!o.model) throw new UserError("--model <model-dir|run-dir> is required with --openai");
   const dtype = checkDtype(o.dtype);
@@ -180,7 +250,7 @@ async function serveOpenAI(o: {
     );
   const dir = resolve(o.model);
   if (!existsSync(dir)) throw new UserError(`--model ${o.model}: no such directory`);
-  const isRun = existsSync(join(dir, "checkpoints")) && existsSync(join(dir, "config.json"));
+  const isRun = isRunDirectory(dir);
   const engine = await startEngine();
   try {
     let name = o.name ?? basename(dir);
@@ -210,6 +280,8 @@ async function serveOpenAI(o: {
       host: o.host,
       port: o.port,
       allowRemote: o.allowRemote,
+      ...(o.limits.maxBody !== undefined ? { maxBodyBytes: o.limits.maxBody } : {}),
+      ...(o.limits.headerTimeout !== undefined ? { headersTimeoutMs: o.limits.headerTimeout * 1000 } : {}),
     });
     console.log(`OpenAI-compatible API for "${name}" at ${server.url} (Ctrl-C to stop)`);
     await new Promise<void>((res) => {

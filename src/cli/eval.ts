@@ -8,7 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { closeSync, existsSync, openSync, readFileSync, statSync, unlinkSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { systemUserError, UserError } from "../util/errors.ts";
 import { appendJsonl } from "../util/jsonl.ts";
 import { Rng } from "../util/rng.ts";
@@ -23,6 +23,8 @@ import {
   type RunConfig,
 } from "../train/config.ts";
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
+import { checkRunLimits, readModelShape } from "../train/limits.ts";
+import { isRunDirectory } from "../train/runfiles.ts";
 import { Progress } from "../train/progress.ts";
 import type { Engine } from "../engine/api.ts";
 import type { ModelBackend } from "../agent/backend.ts";
@@ -84,6 +86,8 @@ export async function run(args: string[]): Promise<number> {
   const split = values.split ?? "test";
   if (split !== "test" && split !== "train")
     throw new UserError(`--split must be test or train, got ${split}`);
+  if (values.env !== undefined && !knownEnvs().includes(values.env))
+    throw new UserError(`--env ${values.env}: unknown environment (known: ${knownEnvs().join(", ")})`);
   const n = intFlag("n", values.n, 1);
   const tasksN = intFlag("tasks", values.tasks, 1);
   const seed = intFlag("seed", values.seed, 0);
@@ -110,8 +114,7 @@ export async function run(args: string[]): Promise<number> {
     config = buildConfig(values.config ?? `${values.env}-tiny`, [`env=${values.env}`, ...sets]).config;
   } else {
     const modelArg = resolve(values.model!);
-    const isRun = existsSync(join(modelArg, "checkpoints")) && existsSync(join(modelArg, "config.json"));
-    if (isRun) {
+    if (isRunDirectory(modelArg)) {
       const r = await loadRunForInference(modelArg);
       if (values.env && values.env !== r.config.env) sets.push(`env=${values.env}`);
       config = applyOverrides(r.config, sets);
@@ -148,6 +151,13 @@ export async function run(args: string[]): Promise<number> {
   const progress = new Progress();
   const env = await deps.getEnv(config.env, envOptions(config));
   const tasks = env.loadSplit(config.data.evalSplit).slice(0, config.data.evalTasks ?? undefined);
+  // Every size within its limit before the engine starts (src/train/limits.ts); flags named as flags.
+  checkRunLimits(config, {
+    only: "eval",
+    shape: apiPolicy ? null : readModelShape(resolve(config.model.path)),
+    evalSplitTasks: tasks.length,
+    where: { flags: { "eval.n": "--n", "data.evalTasks": "--tasks", seed: "--seed" } },
+  });
   let engine: Engine | null = null;
   try {
     let model: ModelBackend;

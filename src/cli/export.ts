@@ -3,8 +3,11 @@
  * model directory, or as a LoRA adapter directory for a LoRA run (`--merge-lora` merges it instead).
  */
 import { parseArgs } from "node:util";
-import { mkdtempSync, readdirSync, rmdirSync, statSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { mkdtempSync, readdirSync, readFileSync, rmdirSync, statSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { REPO_ROOT } from "../util/paths.ts";
+import { KNOWN_MODELS } from "../models/registry.ts";
+import { writeFileAtomic } from "../util/jsonl.ts";
 import { systemUserError, UserError } from "../util/errors.ts";
 import { checkModelPath } from "../train/config.ts";
 import { defaultDeps, loadRunForInference } from "../train/deps.ts";
@@ -12,7 +15,10 @@ import { defaultDeps, loadRunForInference } from "../train/deps.ts";
 const HELP = `usage: erl export <run-dir> <out-dir> [--merge-lora]
 
 Exports the policy of a run's newest checkpoint: an HF model directory (config, safetensors,
-tokenizer) loadable by transformers, or for a LoRA run a peft adapter directory.
+tokenizer) loadable by transformers, or for a LoRA run a peft adapter directory whose
+adapter_config.json names its base model portably (a known model's name, or its path inside the
+repository). Files get the usual modes (the umask's), so other users can read them. erl-export.json
+records the run, the step and the base model.
 
 options:
   --merge-lora   for a LoRA run, merge the adapters into the base weights and write a full model`;
@@ -43,9 +49,46 @@ export async function run(args: string[]): Promise<number> {
   } finally {
     await engine.close().catch(() => undefined);
   }
-  const kind = config.model.lora && !values["merge-lora"] ? "LoRA adapter" : "HF model";
-  console.log(`exported the ${kind} of ${runDir} (step ${step}) to ${out}`);
+  const adapter = Boolean(config.model.lora && !values["merge-lora"]);
+  const base = portableBaseName(resolve(config.model.path));
+  if (adapter) nameBase(out, base);
+  writeFileAtomic(
+    join(out, "erl-export.json"),
+    JSON.stringify(
+      { format: "erl-export", version: 1, run: basename(resolve(runDir)), step, adapter, base },
+      null,
+      2,
+    ) + "\n",
+  );
+  console.log(`exported the ${adapter ? "LoRA adapter" : "HF model"} of ${runDir} (step ${step}) to ${out}`);
+  if (adapter)
+    console.log(
+      `its base model: "${base.name}"${base.portable ? "" : ` (outside the repository: put that model's directory at <erl checkout>/${base.name} on the machine that loads it)`}; load with erl_engine.portable.load_export (docs/training.md#evaluate-and-export)`,
+    );
   return 0;
+}
+
+/**
+ * How an exported adapter names its base model so that another machine finds it: a known model by
+ * its registry name ("erl-tiny", "smollm2-135m-instruct": models/<name> in any checkout, installable
+ * with `erl models install`), a model inside the repository by its path relative to the root, and
+ * any other by its folder name (not portable: the loader looks for it at the repository root).
+ */
+export function portableBaseName(modelPath: string): { name: string; portable: boolean } {
+  const known = KNOWN_MODELS.find((m) => resolve(REPO_ROOT, m.dir) === modelPath);
+  if (known) return { name: known.name, portable: true };
+  const rel = relative(REPO_ROOT, modelPath);
+  if (rel !== "" && !rel.startsWith("..") && !isAbsolute(rel))
+    return { name: rel.split(sep).join("/"), portable: true };
+  return { name: basename(modelPath), portable: false };
+}
+
+/** Replaces the absolute base path peft wrote into adapter_config.json by the portable name. */
+function nameBase(out: string, base: { name: string }): void {
+  const file = join(out, "adapter_config.json");
+  const cfg = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+  cfg.base_model_name_or_path = base.name;
+  writeFileAtomic(file, JSON.stringify(cfg, null, 2) + "\n");
 }
 
 /**

@@ -4,7 +4,8 @@
  * `erl play` never pays for the engine client or the dashboard.
  */
 import { existsSync } from "node:fs";
-import { delimiter, resolve } from "node:path";
+import { register } from "node:module";
+import { delimiter, dirname, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { argsUserError, systemUserError, UserError } from "../util/errors.ts";
 import { ownEntry } from "../util/own.ts";
@@ -85,8 +86,12 @@ async function loadEnvModules(argv: string[]): Promise<string[]> {
     } else rest.push(arg);
   }
   const resolved = [...new Set(modules.map((m) => resolve(m)))];
+  for (const file of resolved) if (!existsSync(file)) throw new UserError(`env module ${file} not found`);
+  if (resolved.length > 0)
+    register(new URL("./env-module-hooks.mjs", import.meta.url), {
+      data: { folders: [...new Set(resolved.map((f) => pathToFileURL(dirname(f)).href + "/"))] },
+    });
   for (const file of resolved) {
-    if (!existsSync(file)) throw new UserError(`env module ${file} not found`);
     try {
       await import(pathToFileURL(file).href);
     } catch (e) {

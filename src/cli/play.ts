@@ -13,6 +13,7 @@ import type { EnvOptions } from "../envs/types.ts";
 import type { EnvFamily, Split, Task } from "../envs/types.ts";
 import { formatToolCall, SEARCH_TOOL, TOOL_CALL_OPEN } from "../envs/tool-protocol.ts";
 import { ownEntry } from "../util/own.ts";
+import { checkSeed } from "../train/limits.ts";
 
 const HELP = `usage: erl play <env> [--split test|train] [--index N | --seed S] [options]
 
@@ -186,7 +187,9 @@ export async function run(args: string[]): Promise<number> {
   const split = parseSplit(values.split, "test");
   let task: Task;
   if (values.seed !== undefined) {
-    const rng = new Rng(parseCount("--seed", values.seed));
+    const seed = parseCount("--seed", values.seed);
+    checkSeed({ flags: { seed: "--seed" } }, "seed", seed);
+    const rng = new Rng(seed);
     if (family.generate) task = family.generate(rng, 1)[0]!;
     else task = rng.pick(family.loadSplit(split));
   } else {

@@ -9,6 +9,10 @@ import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { UserError } from "../util/errors.ts";
+import { COUNT_MAX, SEED_MAX, STEPS_MAX } from "../train/limits.ts";
+
+/** A year: the training loop's time limit (`--minutes`). */
+const MINUTES_MAX = 525_600;
 import { CONSOLIDATE_AT, DEFAULT_SHARDS, SOKOBAN_AT, shardPath, writeShard } from "../pretrain/generate.ts";
 import { measureAcceptance } from "../pretrain/acceptance.ts";
 import { makeDirs } from "../util/dirs.ts";
@@ -44,11 +48,26 @@ Options:
   --python PATH         Python with torch + transformers (default $ERL_PYTHON, else .venv/bin/python)
 `;
 
+/** The bound of each integer flag and what it comes from (src/train/limits.ts for the shared ones). */
+const INT_FLAGS: Record<string, [number, string]> = {
+  seed: [SEED_MAX, "seeds are taken modulo 2^32 by the corpus generator's random generator"],
+  shards: [100_000, "a file and a tokenizer pass per shard"],
+  "docs-per-shard": [1_000_000, "a shard is generated in memory"],
+  steps: [STEPS_MAX * 10, "a count this large is a mistake"],
+  "phase-steps": [STEPS_MAX * 10, "a count this large is a mistake"],
+  threads: [1024, "torch threads"],
+  "until-shard": [100_000, "at most --shards"],
+  limit: [COUNT_MAX, "a count this large is a mistake"],
+};
+
 function int(name: string, v: string | undefined, dflt: number): number {
   if (v === undefined) return dflt;
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0)
     throw new UserError(`--${name}: expected a non-negative integer, got "${v}"`);
+  const bound = Object.hasOwn(INT_FLAGS, name) ? INT_FLAGS[name] : undefined;
+  if (bound && n > bound[0])
+    throw new UserError(`--${name}: ${n} is over the limit of ${Math.floor(bound[0])} (${bound[1]})`);
   return n;
 }
 
@@ -157,7 +176,14 @@ export async function run(args: string[]): Promise<number> {
     if (ci)
       argv.push("--max-steps", String(steps), "--warmup", "1", "--batch-tokens", "4096", "--log-every", "1");
     if (values.resume) argv.push("--resume");
-    if (values.minutes) argv.push("--minutes", values.minutes);
+    if (values.minutes) {
+      const m = Number(values.minutes);
+      if (!(m > 0 && m <= MINUTES_MAX))
+        throw new UserError(
+          `--minutes: expected a number of minutes from 0 to ${MINUTES_MAX}, got "${values.minutes}"`,
+        );
+      argv.push("--minutes", values.minutes);
+    }
     // By default the run stops where the shipped models/erl-tiny stopped, before the Sokoban phase
     // (decision 0005); --until-shard 0 trains through it.
     const until = int("until-shard", values["until-shard"], Math.round(shards * SOKOBAN_AT));

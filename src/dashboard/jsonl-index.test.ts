@@ -123,3 +123,54 @@ test("a missing file gives an empty index and concurrent refreshes share one pas
     t.done();
   }
 });
+
+test("a line over the limit is skipped unread, and a torn one is not read again at each refresh", async () => {
+  const t = tmp();
+  try {
+    const limit = 1 << 16;
+    const big = `{"n":9,"pad":"${"x".repeat(3 * (1 << 20))}"}`;
+    // Chunks of 1 MiB: the long line spans several, and the lines around it are whole.
+    writeFileSync(t.file, `{"n":1}\n${big}\n{"n":2}\n{"n":3,"pad":"${"y".repeat(5 * (1 << 20))}`);
+    const idx = new JsonlIndex(t.file, byN, undefined, undefined, undefined, limit);
+    await idx.refresh();
+    assert.deepEqual(
+      idx.entries.map((e) => e.meta),
+      [1, 2],
+    );
+    assert.equal(idx.problemCount, 1);
+    assert.deepEqual(idx.problems[0], { line: 2, message: `longer than ${limit} bytes; skipped` });
+    assert.deepEqual(await idx.read(idx.entries[1]!), { n: 2 });
+    // The torn last line is already over the limit: its bytes count as indexed and are passed over.
+    const size = (await import("node:fs")).statSync(t.file).size;
+    assert.equal(idx.indexedBytes, size);
+    appendFileSync(t.file, '"}\n{"n":4}\n');
+    await idx.refresh();
+    assert.deepEqual(
+      idx.entries.map((e) => e.meta),
+      [1, 2, 4],
+    );
+    assert.equal(idx.problemCount, 2);
+    assert.equal(idx.entries[2]!.line, 5);
+    assert.deepEqual(await idx.read(idx.entries[2]!), { n: 4 });
+  } finally {
+    t.done();
+  }
+});
+
+test("a line split over many chunks is joined once and read back whole", async () => {
+  const t = tmp();
+  try {
+    const text = "é".repeat(3 << 20); // 6 MiB of two-byte characters, over several 1 MiB chunks
+    writeFileSync(t.file, `{"n":1,"text":"${text}"}\n{"n":2}\n`);
+    const idx = new JsonlIndex(t.file, byN);
+    await idx.refresh();
+    assert.deepEqual(
+      idx.entries.map((e) => e.meta),
+      [1, 2],
+    );
+    assert.equal(((await idx.read(idx.entries[0]!)) as { text: string }).text, text);
+    assert.deepEqual(await idx.read(idx.entries[1]!), { n: 2 });
+  } finally {
+    t.done();
+  }
+});

@@ -29,6 +29,8 @@ export interface LineProblem {
 export type Extract<M> = (record: unknown, line: number) => M | null;
 
 const CHUNK = 1 << 20;
+/** The longest line indexed by default; a longer one is counted as a problem and passed over. */
+export const MAX_LINE_BYTES = 16 << 20;
 
 export class JsonlIndex<M> {
   readonly entries: IndexEntry<M>[] = [];
@@ -38,6 +40,8 @@ export class JsonlIndex<M> {
   /** Bytes covered by the index: everything up to and including the last complete line's newline. */
   indexedBytes = 0;
   private linesSeen = 0;
+  /** Inside a line longer than `maxLineBytes`: its bytes are passed over until its newline. */
+  private skipping = false;
   private inode = -1;
   private running: Promise<boolean> | null = null;
   private again = false;
@@ -51,6 +55,8 @@ export class JsonlIndex<M> {
     private readonly onReset?: () => void,
     /** When given and false for the file, the file is treated as missing (e.g. a link out of the runs directory). */
     private readonly guard?: (file: string) => boolean,
+    /** Lines longer than this are skipped unread (counted in `problems`): they would hold the memory. */
+    private readonly maxLineBytes = MAX_LINE_BYTES,
   ) {}
 
   /**
@@ -83,6 +89,7 @@ export class JsonlIndex<M> {
     this.problemCount = 0;
     this.indexedBytes = 0;
     this.linesSeen = 0;
+    this.skipping = false;
     this.onReset?.();
   }
 
@@ -104,29 +111,71 @@ export class JsonlIndex<M> {
     const fh = await open(this.file, "r");
     try {
       let pos = this.indexedBytes;
-      let carry: Buffer = Buffer.alloc(0);
+      // The start of an unfinished line, as the chunks it spans (joined once, when its newline comes).
+      let carry: Buffer[] = [];
+      let carryBytes = 0;
       while (pos < size) {
         const n = Math.min(CHUNK, size - pos);
         const buf = Buffer.allocUnsafe(n);
         const { bytesRead } = await fh.read(buf, 0, n, pos);
         if (bytesRead === 0) break;
         const chunk = bytesRead < n ? buf.subarray(0, bytesRead) : buf;
-        const base = pos - carry.length;
+        const at = pos;
         pos += bytesRead;
-        const data = carry.length ? Buffer.concat([carry, chunk]) : chunk;
         let start = 0;
-        for (let nl = data.indexOf(10, start); nl !== -1; nl = data.indexOf(10, start)) {
-          this.addLine(data, start, nl, base + start);
+        if (this.skipping) {
+          const nl = chunk.indexOf(10);
+          if (nl === -1) {
+            this.indexedBytes = pos;
+            continue;
+          }
+          this.skipping = false;
+          this.tooLong();
           start = nl + 1;
+          this.indexedBytes = at + start;
         }
-        this.indexedBytes = base + start;
-        // Copy the partial tail so the big chunk buffer can be freed.
-        carry = Buffer.from(data.subarray(start));
+        for (let nl = chunk.indexOf(10, start); nl !== -1; nl = chunk.indexOf(10, start)) {
+          const offset = at + start - carryBytes;
+          if (carryBytes + nl - start > this.maxLineBytes) this.tooLong();
+          else if (carryBytes === 0) this.addLine(chunk, start, nl, offset);
+          else {
+            const line = Buffer.concat([...carry, chunk.subarray(start, nl)]);
+            this.addLine(line, 0, line.length, offset);
+          }
+          carry = [];
+          carryBytes = 0;
+          start = nl + 1;
+          this.indexedBytes = at + start;
+        }
+        if (start < chunk.length) {
+          if (carryBytes + chunk.length - start > this.maxLineBytes) {
+            // Too long to keep: pass over it (here and in later refreshes) up to its newline.
+            this.skipping = true;
+            carry = [];
+            carryBytes = 0;
+            this.indexedBytes = pos;
+          } else {
+            // Copied, so that the big chunk buffer can be freed.
+            carry.push(Buffer.from(chunk.subarray(start)));
+            carryBytes += chunk.length - start;
+          }
+        }
       }
     } finally {
       await fh.close();
     }
     return this.entries.length > before;
+  }
+
+  /** A line over `maxLineBytes` ended: counted as a problem, not parsed. */
+  private tooLong(): void {
+    this.linesSeen++;
+    this.problemCount++;
+    if (this.problems.length < 20)
+      this.problems.push({
+        line: this.linesSeen,
+        message: `longer than ${this.maxLineBytes} bytes; skipped`,
+      });
   }
 
   private addLine(data: Buffer, start: number, end: number, offset: number): void {

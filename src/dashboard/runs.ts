@@ -132,6 +132,8 @@ function round6(x: number): number {
 }
 
 const RUN_MARKERS = ["config.json", "status.json", "metrics.jsonl"];
+/** The longest metrics line the dashboard reads (a step's record is about a kilobyte). */
+export const METRICS_LINE_BYTES = 1 << 20;
 const SKIP_DIRS = new Set(["checkpoints", "node_modules", ".git"]);
 const MAX_DEPTH = 5;
 
@@ -186,12 +188,14 @@ export class Run {
   }
 
   get metrics(): JsonlIndex<Json> {
+    // Metrics records are kept whole (they are about a kilobyte); a longer line is not a metrics record.
     this.metricsIdx ??= new JsonlIndex<Json>(
       this.file("metrics.jsonl"),
       (r) => (isObj(r) ? r : null),
       undefined,
       undefined,
       this.guard,
+      METRICS_LINE_BYTES,
     );
     return this.metricsIdx;
   }
@@ -258,7 +262,8 @@ export class Run {
             time: num(r.time) ?? 0,
           };
       }
-      if (m.problemCount) warnings.push(`metrics.jsonl: ${m.problemCount} malformed line(s) skipped`);
+      if (m.problemCount)
+        warnings.push(`metrics.jsonl: ${m.problemCount} malformed or over-long line(s) skipped`);
     }
     const model = isObj(config.model) ? str(config.model.path) : str(config.model);
     const algo = algoName(config);

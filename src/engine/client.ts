@@ -437,9 +437,39 @@ export async function startEngine(opts: StdioEngineOptions = {}): Promise<Engine
     await handshake(client, version);
   } catch (e) {
     await transport.close().catch(() => undefined);
-    throw e;
+    // Its last stderr lines may still be in the pipe when the exit is seen.
+    const err = child.stderr;
+    if (err && !err.closed)
+      await new Promise((r) => {
+        const t = setTimeout(r, 2000);
+        err.once("close", () => (clearTimeout(t), r(null)));
+      });
+    throw missingPackage(e, transport.stderr(), python, opts.python !== undefined) ?? e;
   }
   return client;
+}
+
+/**
+ * An engine that could not start because its Python lacks a package (ERL_PYTHON pointing at a system
+ * Python, say): one line naming the interpreter, where it came from and the missing module, instead
+ * of the import's traceback.
+ */
+function missingPackage(
+  e: unknown,
+  stderr: readonly string[],
+  python: string,
+  given: boolean,
+): UserError | null {
+  if (!(e instanceof EngineError) || e.code !== "engine_exited") return null;
+  const missing = stderr
+    .map((l) => /^(?:ModuleNotFoundError|ImportError): No module named '([\w.]+)'/.exec(l.trim())?.[1])
+    .find((m) => m !== undefined);
+  if (!missing) return null;
+  const from = given ? "engine.python" : process.env.ERL_PYTHON ? "ERL_PYTHON" : "the project's .venv";
+  return new UserError(
+    `${from} (${python}) has no module named '${missing}': the engine needs torch, transformers and numpy; ` +
+      "point it at the project's .venv/bin/python (made by `bash scripts/setup.sh`) or a Python with those packages",
+  );
 }
 
 /** Connects to a running engine over HTTP (`erl engine serve`) and completes the handshake. */

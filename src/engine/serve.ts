@@ -17,6 +17,10 @@ export interface HttpServerOptions {
   python?: string;
   /** Where the engine's stderr goes: "inherit" (the terminal) or a callback per line. */
   stderr?: "inherit" | ((line: string) => void);
+  /** The server's limits (engine/erl_engine/server.py; its defaults when absent). */
+  maxBody?: number;
+  headerTimeout?: number;
+  maxConnections?: number;
 }
 
 export interface HttpServerHandle {
@@ -34,6 +38,9 @@ export async function spawnHttpEngine(opts: HttpServerOptions): Promise<HttpServ
   const engineDir = join(REPO_ROOT, "engine");
   const args = ["-m", "erl_engine.server", "--http", "--host", opts.host, "--port", String(opts.port)];
   if (opts.allowRemote) args.push("--allow-remote");
+  if (opts.maxBody !== undefined) args.push("--max-body", String(opts.maxBody));
+  if (opts.headerTimeout !== undefined) args.push("--header-timeout", String(opts.headerTimeout));
+  if (opts.maxConnections !== undefined) args.push("--max-connections", String(opts.maxConnections));
   const child = spawn(python, args, {
     cwd: REPO_ROOT,
     // The token travels in the environment, not argv, so other users cannot read it from `ps`.

@@ -22,6 +22,12 @@ export function registerEnv(
   factory: EnvFactory,
   { replace = false, ...config }: EnvConfig & { replace?: boolean } = {},
 ): void {
+  // Names every JavaScript object answers ("__proto__", "constructor", "toString"…) would be mistaken
+  // for environments by plain lookups, in configs and on the command line.
+  if (name in Object.prototype)
+    throw new UserError(
+      `environment name "${name}" is reserved (a built-in member name of JavaScript objects); pick another`,
+    );
   if (!/^[a-z][a-z0-9_-]*$/.test(name))
     throw new UserError(`environment name "${name}" must be lower-case letters, digits, "-" or "_"`);
   if (factories.has(name) && !replace) throw new UserError(`environment "${name}" is already registered`);

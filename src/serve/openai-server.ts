@@ -39,6 +39,8 @@ export interface OpenAIServerOptions {
   maxConcurrent?: number;
   /** Milliseconds allowed for a request's headers and body to arrive (default 30 s). */
   requestTimeoutMs?: number;
+  /** Milliseconds allowed for a request's headers (default 10 s, at most `requestTimeoutMs`). */
+  headersTimeoutMs?: number;
   /** Unix time of `/v1/models`' `created` (default: start time). */
   created?: number;
 }
@@ -720,7 +722,15 @@ export async function startOpenAIServer(opts: OpenAIServerOptions): Promise<Open
     }
   }
 
-  const server = createServer((req, res) => {
+  const headersTimeout = opts.headersTimeoutMs ?? 10_000;
+  const requestTimeout = Math.max(opts.requestTimeoutMs ?? 30_000, headersTimeout);
+  // Node checks both timeouts on this interval (default 30 s): a short header timeout needs a short one.
+  const timeouts = {
+    headersTimeout,
+    requestTimeout,
+    connectionsCheckingInterval: Math.min(1000, headersTimeout),
+  };
+  const server = createServer(timeouts, (req, res) => {
     handle(req, res).catch((e: unknown) => {
       let err: ApiError;
       if (e instanceof ApiError) err = e;
@@ -734,9 +744,7 @@ export async function startOpenAIServer(opts: OpenAIServerOptions): Promise<Open
       if (err.status === 413) req.destroy();
     });
   });
-  const timeout = opts.requestTimeoutMs ?? 30_000;
-  server.headersTimeout = Math.min(timeout, 10_000);
-  server.requestTimeout = timeout;
+
   await new Promise<void>((res, rej) => {
     server.once("error", (e: NodeJS.ErrnoException) =>
       rej(

@@ -21,6 +21,7 @@ import {
 import { erlAlgoConfig } from "./algorithms/erl.ts";
 import { runTraining } from "./runner.ts";
 import type { TrainDeps } from "./deps.ts";
+import { checkRunLimits, readModelShape } from "./limits.ts";
 import { RunFiles } from "./runfiles.ts";
 import { Progress } from "./progress.ts";
 import { loadRunData, terminalTable, writeReport, type AlgoSummary, type RunData } from "./report.ts";
@@ -119,6 +120,10 @@ export async function runComparison(o: CompareOptions): Promise<CompareResult> {
   const dir = resolve(o.dir);
   const base = validateConfig({ ...o.base, env: o.env });
   checkModelPath(base);
+  // Every run's sizes within their limits before the first one starts (src/train/limits.ts).
+  const shape = base.policy.kind === "engine" ? readModelShape(resolve(base.model.path)) : null;
+  for (const seed of o.seeds)
+    for (const algo of o.algos) checkRunLimits(plannedConfig(base, algo, seed, o.budget, dir), { shape });
   makeDirs(dir);
   const plan = { env: o.env, algos: o.algos, seeds: o.seeds, budget: o.budget, base };
   const planFile = join(dir, "compare.json");

@@ -237,6 +237,53 @@ test("a model that does not load leaves no run directory; a resume whose engine 
   assert.equal(JSON.parse(readFileSync(join(dir, "config.json"), "utf8")).engine.url, "http://127.0.0.1:1");
 });
 
+test("a size over its limit leaves no run; config.json is there while the model loads; a failed repair changes nothing", async () => {
+  const dir = join(tmp(), "run");
+  // 1,000,000 tasks × 4 attempts × 3 episodes a step cannot fit in Node's heap (src/train/limits.ts).
+  await assert.rejects(
+    runTraining({
+      config: config({ batchSize: 1_000_000 }),
+      runDir: dir,
+      resume: false,
+      deps: counterDeps(),
+      progress: quiet(),
+    }),
+    /key "batchSize": 1,000,000 is over the limit of [\d,]+ here: .* episodes a step/,
+  );
+  assert.ok(!existsSync(dir), "a refused run leaves no directory");
+  // A new run's config.json exists before the engine starts, so a kill -9 during loading leaves a
+  // run that --resume restarts; a model that fails to load still leaves no directory.
+  let sawConfig = false;
+  const failing = {
+    ...counterDeps(),
+    startEngine: async () => {
+      sawConfig = existsSync(join(dir, "config.json"));
+      throw new UserError("/models/x/model.safetensors: truncated or corrupted safetensors file");
+    },
+  };
+  const cfg = config();
+  await assert.rejects(
+    runTraining({ config: cfg, runDir: dir, resume: false, deps: failing, progress: quiet() }),
+  );
+  assert.ok(sawConfig && !existsSync(dir));
+  // A repair (--resume --set model.path=...) whose model does not load leaves config.json as it was.
+  await runTraining({
+    config: cfg,
+    runDir: dir,
+    resume: false,
+    deps: counterDeps({ failAtUpdate: 3 }),
+    progress: quiet(),
+  }).catch(() => undefined);
+  const before = readFileSync(join(dir, "config.json"), "utf8");
+  const repair = validateConfig({ ...cfg, model: { path: "/elsewhere/model" } });
+  await assert.rejects(
+    runTraining({ config: repair, runDir: dir, resume: true, deps: failing, progress: quiet() }),
+  );
+  assert.equal(readFileSync(join(dir, "config.json"), "utf8"), before);
+  await runTraining({ config: cfg, runDir: dir, resume: true, deps: counterDeps(), progress: quiet() });
+  assert.deepEqual(trainSteps(dir), [1, 2, 3, 4, 5, 6]);
+});
+
 test("a full disk while checkpointing is named, status says failed, no temporary files remain", async () => {
   const dir = join(tmp(), "run");
   const deps = counterDeps();

@@ -3,9 +3,11 @@
  * check of a resume, the environment and its tasks, the engine with the model loaded, the newest
  * whole checkpoint, and the run state restored from it (RNG, data cursor, memory, counters, clock).
  *
- * Nothing in a new run's directory is written until the engine has loaded the model and the
- * checkpoint (if any) has been accepted: a model that does not load or an engine that cannot be
- * reached leaves a new run no directory, and a resumed one as it was.
+ * Every size is checked against its limit first (src/train/limits.ts): a run refused there leaves no
+ * directory. A new run's config.json is written before the engine loads the model, so a run killed
+ * meanwhile is resumable; a model that does not load or an engine that cannot be reached leaves a
+ * new run no directory (its files are removed again), and a resumed one as it was (a repaired
+ * engine.url or model.path reaches config.json only once the engine has loaded the model).
  */
 import { mkdirSync, rmSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
@@ -25,6 +27,7 @@ import type { TrainDeps } from "./deps.ts";
 import { Progress } from "./progress.ts";
 import { JSONL_FILES, RunFiles } from "./runfiles.ts";
 import { RunLock } from "./runlock.ts";
+import { checkRunLimits, readModelShape } from "./limits.ts";
 
 export interface RunOptions {
   config: RunConfig;
@@ -151,6 +154,8 @@ export async function openRun(opts: RunOptions): Promise<OpenedRun | RunSummary>
     return opened;
   } catch (e) {
     lock.release();
+    // Refused before its files were written (a size over its limit): no directory is left behind.
+    if (createdDir && !files.exists()) rmSync(opts.runDir, { recursive: true, force: true });
     throw e;
   }
 }
@@ -180,8 +185,6 @@ async function openLocked(
         alreadyFinished: true,
       };
     }
-    // `--resume --set engine.url=...` (or model.path, engine.python): the run keeps the repair.
-    if (JSON.stringify(files.readConfig()) !== JSON.stringify(cfg)) files.writeConfig(cfg);
   }
 
   const env = await deps.getEnv(cfg.env, envOptions(cfg));
@@ -189,8 +192,16 @@ async function openLocked(
   const evalTasks = env.loadSplit(cfg.data.evalSplit).slice(0, cfg.data.evalTasks ?? undefined);
   if (trainTasks.length === 0) throw new UserError(`${cfg.env}: the train split is empty`);
   const algo = await deps.algorithm(cfg.algo.name);
+  // Every size within its limit before anything is written or loaded (src/train/limits.ts).
+  checkRunLimits(cfg, {
+    shape: cfg.policy.kind === "engine" ? readModelShape(resolve(cfg.model.path)) : null,
+    evalSplitTasks: evalTasks.length,
+    where: opts.resume ? { file: files.configFile } : {},
+  });
+  // A new run's config.json before the model loads: a run killed meanwhile is resumable.
+  if (!opts.resume) files.create(cfg);
 
-  // The engine before the run's files. An API policy (only for an algorithm that trains nothing)
+  // The engine before the run's records. An API policy (only for an algorithm that trains nothing)
   // needs none, and the checkpoints of such an algorithm hold no weights.
   let engine: Engine | null = null;
   let ckpt: { dir: string; state: RunCheckpoint } | null = null;
@@ -206,6 +217,7 @@ async function openLocked(
     if (!opts.resume) {
       lock.release();
       if (createdDir) rmSync(opts.runDir, { recursive: true, force: true });
+      else files.remove();
       throw new UserError(
         `${msg}\n(nothing was written for ${opts.runDir}; fix this and run the same command again)`,
       );
@@ -226,7 +238,9 @@ async function openLocked(
     );
   }
 
-  if (!opts.resume) files.create(cfg);
+  // `--resume --set engine.url=...` (or model.path, engine.python): the run keeps the repair, once
+  // the engine has loaded the model with it (a failed repair leaves config.json as it was).
+  if (opts.resume && JSON.stringify(files.readConfig()) !== JSON.stringify(cfg)) files.writeConfig(cfg);
   if (ckpt) files.truncateTo(ckpt.state.offsets);
   else if (opts.resume) files.truncateTo({ metrics: 0, rollouts: 0, memory: 0 });
 

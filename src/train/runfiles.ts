@@ -10,6 +10,7 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  rmSync,
   statSync,
   ftruncateSync,
 } from "node:fs";
@@ -33,6 +34,17 @@ export interface RunStatus {
   updatedAt: string;
   error?: string;
   pid?: number;
+}
+
+/**
+ * Whether a folder is a run directory rather than a model directory (both hold a config.json): a run
+ * also has a status, metrics or checkpoints folder from the moment it is created.
+ */
+export function isRunDirectory(dir: string): boolean {
+  return (
+    existsSync(join(dir, "config.json")) &&
+    ["status.json", "metrics.jsonl", "checkpoints"].some((f) => existsSync(join(dir, f)))
+  );
 }
 
 export class RunFiles {
@@ -59,6 +71,18 @@ export class RunFiles {
     mkdirSync(this.checkpointsDir, { recursive: true });
     for (const n of JSONL_FILES) writeFileAtomic(this.path(n), "");
     writeFileAtomic(this.configFile, JSON.stringify(config, null, 2) + "\n");
+  }
+
+  /** Removes what `create` wrote (a new run whose model did not load, in a folder that existed). */
+  remove(): void {
+    for (const f of [
+      this.configFile,
+      this.statusFile,
+      this.engineFile,
+      ...JSONL_FILES.map((n) => this.path(n)),
+    ])
+      rmSync(f, { force: true });
+    rmSync(this.checkpointsDir, { recursive: true, force: true });
   }
 
   /** Replaces config.json (a resume that repairs engine.url, engine.python or model.path). */

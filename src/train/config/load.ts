@@ -31,6 +31,10 @@ export function listPresets(): string[] {
 /** Resolves `--config` (a path to a JSON file, or a preset name) to a file path. */
 export function resolveConfigPath(spec: string): string {
   if (existsSync(spec) && statSync(spec).isFile()) return spec;
+  if (existsSync(spec) && statSync(spec).isDirectory())
+    throw new UserError(
+      `--config ${spec}: is a folder, not a config file (give a JSON file or a preset name)`,
+    );
   const preset = join(presetsDir(), spec.endsWith(".json") ? spec : `${spec}.json`);
   if (!isAbsolute(spec) && !spec.includes("/") && existsSync(preset)) return preset;
   const presets = listPresets();
@@ -43,7 +47,8 @@ export function resolveConfigPath(spec: string): string {
 export function loadConfigFile(file: string): RunConfig {
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(file, "utf8"));
+    // A byte-order mark (some editors save UTF-8 with one) is not part of the JSON.
+    raw = JSON.parse(readFileSync(file, "utf8").replace(/^\uFEFF/, ""));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") throw inputError({ file }, "file not found");
     throw inputError({ file }, `not valid JSON (${(e as Error).message})`);
