@@ -99,6 +99,52 @@ def interleaved_best(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
     return best
 
 
+def sampling_contest(e: Engine, prompts: list[list[int]], n: int, max_tokens: int, repeats: int,
+                     generate_prefill: bool = False) -> dict[str, float]:
+    """Best seconds of the engine's `sample` and of transformers' `generate` on the same request, the
+    stop tokens switched off on both sides so that both generate exactly `max_tokens` per row, and of
+    the engine's prompt prefill alone (the same request with one new token); with `generate_prefill`,
+    also generate's. Interleaved repeats after a warm-up of each. `tokens`: the new tokens of one run."""
+    lm = e.need_model()
+    lm.eos_ids = []
+    req = {"prompts": prompts, "n": n, "maxTokens": max_tokens, "temperature": 1.0, "seed": 0}
+    model = lm.model
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    counts: dict[str, int] = {}
+
+    def ours() -> None:
+        seqs = call(e, "sample", req)["sequences"]
+        counts["engine"] = sum(len(s["tokens"]) for s in seqs)
+
+    def ours_prefill() -> None:
+        call(e, "sample", {**req, "maxTokens": 1})
+
+    def hf(new: int) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad(), lm.autocast():
+                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                     top_p=1.0, max_new_tokens=new, min_new_tokens=new, pad_token_id=0,
+                                     eos_token_id=None, num_return_sequences=n)
+            counts[f"generate{new}"] = int(out.shape[0] * (out.shape[1] - width))
+        return run
+
+    fns = {"engine": ours, "generate": hf(max_tokens), "prefill": ours_prefill}
+    if generate_prefill:
+        fns["generatePrefill"] = hf(1)
+    for fn in fns.values():  # warm-ups
+        fn()
+    t = interleaved_best(fns, repeats)
+    rows = len(prompts) * n
+    assert counts["engine"] == counts[f"generate{max_tokens}"] == rows * max_tokens, counts
+    return {**t, "tokens": float(counts["engine"])}
+
+
 def bench_sampling(device: str, n_prompts: int, n: int, max_tokens: int, repeats: int) -> None:
     prompts = prompts_for(n_prompts)
     rows = n_prompts * n
@@ -106,40 +152,8 @@ def bench_sampling(device: str, n_prompts: int, n: int, max_tokens: int, repeats
           "top-p 1 (times include the prompt prefill)")
     for dtype in ("float32", "bfloat16"):
         e = make_engine(dtype, device)
-        lm = e.need_model()
-        # Stop tokens are switched off for both contestants so that they generate the same number of tokens.
-        lm.eos_ids = []
-        req = {"prompts": prompts, "n": n, "maxTokens": max_tokens, "temperature": 1.0, "seed": 0}
-        model = lm.model
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(lm.device), mask.to(lm.device)
-        counts: dict[str, int] = {}
-
-        def ours() -> None:
-            seqs = call(e, "sample", req)["sequences"]
-            counts["engine"] = sum(len(s["tokens"]) for s in seqs)
-
-        def ours_prefill() -> None:
-            call(e, "sample", {**req, "maxTokens": 1})
-
-        def hf() -> None:
-            with torch.no_grad(), lm.autocast():
-                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                     top_p=1.0, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                                     pad_token_id=0, eos_token_id=None, num_return_sequences=n)
-            counts["generate"] = int(out.shape[0] * (out.shape[1] - width))
-
-        ours_prefill()
-        ours()
-        hf()  # warm-ups
-        t = interleaved_best({"engine": ours, "generate": hf, "prefill": ours_prefill}, repeats)
-        assert counts["engine"] == counts["generate"] == rows * max_tokens
-        toks = counts["engine"]
+        t = sampling_contest(e, prompts, n, max_tokens, repeats)
+        toks = t["tokens"]
         decode = (toks - rows) / max(t["engine"] - t["prefill"], 1e-9)
         print(f"{dtype:9s} engine.sample {toks / t['engine']:7.0f} tok/s ({t['engine']:.2f}s)   "
               f"HF generate {toks / t['generate']:7.0f} tok/s ({t['generate']:.2f}s)   "
@@ -148,19 +162,22 @@ def bench_sampling(device: str, n_prompts: int, n: int, max_tokens: int, repeats
         floor, how = sampling_floor(dtype, prompts, n, max_tokens, repeats)
         print(f"{'':9s} floor {floor:.2f}s ({how}): the most any sampler could be faster than generate here "
               f"is {t['generate'] / floor:.2f}x; 2x needs {t['generate'] / 2:.2f}s")
-        del e, lm, model
+        del e
 
 
-def sampling_floor(dtype: str, prompts: list[list[int]], n: int, max_tokens: int, repeats: int) -> tuple[float, str]:
+def sampling_floor(dtype: str, prompts: list[list[int]], n: int, max_tokens: int, repeats: int,
+                   config: dict[str, Any] | None = None) -> tuple[float, str]:
     """A lower bound, on this CPU, for any sampler that does the same math: the prompts' tokens and every
     decode step's rows through the model's projections (timed on their own, with pre-packed weights where
-    the CPU's libraries take them: the fastest matmuls found here), plus the decode attention's reads of
-    the KV cache at this machine's streaming read bandwidth. Element-wise work, sampling and every
-    per-op overhead count as zero, and a prompt shared by n samples is read once a step."""
+    the CPU's libraries take them: the fastest matmuls found here), the LM head on the rows that need
+    logits (each prompt's last token, every decode row), plus the decode attention's reads of the KV
+    cache at this machine's streaming read bandwidth. Element-wise work, sampling and every per-op
+    overhead count as zero, and a prompt shared by n samples is read once a step. `config`: the model's
+    (an HF config as a dict; default the bench model's)."""
     import torch.nn.functional as F
 
-    c = BENCH_CONFIG
-    hd = c["hidden_size"] // c["num_attention_heads"]
+    c = config or BENCH_CONFIG
+    hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
     shapes = [((c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd, c["hidden_size"]),
               (c["hidden_size"], c["num_attention_heads"] * hd),
               (2 * c["intermediate_size"], c["hidden_size"]), (c["hidden_size"], c["intermediate_size"])]
@@ -185,12 +202,14 @@ def sampling_floor(dtype: str, prompts: list[list[int]], n: int, max_tokens: int
             pass
         return out
 
-    def projections_time(rows: int, loops: int) -> float:
-        """One pass of `rows` rows through every layer's projections and the head: the best of three
-        rounds of `loops` passes in a row (the caches as warm as a sampler's steps could keep them),
-        each shape with the faster of its kernels (chosen on the first layer)."""
+    def projections_time(rows: int, loops: int, head_rows: int | None = None) -> float:
+        """One pass of `rows` rows through every layer's projections and of `head_rows` (default `rows`)
+        through the head: the best of three rounds of `loops` passes in a row (the caches as warm as a
+        sampler's steps could keep them), each shape with the faster of its kernels (chosen on the first
+        layer)."""
         weights = [w for ws in layers for w in ws] + [head]
-        fns = [kernels(w, torch.randn((rows, w.shape[1]), generator=gen).to(dt), rows) for w in weights]
+        sizes = [rows] * (len(weights) - 1) + [rows if head_rows is None else head_rows]
+        fns = [kernels(w, torch.randn((m, w.shape[1]), generator=gen).to(dt), m) for w, m in zip(weights, sizes)]
         faster = [min(range(len(k)), key=lambda j, k=k: best_of(k[j], 3)) for k in fns[: len(shapes)]]
         fns = [k[faster[i % len(shapes)]] if i < len(fns) - 1 else min(k, key=lambda f: best_of(f, 3))
                for i, k in enumerate(fns)]
@@ -203,9 +222,10 @@ def sampling_floor(dtype: str, prompts: list[list[int]], n: int, max_tokens: int
         passes()
         return best_of(passes, 3) / loops
 
-    prompt_tokens = sum(len(p) for p in {tuple(p) for p in prompts})
+    distinct = {tuple(p) for p in prompts}
+    prompt_tokens = sum(len(p) for p in distinct)
     rows = len(prompts) * n
-    proj = projections_time(prompt_tokens, 1) + (max_tokens - 1) * projections_time(rows, 20)
+    proj = projections_time(prompt_tokens, 1, head_rows=len(distinct)) + (max_tokens - 1) * projections_time(rows, 20)
     # KV bytes a decode step must read: the distinct prompts once, each row's own new tokens.
     elem = 2 if dt == torch.bfloat16 else 4
     per_token = 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * hd * elem  # keys and values
@@ -218,42 +238,61 @@ def sampling_floor(dtype: str, prompts: list[list[int]], n: int, max_tokens: int
                          "overheads counted as zero")
 
 
-def bench_turns(device: str, repeats: int) -> None:
-    """An episode's turns: each call's prompts are the previous prompts, their sampled replies and an
-    observation, as in the agent loop; with the prefix cache (keys and values kept from the previous
-    call) against a full prefill of every turn."""
+def turns_contest(e: Engine, prompts: list[list[int]], turns: int, replies: int,
+                  observation: Callable[[int, int], list[int]], repeats: int) -> dict[str, Any]:
+    """An episode batch's turns: each call's prompts are the previous prompts, their sampled replies
+    (`replies` new tokens, stop tokens off) and an observation (`observation(turn, row)`), as in the agent
+    loop. Best seconds of the whole episode with the prefix cache (the engine's default: keys and values
+    kept from the previous call) and with a full prefill of every turn, interleaved after a one-turn
+    warm-up of each; and the prompt tokens the cache's last episode reused and prefilled."""
     from erl_engine import sampler
 
+    lm = e.need_model()
+    lm.eos_ids = []
+    stats: dict[str, int] = {}
+    before = sampler.REUSE_PREFIXES
+
+    def episode(reuse: bool, n_turns: int) -> Callable[[], None]:
+        def run() -> None:
+            sampler.REUSE_PREFIXES = reuse
+            try:
+                if lm.prefix_cache is not None:
+                    lm.prefix_cache.clear()
+                    lm.prefix_cache.reused_tokens = lm.prefix_cache.prefilled_tokens = 0
+                ps = [list(p) for p in prompts]
+                for t in range(n_turns):
+                    seqs = call(e, "sample", {"prompts": ps, "n": 1, "maxTokens": replies, "temperature": 1.0,
+                                              "seed": t})["sequences"]
+                    ps = [p + list(map(int, s["tokens"])) + observation(t, i) for i, (p, s) in enumerate(zip(ps, seqs))]
+                if reuse and lm.prefix_cache is not None:
+                    stats["reused"] = lm.prefix_cache.reused_tokens
+                    stats["prefilled"] = lm.prefix_cache.prefilled_tokens
+            finally:
+                sampler.REUSE_PREFIXES = before
+        return run
+
+    episode(False, 1)()
+    episode(True, 1)()  # warm-ups
+    t = interleaved_best({"full": episode(False, turns), "cached": episode(True, turns)}, repeats)
+    return {**t, "ratio": t["full"] / t["cached"], "reusedTokens": stats.get("reused"),
+            "prefilledTokens": stats.get("prefilled")}
+
+
+def bench_turns(device: str, repeats: int) -> None:
+    """An episode's turns with the prefix cache against a full prefill of every turn (turns_contest)."""
     turns, replies, obs = 6, 24, 40
     print(f"\n## multi-turn sampling: 16 prompts, {turns} turns of {replies} new tokens + {obs} observation tokens "
           "(each turn's prompt = the last prompt + reply + observation)")
     for dtype in ("float32", "bfloat16"):
-        times: dict[bool, float] = {}
+        e = make_engine(dtype, device)
+        rng = np.random.default_rng(1)
+        observations = [[rng.integers(9, 100, size=obs).tolist() for _ in range(16)] for _ in range(turns)]
+        r = turns_contest(e, prompts_for(16), turns, replies, lambda t, i: observations[t][i], repeats)
         stats = ""
-        for reuse in (False, True):
-            sampler.REUSE_PREFIXES = reuse
-            e = make_engine(dtype, device)
-            lm = e.need_model()
-            lm.eos_ids = []
-
-            def episode() -> None:
-                if lm.prefix_cache is not None:
-                    lm.prefix_cache.clear()
-                prompts = prompts_for(16)
-                rng = np.random.default_rng(1)
-                for t in range(turns):
-                    seqs = call(e, "sample", {"prompts": prompts, "n": 1, "maxTokens": replies, "temperature": 1.0,
-                                              "seed": t})["sequences"]
-                    prompts = [p + s["tokens"] + rng.integers(9, 100, size=obs).tolist() for p, s in zip(prompts, seqs)]
-
-            episode()  # warm-up
-            times[reuse] = best_of(episode, repeats)
-            if reuse and lm.prefix_cache is not None:
-                pc = lm.prefix_cache
-                stats = f"; last run: {pc.reused_tokens} prompt tokens reused, {pc.prefilled_tokens} prefilled (all runs)"
-        sampler.REUSE_PREFIXES = False
-        print(f"{dtype:9s} full prefill every turn {times[False]:.2f}s   prefix cache {times[True]:.2f}s   "
-              f"ratio {times[False] / times[True]:.2f}x{stats}")
+        if r["reusedTokens"] is not None:
+            stats = f"; last run: {r['reusedTokens']} prompt tokens reused, {r['prefilledTokens']} prefilled"
+        print(f"{dtype:9s} full prefill every turn {r['full']:.2f}s   prefix cache {r['cached']:.2f}s   "
+              f"ratio {r['ratio']:.2f}x{stats}")
 
 
 def bench_shared_prompts(device: str, repeats: int) -> None:
