@@ -297,6 +297,11 @@ def export(lm: "LoadedModel", directory: str, merge_lora: bool, state_dict: dict
             lm.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         elif lm.lora and not merge_lora:
             lm.model.save_pretrained(tmp, safe_serialization=True)
+            # peft writes a template model card naming the base by this machine's absolute path; an
+            # export names its base portably in adapter_config.json and erl-export.json instead.
+            card = os.path.join(tmp, "README.md")
+            if os.path.exists(card):
+                os.remove(card)
         else:
             model = lm.model
             if lm.lora:

@@ -331,6 +331,8 @@ def test_export_full_and_lora_load_in_transformers_and_peft(tmp_path: Any) -> No
     want = forward(lora, datums)
     call(lora, "export", {"dir": str(tmp_path / "adapter")})
     assert os.path.exists(tmp_path / "adapter" / "adapter_config.json")
+    # no peft template card with this machine's absolute path in it
+    assert not os.path.exists(tmp_path / "adapter" / "README.md")
     base = AutoModelForCausalLM.from_pretrained(FIXTURE)
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     for a, b in zip(want, hf_logprobs(peft_model)):

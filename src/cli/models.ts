@@ -3,6 +3,7 @@
  * `erl models install <name>` builds one (see src/models/install.ts).
  */
 import { parseArgs } from "node:util";
+import { availableParallelism } from "node:os";
 import { existsSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { UserError } from "../util/errors.ts";
@@ -20,7 +21,7 @@ const USAGE = `usage:
       --force is given.
 
   erl models accept <name|dir> [--limit N] [--modes greedy,sampled] [--games frozenlake,sokoban]
-                   [--out FILE] [--threads N]
+                   [--out FILE] [--threads N (default: every CPU)]
       The acceptance figures of a model (the harness of erl-tiny's recipe, src/pretrain/acceptance.ts):
       parse rate, FrozenLake S0 / S_rule / S_refl and the reflections' role claims, Sokoban S0 / S_rule,
       on the first N test tasks (default all). Writes FILE (default <dir>/acceptance.json, or
@@ -118,7 +119,7 @@ async function accept(args: string[]): Promise<number> {
       modes: { type: "string", default: "greedy,sampled" },
       games: { type: "string", default: "frozenlake,sokoban" },
       out: { type: "string" },
-      threads: { type: "string", default: "1" },
+      threads: { type: "string", default: String(availableParallelism()) },
       seed: { type: "string", default: "0" },
       help: { type: "boolean", short: "h" },
     },

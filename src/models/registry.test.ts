@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { REPO_ROOT } from "../util/paths.ts";
@@ -22,6 +22,11 @@ test("the table: unique names, shipped models present, installable ones pinned w
       assert.ok(base && base.source.kind !== "adapter", `${m.name}: its base is a known, non-adapter model`);
       assert.match(m.source.adapterSha256, /^[0-9a-f]{64}$/);
       assert.ok(existsSync(join(REPO_ROOT, m.source.adapter, "adapter_model.safetensors")), `${m.name}: its adapter`);
+      // The digest erl_engine.merge_adapter checks before merging: SHA-256 over each file's name, then its bytes.
+      const h = createHash("sha256");
+      for (const f of ["adapter_config.json", "adapter_model.safetensors"])
+        h.update(f).update(readFileSync(join(REPO_ROOT, m.source.adapter, f)));
+      assert.equal(h.digest("hex"), m.source.adapterSha256, `${m.name}: the adapter in git is the one the table pins`);
       assert.ok(m.card && existsSync(join(REPO_ROOT, m.card)), `${m.name}: its card`);
     } else {
       assert.match(m.source.version, /^\d+(\.\d+)*$/, `${m.name}: an exact version`);

@@ -99,6 +99,22 @@ export const KNOWN_MODELS: readonly KnownModel[] = [
     },
     card: "models/cards/smollm2-135m-instruct.md",
   },
+  {
+    name: "smollm2-135m-erl",
+    summary:
+      "smollm2-135m-instruct taught the project's games by erl sft (LoRA r 16, configs/sft/smollm2-135m-erl.json), merged",
+    licence: "Apache-2.0",
+    parameters: "135M",
+    dir: "models/smollm2-135m-erl",
+    source: {
+      kind: "adapter",
+      base: "smollm2-135m-instruct",
+      adapter: "models/adapters/smollm2-135m-erl",
+      adapterSha256: "9a442fe767d66c9f47725e1e903441431119ba9b3b491ea44912f230b1ee4b56",
+      outputBytes: 273_000_000,
+    },
+    card: "models/cards/smollm2-135m-erl.md",
+  },
 ];
 
 export function findModel(name: string): KnownModel | undefined {
