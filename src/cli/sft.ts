@@ -17,7 +17,7 @@ import {
   type SftConfig,
 } from "../train/sft-config.ts";
 import { defaultSftRunName, runSft } from "../train/sft.ts";
-import { RunFiles } from "../train/runfiles.ts";
+import { runFilesForResume } from "../train/runfiles.ts";
 import { checkRunName } from "../train/runner.ts";
 
 const RESUME_SETTABLE = ["engine.url", "engine.python", "model.path"];
@@ -76,12 +76,7 @@ export async function run(args: string[]): Promise<number> {
     for (const k of ["data", "eval-data", "model", "lora", "config", "runs-dir", "name"] as const)
       if (values[k] !== undefined)
         throw new UserError(`--resume continues a run with its own config; drop --${k}`);
-    const bad = sets.find((s) => !RESUME_SETTABLE.includes(s.slice(0, s.indexOf("=")).trim()));
-    if (bad !== undefined)
-      throw new UserError(`--set ${bad}: with --resume only ${RESUME_SETTABLE.join(", ")} may be set`);
-    const files = new RunFiles(resolve(values.resume));
-    if (!files.exists())
-      throw new UserError(`--resume ${values.resume}: not a run directory (no config.json)`);
+    const files = runFilesForResume(values.resume, sets, RESUME_SETTABLE);
     config = applySftOverrides(validateSftConfig(files.readConfig(), { file: files.configFile }), sets);
     runDir = files.dir;
   } else {

@@ -17,7 +17,7 @@ import {
 } from "../train/config.ts";
 import { runDirFor, runTraining } from "../train/runner.ts";
 import { defaultDeps } from "../train/deps.ts";
-import { RunFiles } from "../train/runfiles.ts";
+import { runFilesForResume } from "../train/runfiles.ts";
 
 /** The keys `--resume` may change: where the engine and the model are, nothing the run computes. */
 const RESUME_SETTABLE = ["engine.url", "engine.python", "engine.baseUrl", "model.path"];
@@ -68,16 +68,7 @@ export async function run(args: string[]): Promise<number> {
       throw new UserError(
         "--resume continues a run with its own config; drop --config, --name and --runs-dir",
       );
-    // Only where the engine and model are found may change: that repairs a run whose engine.url or
-    // model.path was wrong, and changes nothing the run computes.
-    const bad = sets.find((s) => !RESUME_SETTABLE.includes(s.slice(0, s.indexOf("=")).trim()));
-    if (bad !== undefined)
-      throw new UserError(
-        `--set ${bad}: with --resume only ${RESUME_SETTABLE.join(", ")} may be set (the run keeps its own config)`,
-      );
-    const files = new RunFiles(resolve(values.resume));
-    if (!files.exists())
-      throw new UserError(`--resume ${values.resume}: not a run directory (no config.json)`);
+    const files = runFilesForResume(values.resume, sets, RESUME_SETTABLE);
     config = applyOverrides(validateConfig(files.readConfig(), { file: files.configFile }), sets);
     runDir = files.dir;
   } else {

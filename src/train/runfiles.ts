@@ -14,7 +14,7 @@ import {
   statSync,
   ftruncateSync,
 } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { appendJsonl, writeFileAtomic } from "../util/jsonl.ts";
 import { UserError } from "../util/errors.ts";
 import type { EngineInfo } from "../engine/api.ts";
@@ -188,4 +188,24 @@ export class RunFiles {
       }
     }
   }
+}
+
+/**
+ * The run that `--resume DIR` names, for `erl train` and `erl sft`: refuses a `--set` on any key but
+ * `settable` (where the engine and model are found: that repairs a run whose engine.url or model.path
+ * was wrong, and changes nothing the run computes) and a directory that holds no run.
+ */
+export function runFilesForResume(
+  dir: string,
+  sets: readonly string[],
+  settable: readonly string[],
+): RunFiles {
+  const bad = sets.find((s) => !settable.includes(s.slice(0, s.indexOf("=")).trim()));
+  if (bad !== undefined)
+    throw new UserError(
+      `--set ${bad}: with --resume only ${settable.join(", ")} may be set (the run keeps its own config)`,
+    );
+  const files = new RunFiles(resolve(dir));
+  if (!files.exists()) throw new UserError(`--resume ${dir}: not a run directory (no config.json)`);
+  return files;
 }

@@ -18,6 +18,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import type { ChatMessage, Role } from "../engine/api.ts";
 import { inputError, UserError } from "../util/errors.ts";
+import { parseJsonl } from "../util/jsonl.ts";
 
 export const CHAT_ROLES: readonly Role[] = ["system", "user", "assistant", "tool"];
 
@@ -125,19 +126,10 @@ export function readChatFile(file: string): ChatFile {
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1); // a byte-order mark is not data
   const examples: ChatExample[] = [];
   const skippedNoTarget: number[] = [];
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!.trim();
-    if (raw === "") continue;
-    let value: unknown;
-    try {
-      value = JSON.parse(raw);
-    } catch (e) {
-      throw inputError({ file, line: i + 1 }, `malformed JSON (${(e as Error).message})`);
-    }
-    const ex = parseChatLine(value, file, i + 1);
+  const parsed = parseJsonl(text, file, (value, line) => ({ ex: parseChatLine(value, file, line), line }));
+  for (const { ex, line } of parsed) {
     if (ex.weights.some((w) => w === 1)) examples.push(ex);
-    else skippedNoTarget.push(i + 1);
+    else skippedNoTarget.push(line);
   }
   if (examples.length === 0)
     throw inputError(
