@@ -3,7 +3,7 @@
  * model directory, or as a LoRA adapter directory for a LoRA run (`--merge-lora` merges it instead).
  */
 import { parseArgs } from "node:util";
-import { mkdtempSync, readdirSync, readFileSync, rmdirSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { REPO_ROOT } from "../util/paths.ts";
 import { KNOWN_MODELS } from "../models/registry.ts";
@@ -51,7 +51,8 @@ export async function run(args: string[]): Promise<number> {
   }
   const adapter = Boolean(config.model.lora && !values["merge-lora"]);
   const base = portableBaseName(resolve(config.model.path));
-  if (adapter) nameBase(out, base);
+  // A Tinker service's export may hold only tinker.json (the weights stay on the service).
+  if (adapter && existsSync(join(out, "adapter_config.json"))) nameBase(out, base);
   writeFileAtomic(
     join(out, "erl-export.json"),
     JSON.stringify(
