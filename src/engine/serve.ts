@@ -53,6 +53,25 @@ export async function spawnHttpEngine(opts: HttpServerOptions): Promise<HttpServ
     },
     stdio: ["ignore", "inherit", "pipe"],
   });
+  return waitUntilListening(
+    child,
+    "the engine server",
+    /^erl-engine listening on (http:\/\/\S+)$/,
+    opts.stderr,
+  );
+}
+
+/**
+ * Waits for a server child to print its "<name> listening on <url>" line on stderr (`pattern`'s first
+ * group is the URL), passing every stderr line on; a child that exits first is an error quoting the
+ * last 20 lines, unless they already went to the terminal.
+ */
+export async function waitUntilListening(
+  child: ChildProcess,
+  what: string,
+  pattern: RegExp,
+  stderr: HttpServerOptions["stderr"],
+): Promise<HttpServerHandle> {
   const exited = new Promise<void>((res) => child.on("exit", () => res()));
   const url = await new Promise<string>((resolveUrl, reject) => {
     let partial = "";
@@ -62,19 +81,19 @@ export async function spawnHttpEngine(opts: HttpServerOptions): Promise<HttpServ
       const lines = (partial + chunk).split("\n");
       partial = lines.pop() ?? "";
       for (const line of lines) {
-        if (opts.stderr === "inherit") process.stderr.write(line + "\n");
-        else opts.stderr?.(line);
+        if (stderr === "inherit") process.stderr.write(line + "\n");
+        else stderr?.(line);
         tail.push(line);
         if (tail.length > 20) tail.shift();
-        const m = /^erl-engine listening on (http:\/\/\S+)$/.exec(line);
+        const m = pattern.exec(line);
         if (m?.[1]) resolveUrl(m[1]);
       }
     });
-    child.on("error", (e) => reject(new UserError(`could not start the engine: ${e.message}`)));
+    child.on("error", (e) => reject(new UserError(`could not start ${what}: ${e.message}`)));
     child.on("exit", (code) => {
       // With inherited stderr the reason is already on the terminal; otherwise quote it.
-      const why = opts.stderr === "inherit" ? "" : `:\n${tail.join("\n")}`;
-      reject(new UserError(`the engine server exited (code ${code}) before listening${why}`));
+      const why = stderr === "inherit" ? "" : `:\n${tail.join("\n")}`;
+      reject(new UserError(`${what} exited (code ${code}) before listening${why}`));
     });
   });
   return {

@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { UserError } from "../util/errors.ts";
 import { startEngine, type EngineClient } from "./client.ts";
+import { waitUntilListening } from "./serve.ts";
 import { REPO_ROOT } from "../util/paths.ts";
 
 /** $ERL_TINKER_PYTHON, else <repo>/.venv-tinker/bin/python (checked to exist). */
@@ -63,37 +64,7 @@ export async function spawnTinkerServer(
     env: tinkerEnv({ ERL_ENGINE_TOKEN: o.token }),
     stdio: ["ignore", "inherit", "pipe"],
   });
-  const exited = new Promise<void>((res) => child.on("exit", () => res()));
-  const url = await new Promise<string>((resolveUrl, reject) => {
-    let partial = "";
-    const tail: string[] = [];
-    child.stderr?.setEncoding("utf8");
-    child.stderr?.on("data", (chunk: string) => {
-      const lines = (partial + chunk).split("\n");
-      partial = lines.pop() ?? "";
-      for (const line of lines) {
-        if (o.stderr === "inherit") process.stderr.write(line + "\n");
-        else o.stderr?.(line);
-        tail.push(line);
-        if (tail.length > 20) tail.shift();
-        const m = /^erl-tinker listening on (http:\/\/\S+)$/.exec(line);
-        if (m?.[1]) resolveUrl(m[1]);
-      }
-    });
-    child.on("error", (e) => reject(new UserError(`could not start the Tinker server: ${e.message}`)));
-    child.on("exit", (code) => {
-      const why = o.stderr === "inherit" ? "" : `:\n${tail.join("\n")}`;
-      reject(new UserError(`the Tinker server exited (code ${code}) before listening${why}`));
-    });
-  });
-  return {
-    child,
-    url,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      await exited;
-    },
-  };
+  return waitUntilListening(child, "the Tinker server", /^erl-tinker listening on (http:\/\/\S+)$/, o.stderr);
 }
 
 /**
