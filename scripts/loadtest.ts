@@ -290,8 +290,9 @@ const cpu = (() => {
   try {
     const info = readFileSync("/proc/cpuinfo", "utf8");
     const flags = /^flags\s*:\s*(.*)$/m.exec(info)?.[1]?.split(" ") ?? [];
+    // A label for the report only (nothing here depends on the CPU): which of these flags it has.
     const shown = ["avx2", "avx512f", "amx_bf16"].filter((f) => flags.includes(f));
-    return `${cpus()[0]?.model ?? "?"} (${shown.join(", ") || "no AVX2"}), ${cpus().length} cores`;
+    return `${cpus()[0]?.model ?? "?"} (${shown.join(", ") || "none of avx2, avx512f, amx_bf16"}), ${cpus().length} cores`;
   } catch {
     return `${cpus()[0]?.model ?? "?"}, ${cpus().length} cores`;
   }
