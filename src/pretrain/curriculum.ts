@@ -24,18 +24,20 @@ export const CURRICULUM_MIXES: Readonly<Record<string, Mix>> = {
    * Both games for a pretrained LM that can already copy: no copy drills; play under a rulebook,
    * second attempts under a reflection's partial rulebook, rule-free play, reflections, and the
    * look-up and translation drills that bind letters to roles. FrozenLake 70% of the documents,
-   * Sokoban 30% (a Sokoban document is about twice as long).
+   * Sokoban 30% (a Sokoban document is about twice as long). Rule-free play is 18% of the
+   * documents: every RL first attempt is rule-free, and at 6% a SmolLM2 adapter parsed no
+   * rule-free reply (docs/experiment-log.md, 2026-12-07).
    */
   "real-lm": {
-    rulePlay: 0.28,
+    rulePlay: 0.24,
     secondPlay: 0.1,
-    freePlay: 0.04,
-    reflection: 0.16,
+    freePlay: 0.12,
+    reflection: 0.12,
     lookup: 0.04,
-    translate: 0.08,
+    translate: 0.06,
     copy: 0,
-    sokobanPlay: 0.18,
-    sokobanFree: 0.02,
+    sokobanPlay: 0.16,
+    sokobanFree: 0.06,
     sokobanReflection: 0.07,
     sokobanLookup: 0.03,
   },

@@ -431,6 +431,9 @@ async function runLocked(
     let finalEvalLoss: number | null = null;
     if (finishedAt === 0 && cfg.eval.initial) finalEvalLoss = await runEval(0);
     let seen = ckpt?.state.counters["tokens/seen"] ?? 0;
+    // The ETA counts from here: the start-up, the packing probe and the initial eval happen once.
+    const loopStart = clock();
+    const loopFrom = finishedAt;
     for (let step = finishedAt + 1; step <= totalSteps && ckpt?.state.final !== true; step++) {
       const ts = clock();
       const { indices, epoch, index } = stepIndices(datums.length, cfg.batchSize, cfg.seed, step);
@@ -469,7 +472,7 @@ async function runLocked(
       files.append("metrics", [{ kind: "train", step, time: elapsed(), ...m }]);
       progress.line(
         `step ${step}/${totalSteps}  loss ${fb.loss.toFixed(4)}  lr ${lr.toExponential(2)}  |g| ${opt.gradNorm.toFixed(2)}  ` +
-          `${Math.round(tokens / dt)} tok/s  epoch ${m.epoch!.toFixed(2)}  ETA ${formatEta(step, ckpt?.state.step ?? 0, elapsed() - elapsedBefore, totalSteps)}`,
+          `${Math.round(tokens / dt)} tok/s  epoch ${m.epoch!.toFixed(2)}  ETA ${formatEta(step, loopFrom, clock() - loopStart, totalSteps)}`,
       );
       const last = step === totalSteps;
       if ((cfg.eval.every > 0 && step % cfg.eval.every === 0) || (last && cfg.eval.final))
