@@ -110,7 +110,7 @@ export const KNOWN_MODELS: readonly KnownModel[] = [
       kind: "adapter",
       base: "smollm2-135m-instruct",
       adapter: "models/adapters/smollm2-135m-erl",
-      adapterSha256: "9a442fe767d66c9f47725e1e903441431119ba9b3b491ea44912f230b1ee4b56",
+      adapterSha256: "94556c800a1a0c071bf42811bfc0fdf3cb2f979e20f3e9e5648a4821cfcad1ac",
       outputBytes: 273_000_000,
     },
     card: "models/cards/smollm2-135m-erl.md",
