@@ -24,6 +24,7 @@ test("every curriculum mix is a distribution", () => {
 
 test("curriculum boards come from the train splits only, never a test task", () => {
   const train = new Set<unknown>([...boards.frozenlake, ...boards.sokoban]);
+  assert.ok([...boards.frozenlake, ...boards.sokoban].every((t) => t.id.startsWith("train-")));
   let withTask = 0;
   for (const doc of curriculumDocs(spec(300), boards)) {
     const task = (doc.meta as { task?: unknown }).task;
